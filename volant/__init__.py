@@ -1,0 +1,1 @@
+"""Volant: systemd-integrated microVM host service suite."""

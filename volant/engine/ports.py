@@ -1,0 +1,123 @@
+"""The seams the engine coordinates: store, runtime, host supervisor and network.
+
+Implementations live in sibling packages that never import each other; they satisfy these
+Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and QEMU details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Protocol
+
+from volant.model import (
+    Event,
+    EventType,
+    Launched,
+    LaunchSpec,
+    ScopeLimits,
+    VirtualMachine,
+    VMSpec,
+)
+
+MacFor = Callable[[str, str | None], str]
+ExitCallback = Callable[[str, int, int | None], Awaitable[None]]
+"""Called with (vm name, pid, exit status or None when unknown) when a hypervisor ends."""
+
+
+class Store(Protocol):
+    async def ensure_pool(self, network: IPv4Network, exclude: set[IPv4Address]) -> int: ...
+
+    async def create_vm(
+        self, spec: VMSpec, *, runtime: str, unit: str, mac_for: MacFor, lease_ip: bool = True
+    ) -> VirtualMachine:
+        """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
+
+        Raises NameTaken or PoolExhausted and then leaves nothing behind.
+        """
+        ...
+
+    async def get_vm(self, name: str) -> VirtualMachine: ...
+
+    async def list_vms(self) -> list[VirtualMachine]: ...
+
+    async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
+        """Change status, pid, kernel_cmdline or unit; bumps updated_at."""
+        ...
+
+    async def delete_vm(self, name: str) -> None:
+        """Delete the row and release its IP lease in one transaction."""
+        ...
+
+    async def append_event(
+        self, type: EventType, vm: str, payload: dict[str, Any] | None = None
+    ) -> Event: ...
+
+    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    async def pool_usage(self) -> tuple[int, int]:
+        """(leased, total) addresses of the pool."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Hypervisor(Protocol):
+    """One VM's hypervisor, as a launcher sees it (its sockets live in spec.run_dir)."""
+
+    kind: str
+
+    def command(self) -> list[str]: ...
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the hypervisor answers on its API socket; raise HypervisorFailed."""
+        ...
+
+    async def shutdown(self, *, graceful: bool, timeout: float) -> bool:
+        """Ask the hypervisor to end; True when it went away within timeout."""
+        ...
+
+    async def info(self) -> dict[str, Any]: ...
+
+
+class HypervisorDriver(Protocol):
+    kind: str
+
+    def for_vm(self, spec: LaunchSpec) -> Hypervisor: ...
+
+
+class Supervisor(Protocol):
+    """Runs hypervisor processes: in transient systemd scopes, or as plain children."""
+
+    kind: str
+
+    async def launch(
+        self, name: str, argv: Sequence[str], limits: ScopeLimits, *, log_path: Path
+    ) -> Launched:
+        """Start argv so that it never executes outside its scope; return pid and unit."""
+        ...
+
+    async def kill(self, name: str) -> None:
+        """Kill every process of the VM's scope (or its child) and wait for it to end."""
+        ...
+
+    async def adopt(self, name: str, pid: int, unit: str) -> bool:
+        """Watch a hypervisor started by an earlier daemon; False when it is gone."""
+        ...
+
+    def set_exit_callback(self, callback: ExitCallback) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Network(Protocol):
+    async def ensure_bridge(self) -> None: ...
+
+    def tap_name(self, vm_name: str) -> str: ...
+
+    async def create_tap(self, tap: str, vm_name: str) -> None: ...
+
+    async def delete_tap(self, tap: str) -> None: ...
+
+    async def tap_exists(self, tap: str) -> bool: ...

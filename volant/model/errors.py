@@ -1,0 +1,134 @@
+"""The one error tree, and the one table mapping each stable code to its wire forms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes; clients may switch on these."""
+
+    INVALID_ARGUMENT = "InvalidArgument"
+    NOT_FOUND = "NotFound"
+    NAME_TAKEN = "NameTaken"
+    POOL_EXHAUSTED = "PoolExhausted"
+    INVALID_STATE = "InvalidState"
+    CONFLICT = "Conflict"
+    HYPERVISOR_FAILED = "HypervisorFailed"
+    UNAVAILABLE = "Unavailable"
+    INTERNAL = "Internal"
+
+
+@dataclass(frozen=True)
+class _Row:
+    http_status: int
+    title: str
+
+
+_ROWS: dict[ErrorCode, _Row] = {
+    ErrorCode.INVALID_ARGUMENT: _Row(400, "Invalid argument"),
+    ErrorCode.NOT_FOUND: _Row(404, "Not found"),
+    ErrorCode.NAME_TAKEN: _Row(409, "Name already taken"),
+    ErrorCode.POOL_EXHAUSTED: _Row(409, "IP address pool exhausted"),
+    ErrorCode.INVALID_STATE: _Row(409, "Operation not allowed in the current state"),
+    ErrorCode.CONFLICT: _Row(409, "Conflict"),
+    ErrorCode.HYPERVISOR_FAILED: _Row(502, "Hypervisor failed"),
+    ErrorCode.UNAVAILABLE: _Row(503, "Service unavailable"),
+    ErrorCode.INTERNAL: _Row(500, "Internal error"),
+}
+
+PROBLEM_TYPE_BASE = "https://volantvm.com/problems/"
+DBUS_ERROR_PREFIX = "com.volantvm.Volant1.Error."
+
+
+@dataclass(frozen=True)
+class WireForms:
+    """HTTP status, RFC 9457 problem type and D-Bus error name of one code."""
+
+    code: ErrorCode
+    http_status: int
+    title: str
+    problem_type: str
+    dbus_name: str
+
+
+ERROR_TABLE: dict[ErrorCode, WireForms] = {
+    code: WireForms(
+        code=code,
+        http_status=row.http_status,
+        title=row.title,
+        problem_type=PROBLEM_TYPE_BASE + code.value,
+        dbus_name=DBUS_ERROR_PREFIX + code.value,
+    )
+    for code, row in _ROWS.items()
+}
+
+
+class VolantError(Exception):
+    """Base of every error Volant reports to a caller."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.field = field
+
+    @property
+    def wire(self) -> WireForms:
+        return ERROR_TABLE[self.code]
+
+
+class InvalidArgument(VolantError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFound(VolantError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(VolantError):
+    code = ErrorCode.CONFLICT
+
+
+class NameTaken(Conflict):
+    code = ErrorCode.NAME_TAKEN
+
+
+class PoolExhausted(Conflict):
+    code = ErrorCode.POOL_EXHAUSTED
+
+
+class InvalidState(Conflict):
+    code = ErrorCode.INVALID_STATE
+
+
+class HypervisorFailed(VolantError):
+    code = ErrorCode.HYPERVISOR_FAILED
+
+
+class Unavailable(VolantError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class InternalError(VolantError):
+    code = ErrorCode.INTERNAL
+
+
+ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        Conflict,
+        NameTaken,
+        PoolExhausted,
+        InvalidState,
+        HypervisorFailed,
+        Unavailable,
+        InternalError,
+    )
+}

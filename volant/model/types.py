@@ -1,0 +1,165 @@
+"""Frozen domain objects shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class VMStatus(StrEnum):
+    """Lifecycle states of a VM (DESIGN.md, VM lifecycle)."""
+
+    CREATING = "creating"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    ERROR = "error"
+
+    @property
+    def is_active(self) -> bool:
+        """True while a hypervisor process is (or should be) alive."""
+        return self in (VMStatus.STARTING, VMStatus.RUNNING, VMStatus.STOPPING)
+
+
+class EventType(StrEnum):
+    VM_CREATED = "VM_CREATED"
+    VM_STARTING = "VM_STARTING"
+    VM_RUNNING = "VM_RUNNING"
+    VM_STOPPED = "VM_STOPPED"
+    VM_CRASHED = "VM_CRASHED"
+    VM_DELETED = "VM_DELETED"
+    VM_ERROR = "VM_ERROR"
+
+
+class NetworkMode(StrEnum):
+    BRIDGED = "bridged"
+    DHCP = "dhcp"
+    VSOCK = "vsock"
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """What a caller asks for when creating a VM (already validated)."""
+
+    name: str
+    plugin: str
+    cpu_cores: int
+    memory_mb: int
+    kernel_args: str = ""
+
+
+@dataclass(frozen=True)
+class VirtualMachine:
+    """A VM as the store records it."""
+
+    id: int
+    name: str
+    status: VMStatus
+    pid: int | None
+    ip_address: str | None
+    mac: str
+    cpu_cores: int
+    memory_mb: int
+    plugin: str
+    runtime: str
+    kernel_cmdline: str
+    unit: str
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "pid": self.pid,
+            "ip_address": self.ip_address,
+            "mac_address": self.mac,
+            "cpu_cores": self.cpu_cores,
+            "memory_mb": self.memory_mb,
+            "plugin": self.plugin,
+            "runtime": self.runtime,
+            "kernel_cmdline": self.kernel_cmdline,
+            "unit": self.unit,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """A persisted lifecycle event; ids increase monotonically."""
+
+    id: int
+    ts: datetime
+    type: EventType
+    vm: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.ts.isoformat(),
+            "type": self.type.value,
+            "vm": self.vm,
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a hypervisor launcher needs to build its command line."""
+
+    name: str
+    cpus: int
+    memory_mb: int
+    kernel: Path
+    initramfs: Path | None
+    cmdline: str
+    mac: str
+    run_dir: Path
+    console_log: Path
+    tap: str | None = None
+    disks: tuple[Path, ...] = ()
+    start_paused: bool = False
+
+    @property
+    def api_socket(self) -> Path:
+        """QMP socket for QEMU, REST API socket for Cloud Hypervisor."""
+        return self.run_dir / "api.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.run_dir / "serial.sock"
+
+
+@dataclass(frozen=True)
+class ScopeLimits:
+    """Resource properties put on a VM's scope unit."""
+
+    cpus: int
+    memory_mb: int
+    tasks_max: int = 256
+
+    @property
+    def cpu_quota_percent(self) -> int:
+        return self.cpus * 100
+
+    @property
+    def memory_max_bytes(self) -> int:
+        # Guest RAM plus headroom for the hypervisor's own code, page tables and device buffers.
+        headroom_mb = max(64, self.memory_mb // 4)
+        return (self.memory_mb + headroom_mb) * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A hypervisor process that a supervisor started."""
+
+    pid: int
+    unit: str  # empty when no systemd unit holds it
