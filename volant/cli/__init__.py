@@ -1,1 +1,1 @@
-
+"""volar: the operator's CLI."""

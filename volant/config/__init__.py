@@ -1,1 +1,5 @@
+"""Settings: one declarative table, layered files and environment, parsed once."""
 
+from volant.config.settings import SETTINGS, Config, Setting, load_config
+
+__all__ = ["SETTINGS", "Config", "Setting", "load_config"]

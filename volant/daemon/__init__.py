@@ -1,1 +1,1 @@
-
+"""volantd: the composition root."""

@@ -84,6 +84,10 @@ class Hypervisor(Protocol):
 class HypervisorDriver(Protocol):
     kind: str
 
+    def kernel_extras(self) -> list[str]:
+        """Kernel arguments this hypervisor needs (entropy, clock hints) on every guest."""
+        ...
+
     def for_vm(self, spec: LaunchSpec) -> Hypervisor: ...
 
 

@@ -1,1 +1,6 @@
+"""REST API (aiohttp): thin adapters from HTTP onto engine verbs."""
 
+from volant.api.rest.app import ENGINE, make_app
+from volant.api.rest.server import RestServer
+
+__all__ = ["ENGINE", "RestServer", "make_app"]

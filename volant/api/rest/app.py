@@ -1,0 +1,131 @@
+"""The aiohttp application: routes, problem+json errors, typed app state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from volant.engine import Engine
+from volant.model import ERROR_TABLE, ErrorCode, InvalidArgument, VMSpec, VolantError
+
+from .schemas import CreateVMRequest, parse_body
+
+log = logging.getLogger(__name__)
+
+ENGINE = web.AppKey("engine", Engine)
+PROBLEM = "application/problem+json"
+MAX_BODY = 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, code: ErrorCode, detail: str, **extra: Any) -> web.Response:
+    wire = ERROR_TABLE[code]
+    body = {
+        "type": wire.problem_type,
+        "title": wire.title,
+        "status": status,
+        "detail": detail,
+        "code": code.value,
+        **{k: v for k, v in extra.items() if v},
+    }
+    return web.json_response(body, status=status, content_type=PROBLEM)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as RFC 9457 problem+json with the code's HTTP status."""
+    try:
+        return await handler(request)
+    except VolantError as exc:
+        wire = exc.wire
+        return problem(wire.http_status, exc.code, exc.message, field=exc.field, hint=exc.hint)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_ARGUMENT
+        return problem(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem(500, ErrorCode.INTERNAL, "internal error; see the volantd journal")
+
+
+async def read_json(request: web.Request) -> Any:
+    if not request.can_read_body:
+        raise InvalidArgument("request body is required")
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
+
+
+def engine_of(request: web.Request) -> Engine:
+    return request.app[ENGINE]
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def system_status(request: web.Request) -> web.Response:
+    status = await engine_of(request).system_status()
+    return web.json_response(asdict(status))
+
+
+async def list_vms(request: web.Request) -> web.Response:
+    vms = await engine_of(request).list_vms()
+    return web.json_response({"vms": [vm.to_dict() for vm in vms], "total": len(vms)})
+
+
+async def create_vm(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    body = parse_body(CreateVMRequest, await read_json(request))
+    cfg = engine.config
+    spec = VMSpec(
+        name=body.name,
+        plugin=body.plugin,
+        cpu_cores=cfg.vm_default_cpus if body.cpu_cores is None else body.cpu_cores,
+        memory_mb=cfg.vm_default_memory_mb if body.memory_mb is None else body.memory_mb,
+        kernel_args=body.kernel_args,
+    )
+    vm = await engine.create_vm(spec)
+    return web.json_response(vm.to_dict(), status=201)
+
+
+async def get_vm(request: web.Request) -> web.Response:
+    vm = await engine_of(request).get_vm(request.match_info["name"])
+    return web.json_response(vm.to_dict())
+
+
+async def delete_vm(request: web.Request) -> web.Response:
+    await engine_of(request).delete_vm(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def start_vm(request: web.Request) -> web.Response:
+    vm = await engine_of(request).start_vm(request.match_info["name"])
+    return web.json_response(vm.to_dict())
+
+
+async def stop_vm(request: web.Request) -> web.Response:
+    vm = await engine_of(request).stop_vm(request.match_info["name"])
+    return web.json_response(vm.to_dict())
+
+
+def make_app(engine: Engine) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[ENGINE] = engine
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/system/status", system_status)
+    app.router.add_get("/api/v1/vms", list_vms)
+    app.router.add_post("/api/v1/vms", create_vm)
+    app.router.add_get("/api/v1/vms/{name}", get_vm)
+    app.router.add_delete("/api/v1/vms/{name}", delete_vm)
+    app.router.add_post("/api/v1/vms/{name}/start", start_vm)
+    app.router.add_post("/api/v1/vms/{name}/stop", stop_vm)
+    return app

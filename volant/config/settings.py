@@ -1,0 +1,225 @@
+"""The table of settings and the layered loader.
+
+Layers, later wins: /usr/lib/volant/volantd.yaml, /etc/volant/volantd.yaml, drop-ins in
+/etc/volant/volantd.yaml.d/*.yaml (sorted), then VOLANT_* environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from volant.model import InvalidArgument
+
+DEFAULT_FILES = (Path("/usr/lib/volant/volantd.yaml"), Path("/etc/volant/volantd.yaml"))
+DROPIN_DIR = Path("/etc/volant/volantd.yaml.d")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: dotted name, type, default and help text."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return "VOLANT_" + self.name.replace(".", "_").upper()
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace(".", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("state_dir", Path, None, "State directory (state.db, console logs). Default: "
+            "$STATE_DIRECTORY under systemd, else ~/.volant."),
+    Setting("runtime_dir", Path, None, "Runtime directory (sockets, per-VM dirs). Default: "
+            "$RUNTIME_DIRECTORY under systemd, else /run/volant as root."),
+    Setting("log_level", str, "info", "Log level.", ("debug", "info", "warning", "error")),
+    Setting("api.listen", str, "127.0.0.1:7777", "TCP address of the REST API (host:port); "
+            "empty disables TCP."),
+    Setting("api.socket", Path, None, "Unix socket of the REST API. Default: "
+            "<runtime_dir>/volantd.sock."),
+    Setting("network.bridge", str, "vbr0", "Bridge that VM taps are attached to."),
+    Setting("network.subnet", str, "192.168.127.0/24", "IPv4 subnet the VM addresses come from."),
+    Setting("network.host_ip", str, "192.168.127.1", "Bridge address; the guests' gateway."),
+    Setting("network.manage_bridge", bool, True, "Create the bridge and its address at start."),
+    Setting("runtime.hypervisor", str, "auto", "Hypervisor to run VMs with.",
+            ("auto", "cloud-hypervisor", "qemu")),
+    Setting("runtime.accel", str, "auto", "QEMU accelerator.", ("auto", "kvm", "tcg")),
+    Setting("runtime.machine", str, "auto", "QEMU machine type.", ("auto", "microvm", "pc", "q35")),
+    Setting("runtime.kernel", Path, Path("/usr/lib/volant/guest/vmlinuz"), "Guest kernel."),
+    Setting("runtime.initramfs", Path, Path("/usr/lib/volant/guest/initramfs.img"),
+            "Guest initramfs."),
+    Setting("runtime.ready_timeout", float, 30.0, "Seconds to wait for the hypervisor's API."),
+    Setting("runtime.stop_timeout", float, 20.0, "Seconds a guest gets to power off gracefully."),
+    Setting("runtime.start_paused", bool, False, "Start guests with their vCPUs paused (tests, "
+            "benchmarks)."),
+    Setting("host.supervisor", str, "auto", "Who holds hypervisor processes: transient systemd "
+            "scopes, or plain child processes.", ("auto", "systemd", "process")),
+    Setting("vm.default_cpus", int, 1, "vCPUs when a create request names none."),
+    Setting("vm.default_memory_mb", int, 256, "Guest RAM when a create request names none."),
+    Setting("vm.max_cpus", int, 32, "Largest vCPU count a VM may ask for."),
+    Setting("vm.min_memory_mb", int, 64, "Smallest guest RAM in MiB."),
+    Setting("vm.max_memory_mb", int, 65536, "Largest guest RAM in MiB."),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """The parsed settings; field names are the setting names with dots as underscores."""
+
+    state_dir: Path
+    runtime_dir: Path
+    log_level: str
+    api_listen: str
+    api_socket: Path
+    network_bridge: str
+    network_subnet: str
+    network_host_ip: str
+    network_manage_bridge: bool
+    runtime_hypervisor: str
+    runtime_accel: str
+    runtime_machine: str
+    runtime_kernel: Path
+    runtime_initramfs: Path
+    runtime_ready_timeout: float
+    runtime_stop_timeout: float
+    runtime_start_paused: bool
+    host_supervisor: str
+    vm_default_cpus: int
+    vm_default_memory_mb: int
+    vm_max_cpus: int
+    vm_min_memory_mb: int
+    vm_max_memory_mb: int
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    def vm_run_dir(self, name: str) -> Path:
+        return self.runtime_dir / "vms" / name
+
+    def vm_console_log(self, name: str) -> Path:
+        return self.state_dir / "consoles" / f"{name}.log"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(setting: Setting, value: Any, origin: str) -> Any:
+    try:
+        if setting.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError("expected true or false")
+        if setting.type is Path:
+            return Path(os.path.expanduser(str(value)))
+        if setting.type in (int, float) and isinstance(value, bool):
+            raise ValueError("expected a number")
+        coerced = setting.type(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{origin}: {setting.name}: {exc}", field=setting.name) from exc
+    if setting.choices and coerced not in setting.choices:
+        raise InvalidArgument(
+            f"{origin}: {setting.name} must be one of {', '.join(setting.choices)}, "
+            f"got {coerced!r}",
+            field=setting.name,
+        )
+    return coerced
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _read_file(path: Path, table: Mapping[str, Setting]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise InvalidArgument(f"{path}: expected a mapping of settings")
+    values: dict[str, Any] = {}
+    for name, value in _flatten(data).items():
+        if name not in table:
+            raise InvalidArgument(f"{path}: unknown setting {name!r}", field=name)
+        values[name] = _coerce(table[name], value, str(path))
+    return values
+
+
+def _defaults_for_dirs(env: Mapping[str, str]) -> tuple[Path, Path]:
+    home = Path(env.get("HOME") or Path.home())
+    state = Path(env["STATE_DIRECTORY"].split(":")[0]) if env.get("STATE_DIRECTORY") else None
+    runtime = Path(env["RUNTIME_DIRECTORY"].split(":")[0]) if env.get("RUNTIME_DIRECTORY") else None
+    if runtime is None:
+        xdg = env.get("XDG_RUNTIME_DIR")
+        runtime = Path("/run/volant") if os.geteuid() == 0 or not xdg else Path(xdg) / "volant"
+    return state or home / ".volant", runtime
+
+
+def load_config(
+    files: Sequence[Path] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Merge defaults, the config files that exist, drop-ins and VOLANT_* variables."""
+    env = os.environ if env is None else env
+    table = {s.name: s for s in SETTINGS}
+    if files is None:
+        dropins = sorted(DROPIN_DIR.glob("*.yaml")) if DROPIN_DIR.is_dir() else []
+        files = [*DEFAULT_FILES, *dropins]
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    for path in files:
+        if path.is_file():
+            values.update(_read_file(path, table))
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = _coerce(setting, env[setting.env], setting.env)
+    state, runtime = _defaults_for_dirs(env)
+    values["state_dir"] = values["state_dir"] or state
+    values["runtime_dir"] = values["runtime_dir"] or runtime
+    values["api.socket"] = values["api.socket"] or values["runtime_dir"] / "volantd.sock"
+    config = Config(**{table[name].attr: value for name, value in values.items()})
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    from ipaddress import IPv4Address, IPv4Network
+
+    try:
+        subnet = IPv4Network(config.network_subnet)
+        host = IPv4Address(config.network_host_ip)
+    except ValueError as exc:
+        raise InvalidArgument(f"network settings: {exc}") from exc
+    if host not in subnet or host in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidArgument(
+            f"network.host_ip {host} is not a host address of network.subnet {subnet}"
+        )
+    if config.vm_min_memory_mb > config.vm_max_memory_mb:
+        raise InvalidArgument("vm.min_memory_mb is larger than vm.max_memory_mb")
+
+
+def config_fields() -> list[str]:
+    """Names of Config's fields (the settings-table test compares them)."""
+    return [f.name for f in dataclasses.fields(Config)]

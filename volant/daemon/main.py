@@ -1,0 +1,106 @@
+"""volantd entry point: build config, store, backends, engine and servers; run until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+
+from volant.api.rest import RestServer, make_app
+from volant.config import Config, load_config
+from volant.daemon.logs import setup_logging
+from volant.daemon.notify import Notifier
+from volant.engine import Engine
+from volant.host import make_supervisor
+from volant.model import VolantError
+from volant.network import HostNetwork, mac_for
+from volant.runtime import select_driver
+from volant.store import SqliteStore
+
+log = logging.getLogger("volantd")
+
+
+def _version() -> str:
+    try:
+        return version("volant")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@contextlib.asynccontextmanager
+async def build_engine(config: Config) -> AsyncIterator[Engine]:
+    """Wire the layers together; tear them down in reverse on the way out."""
+    driver = select_driver(
+        config.runtime_hypervisor,
+        accel=config.runtime_accel,
+        machine=config.runtime_machine,
+    )
+    subnet = IPv4Network(config.network_subnet)
+    network = HostNetwork(
+        bridge=config.network_bridge,
+        address=IPv4Interface(f"{config.network_host_ip}/{subnet.prefixlen}"),
+    )
+    supervisor = make_supervisor(config.host_supervisor)
+    log.info(
+        "volantd %s: hypervisor %s, supervisor %s, state %s",
+        _version(),
+        driver.kind,
+        supervisor.kind,
+        config.state_dir,
+    )
+    store = await SqliteStore.open(config.db_path)
+    try:
+        engine = Engine(
+            config, store, driver, supervisor, network, mac_for=mac_for, version=_version()
+        )
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.close()
+    finally:
+        await supervisor.close()
+        await store.close()
+
+
+async def serve(config: Config) -> None:
+    notifier = Notifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with build_engine(config) as engine:
+        app = make_app(engine)
+        async with RestServer(app, listen=config.api_listen, socket_path=config.api_socket):
+            vms = await engine.list_vms()
+            notifier.ready(f"Serving; {len(vms)} VMs")
+            log.info("ready")
+            await stop.wait()
+            log.info("shutting down; VMs keep running")
+            notifier.stopping()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="volantd", description="Volant microVM daemon")
+    parser.add_argument(
+        "--config", type=Path, action="append", help="config file (repeatable; replaces defaults)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except VolantError as exc:
+        print(f"volantd: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except VolantError as exc:
+        log.error("volantd failed: %s", exc.message)
+        raise SystemExit(1) from exc

@@ -1,0 +1,390 @@
+"""The engine: the only code that changes state. One method per verb."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from volant.config import Config
+from volant.engine.events import EventBus
+from volant.engine.ports import Hypervisor, HypervisorDriver, MacFor, Network, Store, Supervisor
+from volant.engine.undo import Undo
+from volant.model import (
+    Event,
+    EventType,
+    HypervisorFailed,
+    InvalidState,
+    LaunchSpec,
+    ScopeLimits,
+    VirtualMachine,
+    VMSpec,
+    VMStatus,
+)
+from volant.model.validate import validate_kernel_args, validate_name, validate_range
+
+log = logging.getLogger(__name__)
+
+STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
+KILL_WAIT = 10.0
+
+
+@dataclass
+class _Live:
+    """A hypervisor process this daemon watches."""
+
+    hv: Hypervisor
+    pid: int = 0
+    launching: bool = True
+    stop_requested: bool = False
+    exit_status: int | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class SystemStatus:
+    version: str
+    supervisor: str
+    hypervisor: str
+    vms_total: int
+    vms_by_status: dict[str, int]
+    ip_pool_leased: int
+    ip_pool_total: int
+    event_subscribers: int
+
+
+class Engine:
+    """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        driver: HypervisorDriver,
+        supervisor: Supervisor,
+        network: Network,
+        *,
+        mac_for: MacFor,
+        version: str = "",
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.driver = driver
+        self.supervisor = supervisor
+        self.network = network
+        self.bus = EventBus()
+        self._mac_for = mac_for
+        self._version = version
+        self._subnet = IPv4Network(config.network_subnet)
+        self._gateway = IPv4Address(config.network_host_ip)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._live: dict[str, _Live] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        supervisor.set_exit_callback(self._on_exit)
+
+    # -- lifecycle of the engine itself -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Seed the IP pool, prepare the bridge and reconcile VMs left by an earlier daemon."""
+        total = await self.store.ensure_pool(self._subnet, {self._gateway})
+        log.info("IP pool %s: %d addresses", self._subnet, total)
+        if self.config.network_manage_bridge:
+            await self.network.ensure_bridge()
+        await self._reconcile()
+
+    async def close(self) -> None:
+        """Stop watching; VMs keep running (their scopes outlive the daemon)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.bus.close()
+
+    # -- read verbs ---------------------------------------------------------------------------
+
+    async def list_vms(self) -> list[VirtualMachine]:
+        return await self.store.list_vms()
+
+    async def get_vm(self, name: str) -> VirtualMachine:
+        return await self.store.get_vm(validate_name(name))
+
+    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        return await self.store.list_events(after_id, limit)
+
+    async def system_status(self) -> SystemStatus:
+        vms = await self.store.list_vms()
+        leased, total = await self.store.pool_usage()
+        return SystemStatus(
+            version=self._version,
+            supervisor=self.supervisor.kind,
+            hypervisor=self.driver.kind,
+            vms_total=len(vms),
+            vms_by_status=dict(Counter(vm.status.value for vm in vms)),
+            ip_pool_leased=leased,
+            ip_pool_total=total,
+            event_subscribers=self.bus.subscriber_count,
+        )
+
+    # -- write verbs --------------------------------------------------------------------------
+
+    def validate_spec(self, spec: VMSpec) -> VMSpec:
+        """Domain checks every front-end shares; raises InvalidArgument naming the field."""
+        cfg = self.config
+        validate_name(spec.name)
+        validate_range("cpu_cores", spec.cpu_cores, 1, cfg.vm_max_cpus)
+        validate_range("memory_mb", spec.memory_mb, cfg.vm_min_memory_mb, cfg.vm_max_memory_mb)
+        return replace(spec, kernel_args=validate_kernel_args(spec.kernel_args))
+
+    async def create_vm(self, spec: VMSpec) -> VirtualMachine:
+        """Lease, persist, plumb and launch a VM; any failure undoes every step done so far."""
+        spec = self.validate_spec(spec)
+        async with self._lock(spec.name):
+            vm = await self.store.create_vm(
+                spec, runtime=self.driver.kind, unit="", mac_for=self._mac_for
+            )
+            undo = Undo()
+            undo.push("delete VM row and lease", lambda: self.store.delete_vm(spec.name))
+            announced = False
+            try:
+                vm = await self.store.update_vm(
+                    vm.name, kernel_cmdline=self._kernel_cmdline(vm, spec.kernel_args)
+                )
+                await self._emit(EventType.VM_CREATED, vm)
+                announced = True
+                return await self._launch(vm, undo)
+            except BaseException as exc:
+                await undo.run()
+                if announced:
+                    await self._emit_gone(vm, exc)
+                raise
+
+    async def start_vm(self, name: str) -> VirtualMachine:
+        async with self._lock(validate_name(name)):
+            vm = await self.store.get_vm(name)
+            if vm.status not in STARTABLE:
+                raise InvalidState(f"VM {name!r} is {vm.status}; only a stopped VM can start")
+            undo = Undo()
+            try:
+                return await self._launch(vm, undo)
+            except BaseException as exc:
+                await undo.run()
+                vm = await self.store.update_vm(name, status=VMStatus.ERROR, pid=None)
+                await self._emit(EventType.VM_ERROR, vm, reason=str(exc))
+                raise
+
+    async def stop_vm(self, name: str) -> VirtualMachine:
+        """Power the guest off gracefully; kill it after runtime.stop_timeout."""
+        async with self._lock(validate_name(name)):
+            vm = await self.store.get_vm(name)
+            if vm.status != VMStatus.RUNNING:
+                raise InvalidState(f"VM {name!r} is {vm.status}; only a running VM can stop")
+            vm = await self.store.update_vm(name, status=VMStatus.STOPPING)
+            await self._terminate(vm, graceful=True)
+            vm = await self.store.update_vm(name, status=VMStatus.STOPPED, pid=None)
+            await self._emit(EventType.VM_STOPPED, vm)
+            return vm
+
+    async def delete_vm(self, name: str) -> None:
+        """Kill the hypervisor if any, remove the tap, the row, its lease and its files."""
+        async with self._lock(validate_name(name)):
+            vm = await self.store.get_vm(name)
+            await self._terminate(vm, graceful=False)
+            await self.store.delete_vm(name)
+            shutil.rmtree(self.config.vm_run_dir(name), ignore_errors=True)
+            self.config.vm_console_log(name).unlink(missing_ok=True)
+            await self._emit(EventType.VM_DELETED, vm)
+        self._locks.pop(name, None)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _kernel_cmdline(self, vm: VirtualMachine, extra: str) -> str:
+        from volant.runtime.cmdline import build_cmdline
+
+        return build_cmdline(
+            name=vm.name,
+            ip=vm.ip_address,
+            gateway=str(self._gateway),
+            netmask=str(self._subnet.netmask),
+            runtime=vm.runtime,
+            plugin=vm.plugin,
+            extra=extra,
+            hypervisor_extras=self.driver.kernel_extras(),
+        )
+
+    def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
+        cfg = self.config
+        return LaunchSpec(
+            name=vm.name,
+            cpus=vm.cpu_cores,
+            memory_mb=vm.memory_mb,
+            kernel=cfg.runtime_kernel,
+            initramfs=cfg.runtime_initramfs,
+            cmdline=vm.kernel_cmdline,
+            mac=vm.mac,
+            run_dir=cfg.vm_run_dir(vm.name),
+            console_log=cfg.vm_console_log(vm.name),
+            tap=self.network.tap_name(vm.name),
+            start_paused=cfg.runtime_start_paused,
+        )
+
+    async def _launch(self, vm: VirtualMachine, undo: Undo) -> VirtualMachine:
+        """tap, starting, hypervisor in its scope, API answering, running."""
+        spec = self.launch_spec(vm)
+        assert spec.tap is not None
+        tap = spec.tap
+        await self.network.create_tap(tap, vm.name)
+        undo.push(f"delete tap {tap}", lambda: self.network.delete_tap(tap))
+        vm = await self.store.update_vm(vm.name, status=VMStatus.STARTING)
+        await self._emit(EventType.VM_STARTING, vm)
+        await asyncio.to_thread(_prepare_dirs, spec)
+        live = _Live(hv=self.driver.for_vm(spec))
+        self._live[vm.name] = live
+        undo.push("forget process", lambda: self._forget(vm.name, live))
+        launched = await self.supervisor.launch(
+            vm.name,
+            live.hv.command(),
+            ScopeLimits(cpus=vm.cpu_cores, memory_mb=vm.memory_mb),
+            log_path=spec.run_dir / "hypervisor.log",
+        )
+        live.pid = launched.pid
+        undo.push("kill hypervisor", lambda: self._kill(vm.name, live))
+        await self._wait_ready(vm.name, live)
+        live.launching = False
+        undo.clear()
+        vm = await self.store.update_vm(
+            vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
+        )
+        await self._emit(EventType.VM_RUNNING, vm)
+        return vm
+
+    async def _wait_ready(self, name: str, live: _Live) -> None:
+        ready = asyncio.ensure_future(live.hv.wait_ready(self.config.runtime_ready_timeout))
+        exited = asyncio.ensure_future(live.exited.wait())
+        try:
+            await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if live.exited.is_set() and not ready.done():
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+            raise HypervisorFailed(
+                f"hypervisor of {name!r} exited during start (status {live.exit_status}); "
+                f"see {self.config.vm_run_dir(name) / 'hypervisor.log'}"
+            )
+        ready.result()
+
+    async def _forget(self, name: str, live: _Live) -> None:
+        if self._live.get(name) is live:
+            del self._live[name]
+
+    async def _kill(self, name: str, live: _Live) -> None:
+        live.stop_requested = True
+        if not live.exited.is_set():
+            await self.supervisor.kill(name)
+            await _wait_event(live.exited, KILL_WAIT)
+
+    async def _terminate(self, vm: VirtualMachine, *, graceful: bool) -> None:
+        """End the VM's hypervisor (if this daemon knows one) and remove its tap."""
+        live = self._live.get(vm.name)
+        if live is not None:
+            live.stop_requested = True
+            if not live.exited.is_set():
+                timeout = self.config.runtime_stop_timeout if graceful else 5.0
+                try:
+                    await live.hv.shutdown(graceful=graceful, timeout=timeout)
+                except HypervisorFailed as exc:
+                    log.warning("shutdown of %s through its API failed: %s", vm.name, exc)
+                if not await _wait_event(live.exited, 5.0):
+                    await self._kill(vm.name, live)
+            await self._forget(vm.name, live)
+        elif vm.status.is_active:
+            await self.supervisor.kill(vm.name)
+        await self.network.delete_tap(self.network.tap_name(vm.name))
+
+    async def _on_exit(self, name: str, pid: int, status: int | None) -> None:
+        """Supervisor callback: a hypervisor ended. Unasked, that is a crash."""
+        live = self._live.get(name)
+        if live is None or live.pid != pid:
+            return
+        live.exit_status = status
+        live.exited.set()
+        if live.launching or live.stop_requested:
+            return  # the verb that is under way finishes the job
+        self._spawn(self._mark_crashed(name, live))
+
+    async def _mark_crashed(self, name: str, live: _Live) -> None:
+        async with self._lock(name):
+            if self._live.get(name) is not live or live.stop_requested:
+                return
+            del self._live[name]
+            await self.network.delete_tap(self.network.tap_name(name))
+            vm = await self.store.update_vm(name, status=VMStatus.CRASHED, pid=None)
+            log.warning("VM %s crashed: hypervisor exited with status %s", name, live.exit_status)
+            await self._emit(EventType.VM_CRASHED, vm, exit_status=live.exit_status)
+
+    async def _reconcile(self) -> None:
+        """Adopt hypervisors that outlived an earlier daemon; mark the rest crashed."""
+        for vm in await self.store.list_vms():
+            if not vm.status.is_active:
+                continue
+            live = _Live(hv=self.driver.for_vm(self.launch_spec(vm)), pid=vm.pid or 0)
+            live.launching = False
+            self._live[vm.name] = live
+            if vm.pid and await self.supervisor.adopt(vm.name, vm.pid, vm.unit):
+                log.info("adopted VM %s (pid %d, unit %s)", vm.name, vm.pid, vm.unit or "-")
+                if vm.status != VMStatus.RUNNING:
+                    await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
+                continue
+            del self._live[vm.name]
+            await self.network.delete_tap(self.network.tap_name(vm.name))
+            crashed = await self.store.update_vm(vm.name, status=VMStatus.CRASHED, pid=None)
+            await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task failed", exc_info=task.exception())
+
+    async def _emit(self, type: EventType, vm: VirtualMachine, **extra: Any) -> Event:
+        payload = {"status": vm.status.value, "ip_address": vm.ip_address, "pid": vm.pid, **extra}
+        event = await self.store.append_event(type, vm.name, payload)
+        self.bus.publish(event)
+        return event
+
+    async def _emit_gone(self, vm: VirtualMachine, exc: BaseException) -> None:
+        """After a failed create: say why, then that the VM no longer exists."""
+        try:
+            await self._emit(
+                EventType.VM_ERROR, replace(vm, status=VMStatus.ERROR), reason=str(exc)
+            )
+            await self._emit(EventType.VM_DELETED, replace(vm, status=VMStatus.ERROR))
+        except Exception:
+            log.exception("could not record the failed create of %s", vm.name)
+
+
+def _prepare_dirs(spec: LaunchSpec) -> None:
+    spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    for stale in (spec.api_socket, spec.serial_socket):
+        stale.unlink(missing_ok=True)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
