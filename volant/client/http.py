@@ -83,6 +83,10 @@ class VolantClient:
     async def stop_vm(self, name: str) -> dict[str, Any]:
         return dict(await self.request("POST", f"/api/v1/vms/{name}/stop"))
 
+    async def list_events(self, after: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
+        query = f"?after={after}" + (f"&vm={vm}" if vm else "")
+        return list((await self.request("GET", f"/api/v1/events{query}"))["events"])
+
     async def system_status(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/api/v1/system/status"))
 

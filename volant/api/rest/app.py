@@ -117,6 +117,24 @@ async def stop_vm(request: web.Request) -> web.Response:
     return web.json_response(vm.to_dict())
 
 
+async def list_events(request: web.Request) -> web.Response:
+    """Persisted events after ?after=<id> (oldest first), optionally for one ?vm=."""
+    after = _int_query(request, "after", 0)
+    limit = _int_query(request, "limit", 1000)
+    events = await engine_of(request).list_events(after, limit)
+    vm = request.query.get("vm")
+    return web.json_response({"events": [e.to_dict() for e in events if vm is None or e.vm == vm]})
+
+
+def _int_query(request: web.Request, key: str, default: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise InvalidArgument(f"query parameter {key!r} must be a non-negative integer")
+    return int(raw)
+
+
 def make_app(engine: Engine) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
@@ -128,4 +146,5 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_delete("/api/v1/vms/{name}", delete_vm)
     app.router.add_post("/api/v1/vms/{name}/start", start_vm)
     app.router.add_post("/api/v1/vms/{name}/stop", stop_vm)
+    app.router.add_get("/api/v1/events", list_events)
     return app

@@ -1,0 +1,176 @@
+"""A real volantd (fallback process supervisor) inside a private network namespace.
+
+The daemon's REST API is reached through its unix socket, which works across network
+namespaces; anything that must touch the guests' network runs through `ip netns exec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from volant.client import ApiError, VolantClient
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+GUEST_DIR = ROOT / ".cache" / "guest"
+
+
+def build_guest() -> Path:
+    """Build (or reuse) the test guest kernel and initramfs."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_guest.py"), "--out", str(GUEST_DIR)],
+        check=True,
+    )
+    return GUEST_DIR
+
+
+@contextlib.contextmanager
+def netns() -> Iterator[str]:
+    name = f"volant-t-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        kill_netns_processes(name)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def kill_netns_processes(name: str) -> None:
+    pids = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def volar(api: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "volar"), "--api", api, *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@dataclass
+class Daemon:
+    """A running volantd; `api` is its unix-socket base for VolantClient and volar."""
+
+    proc: subprocess.Popen[bytes]
+    ns: str
+    tmp: Path
+    api: str
+    log: Path
+
+    def call(self, coro_fn: Any) -> Any:
+        """Run `await coro_fn(client)` with a fresh client (for synchronous tests)."""
+
+        async def run() -> Any:
+            async with VolantClient(self.api, timeout=180) as client:
+                return await coro_fn(client)
+
+        return asyncio.run(run())
+
+    def in_ns(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def volar(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return volar(self.api, *argv)
+
+    def http_get(self, url: str, *, timeout: float = 90) -> str:
+        """GET url from inside the namespace, retrying until it answers or timeout."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            proc = self.in_ns("curl", "-sS", "--max-time", "3", url, timeout=10)
+            if proc.returncode == 0 and proc.stdout:
+                return proc.stdout
+            last = proc.stderr
+            time.sleep(0.5)
+        raise AssertionError(f"{url} did not answer within {timeout}s: {last}")
+
+    def link_exists(self, ifname: str) -> bool:
+        return self.in_ns("ip", "link", "show", ifname).returncode == 0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_daemon(ns: str, tmp: Path, settings: Mapping[str, Any] | None = None) -> Daemon:
+    """Start volantd in `ns` with state under `tmp`; returns once /healthz answers."""
+    guest = GUEST_DIR
+    config: dict[str, Any] = {
+        "state_dir": str(tmp / "state"),
+        "runtime_dir": str(tmp / "run"),
+        "api": {"listen": "127.0.0.1:7777", "socket": str(tmp / "run" / "volantd.sock")},
+        "host": {"supervisor": "process"},
+        "runtime": {
+            "hypervisor": "qemu",
+            "kernel": str(guest / "vmlinuz"),
+            "initramfs": str(guest / "initramfs.img"),
+            "stop_timeout": 15,
+        },
+        "vm": {"default_memory_mb": 192},
+    }
+    for key, value in (settings or {}).items():
+        section, _, leaf = key.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[leaf] = value
+    cfg_path = tmp / "volantd.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    log = tmp / "volantd.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLANT_")}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(BIN / "volantd"), "--config", str(cfg_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    daemon = Daemon(proc, ns, tmp, f"unix:{tmp / 'run' / 'volantd.sock'}", log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"volantd exited {proc.returncode}:\n{daemon.log_text()}")
+        with contextlib.suppress(ApiError, OSError):
+            if daemon.call(lambda c: c.request("GET", "/healthz")) == {"status": "ok"}:
+                return daemon
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"volantd did not become healthy:\n{daemon.log_text()}")
+
+
+def stop_daemon(daemon: Daemon, *, delete_vms: bool = True) -> None:
+    """Delete what the test left, then SIGTERM volantd (VMs would outlive it otherwise)."""
+    if delete_vms and daemon.proc.poll() is None:
+        with contextlib.suppress(Exception):
+            for vm in daemon.call(lambda c: c.list_vms()):
+                daemon.call(lambda c, name=vm["name"]: c.delete_vm(name))
+    if daemon.proc.poll() is None:
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            daemon.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait()
