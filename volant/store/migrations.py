@@ -1,0 +1,142 @@
+"""Ordered schema migrations, each applied once inside its own transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import peewee
+
+from volant.store.rows import format_ts, run_sql, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step. Never edit a released one: append a new version instead."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+) STRICT
+"""
+
+# STRICT tables make SQLite enforce the declared column types (SQLite >= 3.37; Debian 12 has
+# 3.40). vms.status carries no CHECK: a new lifecycle state would otherwise need a table rebuild,
+# and the store only ever writes VMStatus values.
+_INITIAL = (
+    """
+    CREATE TABLE vms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 63),
+        status TEXT NOT NULL,
+        pid INTEGER CHECK (pid IS NULL OR pid > 0),
+        ip_address TEXT UNIQUE,
+        mac TEXT NOT NULL UNIQUE CHECK (length(mac) = 17),
+        cpu_cores INTEGER NOT NULL CHECK (cpu_cores > 0),
+        memory_mb INTEGER NOT NULL CHECK (memory_mb > 0),
+        plugin TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        kernel_cmdline TEXT NOT NULL DEFAULT '',
+        unit TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT
+    """,
+    """
+    CREATE TABLE ip_allocations (
+        ip_address TEXT PRIMARY KEY,
+        ip_num INTEGER NOT NULL UNIQUE CHECK (ip_num >= 0),
+        vm_id INTEGER REFERENCES vms(id) ON DELETE SET NULL,
+        status TEXT NOT NULL DEFAULT 'free' CHECK (status IN ('free', 'leased')),
+        leased_at TEXT,
+        CHECK (status = 'leased' OR (vm_id IS NULL AND leased_at IS NULL))
+    ) STRICT
+    """,
+    # Serves "lowest free address in numeric order" without scanning the whole pool.
+    "CREATE INDEX ip_allocations_status_num ON ip_allocations(status, ip_num)",
+    # Without it every vms delete scans ip_allocations for ON DELETE SET NULL.
+    "CREATE INDEX ip_allocations_vm ON ip_allocations(vm_id)",
+    """
+    CREATE TABLE plugins (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        version TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        manifest_json TEXT NOT NULL CHECK (json_valid(manifest_json)),
+        digest TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT
+    """,
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        type TEXT NOT NULL,
+        vm TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(payload))
+    ) STRICT
+    """,
+    "CREATE INDEX events_vm ON events(vm)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL),)
+
+
+def check_order(migrations: Sequence[Migration]) -> None:
+    """Versions must be positive and strictly increasing, or the history is ambiguous."""
+    previous = 0
+    for migration in migrations:
+        if migration.version <= previous:
+            raise ValueError(
+                f"migration {migration.version} ({migration.name!r}) is out of order: "
+                f"versions must increase and start at 1"
+            )
+        previous = migration.version
+
+
+def apply_migrations(db: peewee.SqliteDatabase, migrations: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not recorded yet; return the versions applied now."""
+    check_order(migrations)
+    run_sql(db, _BOOTSTRAP)
+    applied = _applied_versions(db)
+    done: list[int] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        with db.atomic():
+            # Another process may have applied it between our read and our write lock.
+            if migration.version in _applied_versions(db):
+                continue
+            for statement in migration.statements:
+                run_sql(db, statement)
+            run_sql(
+                db,
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, format_ts(utcnow())),
+            )
+        log.info("applied schema migration %d: %s", migration.version, migration.name)
+        done.append(migration.version)
+    unknown = applied - {m.version for m in migrations}
+    if unknown:
+        log.warning(
+            "state database has schema versions %s that this Volant does not know; "
+            "was it written by a newer release?",
+            sorted(unknown),
+        )
+    return done
+
+
+def _applied_versions(db: peewee.SqliteDatabase) -> set[int]:
+    return {int(version) for (version,) in run_sql(db, "SELECT version FROM schema_migrations")}

@@ -1,0 +1,153 @@
+"""VM and event operations. Plain blocking functions: the store runs them on its own thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import peewee
+
+from volant.model import (
+    Conflict,
+    Event,
+    EventType,
+    InvalidArgument,
+    NameTaken,
+    NotFound,
+    PoolExhausted,
+    VirtualMachine,
+    VMSpec,
+    VMStatus,
+)
+from volant.store import pool
+from volant.store.rows import EventRow, VMRow, to_event, to_vm, utcnow
+
+MacFor = Callable[[str, str | None], str]
+
+# ip_address is absent on purpose: it changes only with its lease, in create_vm and delete_vm.
+UPDATABLE = frozenset({"status", "pid", "kernel_cmdline", "unit"})
+
+
+def _row(db: peewee.SqliteDatabase, name: str) -> VMRow:
+    row: VMRow | None = VMRow.select().where(VMRow.name == name).first(db)
+    if row is None:
+        raise NotFound(f"no VM named {name!r}", hint="`volar vms list` shows the VMs")
+    return row
+
+
+def create_vm(
+    db: peewee.SqliteDatabase,
+    spec: VMSpec,
+    *,
+    runtime: str,
+    unit: str,
+    mac_for: MacFor,
+    lease_ip: bool,
+) -> VirtualMachine:
+    """Insert the VM and take its lease in one transaction; on error nothing remains."""
+    now = utcnow()
+    with db.atomic():
+        if VMRow.select().where(VMRow.name == spec.name).exists(db):
+            raise NameTaken(f"a VM named {spec.name!r} already exists", field="name")
+        ip = None
+        if lease_ip:
+            ip = pool.lowest_free(db)
+            if ip is None:
+                leased, total = pool.usage(db)
+                raise PoolExhausted(
+                    f"no free IP address left in the pool ({leased} of {total} leased)",
+                    hint="delete a VM, or configure a larger subnet",
+                )
+        mac = mac_for(spec.name, ip)
+        values: dict[str, Any] = {
+            "name": spec.name,
+            "status": VMStatus.CREATING.value,
+            "pid": None,
+            "ip_address": ip,
+            "mac": mac,
+            "cpu_cores": spec.cpu_cores,
+            "memory_mb": spec.memory_mb,
+            "plugin": spec.plugin,
+            "runtime": runtime,
+            "kernel_cmdline": "",
+            "unit": unit,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            vm_id: int = VMRow.insert(values).execute(db)
+        except peewee.IntegrityError as err:
+            raise Conflict(f"cannot record VM {spec.name!r}: {err}") from err
+        # Transactions take the write lock up front (BEGIN IMMEDIATE), so the address read
+        # above cannot have been leased by anyone else in between.
+        if ip is not None and not pool.lease(db, ip, vm_id, now):
+            raise Conflict(f"IP address {ip} was leased concurrently; retry")
+    return to_vm(VMRow(id=vm_id, **values))
+
+
+def get_vm(db: peewee.SqliteDatabase, name: str) -> VirtualMachine:
+    return to_vm(_row(db, name))
+
+
+def list_vms(db: peewee.SqliteDatabase) -> list[VirtualMachine]:
+    return [to_vm(row) for row in VMRow.select().order_by(VMRow.name).execute(db)]
+
+
+def check_update(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate update_vm's keyword arguments; return the column values to write."""
+    unknown = sorted(set(fields) - UPDATABLE)
+    if unknown:
+        raise TypeError(
+            f"update_vm() got unexpected field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(UPDATABLE))}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "status":
+            if not isinstance(value, VMStatus):
+                raise TypeError(f"status must be a VMStatus, not {type(value).__name__}")
+            values[key] = value.value
+        elif key == "pid":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"pid must be an int or None, not {type(value).__name__}")
+            if value is not None and value <= 0:
+                raise InvalidArgument(f"pid must be positive, got {value}", field="pid")
+            values[key] = value
+        else:
+            if not isinstance(value, str):
+                raise TypeError(f"{key} must be a str, not {type(value).__name__}")
+            values[key] = value
+    return values
+
+
+def update_vm(db: peewee.SqliteDatabase, name: str, values: dict[str, Any]) -> VirtualMachine:
+    with db.atomic():
+        row = _row(db, name)
+        if not values:
+            return to_vm(row)
+        values = {**values, "updated_at": utcnow()}
+        VMRow.update(values).where(VMRow.id == row.id).execute(db)
+        for key, value in values.items():
+            setattr(row, key, value)
+    return to_vm(row)
+
+
+def delete_vm(db: peewee.SqliteDatabase, name: str) -> None:
+    with db.atomic():
+        row = _row(db, name)
+        pool.release(db, row.id)
+        VMRow.delete().where(VMRow.id == row.id).execute(db)
+
+
+def append_event(db: peewee.SqliteDatabase, type: EventType, vm: str, payload_json: str) -> Event:
+    now = utcnow()
+    with db.atomic():
+        event_id: int = EventRow.insert(
+            ts=now, type=type.value, vm=vm, payload=payload_json
+        ).execute(db)
+    return to_event(EventRow(id=event_id, ts=now, type=type.value, vm=vm, payload=payload_json))
+
+
+def list_events(db: peewee.SqliteDatabase, after_id: int, limit: int) -> list[Event]:
+    query = EventRow.select().where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
+    return [to_event(row) for row in query.execute(db)]

@@ -1,0 +1,182 @@
+"""SqliteStore: the engine's Store port on one SQLite file, driven from asyncio.
+
+Threading: peewee keeps one connection per thread, and SQLite wants one writer. The store owns a
+single-thread executor; the database is connected, queried and closed only on that thread, so
+writes are serialised in order of arrival and the event loop never waits on disk. A call whose
+caller is cancelled still runs to its end (or not at all), so a transaction is never cut in half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import peewee
+
+from volant.model import Event, EventType, InvalidArgument, Unavailable, VirtualMachine, VMSpec
+from volant.store import ops, pool
+from volant.store.migrations import MIGRATIONS, Migration, apply_migrations, check_order
+from volant.store.ops import MacFor
+from volant.store.rows import run_sql
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+BUSY_TIMEOUT_MS = 5000
+THREAD_NAME = "volant-store"
+
+
+def _database(path: Path) -> peewee.SqliteDatabase:
+    return peewee.SqliteDatabase(
+        str(path),
+        pragmas=[
+            ("journal_mode", "wal"),
+            ("foreign_keys", 1),
+            ("busy_timeout", BUSY_TIMEOUT_MS),
+            ("synchronous", "normal"),
+        ],
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        # Every transaction here writes: take the write lock at BEGIN, so two processes never
+        # both read the pool and then collide on the upgrade to a write lock.
+        lock_type="IMMEDIATE",
+        # Using the database from any thread but the store's raises instead of quietly
+        # opening a second connection.
+        autoconnect=False,
+    )
+
+
+def _connect(db: peewee.SqliteDatabase, path: Path, migrations: Sequence[Migration]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db.connect()
+    try:
+        ((mode,),) = run_sql(db, "PRAGMA journal_mode")
+        if str(mode).lower() != "wal":
+            log.warning("state database %s is in %s journal mode, not WAL", path, mode)
+        apply_migrations(db, migrations)
+    except BaseException:
+        db.close()
+        raise
+
+
+class SqliteStore:
+    """Persistent state of VMs, the IP pool and events. Build it with `await SqliteStore.open()`."""
+
+    def __init__(self, db: peewee.SqliteDatabase, executor: ThreadPoolExecutor, path: Path) -> None:
+        self._db = db
+        self._executor = executor
+        self._closed = False
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> Self:
+        """Open (creating it and its parent directories) and migrate the database at path."""
+        check_order(migrations)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+        db = _database(path)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                executor, _connect, db, path, migrations
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(db, executor, path)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run fn on the store thread and wait for it without blocking the event loop."""
+        if self._closed:
+            raise Unavailable("the state store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        """Close the database and stop the store thread; later calls raise Unavailable."""
+        if self._closed:
+            return
+        try:
+            await self._call(self._db.close)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+
+    async def ensure_pool(self, network: IPv4Network, exclude: set[IPv4Address]) -> int:
+        """Seed the pool with network's hosts minus exclude; return the pool's size."""
+        return await self._call(functools.partial(pool.ensure_pool, self._db, network, exclude))
+
+    async def create_vm(
+        self, spec: VMSpec, *, runtime: str, unit: str, mac_for: MacFor, lease_ip: bool = True
+    ) -> VirtualMachine:
+        """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
+
+        Raises NameTaken or PoolExhausted and then leaves nothing behind.
+        """
+        return await self._call(
+            functools.partial(
+                ops.create_vm,
+                self._db,
+                spec,
+                runtime=runtime,
+                unit=unit,
+                mac_for=mac_for,
+                lease_ip=lease_ip,
+            )
+        )
+
+    async def get_vm(self, name: str) -> VirtualMachine:
+        """The VM called name; NotFound when there is none."""
+        return await self._call(functools.partial(ops.get_vm, self._db, name))
+
+    async def list_vms(self) -> list[VirtualMachine]:
+        """Every VM, ordered by name."""
+        return await self._call(functools.partial(ops.list_vms, self._db))
+
+    async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
+        """Change status, pid, kernel_cmdline or unit; bumps updated_at.
+
+        Unknown fields or wrong types raise TypeError before anything is written.
+        """
+        values = ops.check_update(fields)
+        return await self._call(functools.partial(ops.update_vm, self._db, name, values))
+
+    async def delete_vm(self, name: str) -> None:
+        """Delete the row and release its IP lease in one transaction; NotFound if absent."""
+        await self._call(functools.partial(ops.delete_vm, self._db, name))
+
+    async def append_event(
+        self, type: EventType, vm: str, payload: dict[str, Any] | None = None
+    ) -> Event:
+        """Persist an event; its id is greater than every earlier event's."""
+        # Serialised here so an unencodable payload fails in the caller, not on the store thread.
+        payload_json = json.dumps(payload or {}, separators=(",", ":"))
+        return await self._call(
+            functools.partial(ops.append_event, self._db, EventType(type), vm, payload_json)
+        )
+
+    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with id > after_id, oldest first, at most limit of them."""
+        if limit < 1:
+            raise InvalidArgument(f"limit must be at least 1, got {limit}", field="limit")
+        return await self._call(functools.partial(ops.list_events, self._db, after_id, limit))
+
+    async def pool_usage(self) -> tuple[int, int]:
+        """(leased, total) addresses of the pool."""
+        return await self._call(functools.partial(pool.usage, self._db))
