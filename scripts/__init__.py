@@ -1,0 +1,1 @@
+"""Developer and test harness scripts; importable so tests can share them (scripts.sysbox)."""
