@@ -27,6 +27,7 @@ from volant.model import (
     VMStatus,
 )
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
+from volant.runtime.cmdline import build_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,6 @@ class Engine:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def _kernel_cmdline(self, vm: VirtualMachine, extra: str) -> str:
-        from volant.runtime.cmdline import build_cmdline
-
         return build_cmdline(
             name=vm.name,
             ip=vm.ip_address,
