@@ -15,6 +15,7 @@ from pathlib import Path
 import peewee
 import pytest
 
+from volant.engine.ports import Store
 from volant.model import (
     EventType,
     InvalidArgument,
@@ -71,6 +72,11 @@ async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 # -- opening, pragmas, migrations -------------------------------------------------------------
+
+
+def test_satisfies_the_store_port(store: SqliteStore) -> None:
+    port: Store = store  # checked by mypy: SqliteStore matches the Protocol structurally
+    assert port is store
 
 
 async def test_open_creates_directories_and_uses_wal(store: SqliteStore, db_path: Path) -> None:
