@@ -1,0 +1,121 @@
+"""Print boot-to-HTTP seconds of the test guest under QEMU, per machine type.
+
+Usage: .venv/bin/python bench/qemu_boot.py [--runs 3] [--machines microvm,pc,q35] [--quiet]
+
+Needs root and a built guest (scripts/build_guest.py). Each run gets its own network namespace
+with a bridge and a tap; the host's root namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from volant.model import LaunchSpec
+from volant.runtime.cmdline import build_cmdline
+from volant.runtime.qemu import QemuDriver
+
+ROOT = Path(__file__).resolve().parents[1]
+GUEST = ROOT / ".cache" / "guest"
+GUEST_IP, BRIDGE_IP, TAP = "192.168.127.2", "192.168.127.1", "vt-bench0"
+
+
+def setup_netns() -> str:
+    ns = f"volant-t-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    for cmd in (
+        "link set lo up",
+        "link add br0 type bridge",
+        f"addr add {BRIDGE_IP}/24 dev br0",
+        "link set br0 up",
+        f"tuntap add dev {TAP} mode tap",
+        f"link set {TAP} master br0",
+        f"link set {TAP} up",
+    ):
+        subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+    return ns
+
+
+async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
+    """(seconds to the init's ready line on the console, seconds to the first HTTP answer)."""
+    driver = QemuDriver(machine=machine)
+    run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
+    ns = setup_netns()
+    cmdline = build_cmdline(
+        name="bench",
+        runtime="bench",
+        plugin="bench",
+        ip=GUEST_IP,
+        gateway=BRIDGE_IP,
+        netmask="24",
+        hypervisor_extras=driver.kernel_extras(),
+        extra="quiet" if quiet else "",
+    )
+    spec = LaunchSpec(
+        name="bench",
+        cpus=1,
+        memory_mb=256,
+        kernel=GUEST / "vmlinuz",
+        initramfs=GUEST / "initramfs.img",
+        cmdline=cmdline,
+        mac="02:56:c0:a8:7f:02",
+        run_dir=run_dir,
+        console_log=run_dir / "console.log",
+        tap=TAP,
+    )
+    hv = driver.for_vm(spec)
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
+    ready = float("nan")
+    try:
+        while time.monotonic() - start < 90:
+            if ready != ready and b"volant-init: ready" in _read(spec.console_log):
+                ready = time.monotonic() - start
+            curl = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", ns, "curl", "-s", "-m", "0.3",
+                f"http://{GUEST_IP}:8080/", stdout=subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await curl.communicate()
+            if out:
+                return ready, time.monotonic() - start
+            await asyncio.sleep(0.05)
+        return ready, float("nan")
+    finally:
+        await hv.shutdown(graceful=False, timeout=5)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await (await asyncio.create_subprocess_exec("ip", "netns", "del", ns)).wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--machines", default="microvm,pc,q35")
+    parser.add_argument("--quiet", action="store_true", help="add `quiet` to the kernel cmdline")
+    args = parser.parse_args()
+    for machine in args.machines.split(","):
+        runs = [await one_boot(machine, args.quiet) for _ in range(args.runs)]
+        for label, times in (("init ready", [r[0] for r in runs]), ("HTTP", [r[1] for r in runs])):
+            shown = " ".join(f"{t:.2f}" for t in times)
+            median = statistics.median(times)
+            print(f"{machine:8} {label:10} median {median:.2f}s  runs: {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,196 @@
+"""Cloud Hypervisor driver: argv against CH's documented CLI, API client against the FAKE CH.
+
+No CH binary exists on these machines; tests/fakes/fake_cloud_hypervisor.py stands in for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fake_cloud_hypervisor import CLIError, FakeCloudHypervisor, parse_cli
+from volant.model import HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.runtime.cloudhypervisor import (
+    CloudHypervisorAPI,
+    CloudHypervisorAPIError,
+    CloudHypervisorDriver,
+    CloudHypervisorUnreachable,
+    CloudHypervisorVM,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="vt-ch-", dir="/tmp"))  # short AF_UNIX paths
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_spec(run_dir: Path, **kw: object) -> LaunchSpec:
+    values: dict[str, object] = {
+        "name": "web",
+        "cpus": 2,
+        "memory_mb": 512,
+        "kernel": Path("/g/vmlinuz"),
+        "initramfs": Path("/g/initramfs.img"),
+        "cmdline": "console=ttyS0 reboot=k panic=1 volant.plugin=caddy",
+        "mac": "02:56:0a:0b:0c:0d",
+        "run_dir": run_dir,
+        "console_log": run_dir / "console.log",
+        "tap": "vt-0123456789",
+    }
+    values.update(kw)
+    return LaunchSpec(**values)  # type: ignore[arg-type]
+
+
+def vm(run_dir: Path, **kw: object) -> CloudHypervisorVM:
+    return CloudHypervisorDriver().for_vm(make_spec(run_dir, **kw))
+
+
+def test_argv_follows_the_documented_cli(run_dir: Path) -> None:
+    argv = vm(run_dir, disks=(Path("/d/config.img"),)).command()
+    assert argv == [
+        "cloud-hypervisor",
+        "--api-socket", f"path={run_dir}/api.sock",
+        "--kernel", "/g/vmlinuz",
+        "--initramfs", "/g/initramfs.img",
+        "--cmdline", "console=ttyS0 reboot=k panic=1 volant.plugin=caddy",
+        "--cpus", "boot=2",
+        "--memory", "size=512M",
+        "--net", "tap=vt-0123456789,mac=02:56:0a:0b:0c:0d",
+        "--serial", f"socket={run_dir}/serial.sock",
+        "--console", "off",
+        "--rng", "src=/dev/urandom",
+        "--disk", "path=/d/config.img,readonly=on,image_type=raw",
+    ]  # fmt: skip
+    parsed = parse_cli(argv)
+    assert parsed["--disk"] == [{"path": "/d/config.img", "readonly": "on", "image_type": "raw"}]
+
+
+def test_argv_without_optional_parts_still_parses(run_dir: Path) -> None:
+    argv = vm(run_dir, tap=None, initramfs=None).command()
+    assert "--net" not in argv
+    assert "--initramfs" not in argv
+    assert parse_cli(argv)["--kernel"] == "/g/vmlinuz"
+
+
+def test_cli_check_catches_what_ch_refuses() -> None:
+    with pytest.raises(CLIError, match="payload"):
+        parse_cli(["cloud-hypervisor", "--cpus", "boot=1"])
+    with pytest.raises(CLIError, match="unknown key"):
+        parse_cli(["cloud-hypervisor", "--kernel", "k", "--net", "tap=t,vhost=on"])
+    with pytest.raises(CLIError, match="unknown option"):
+        parse_cli(["cloud-hypervisor", "--kernel", "k", "--no-reboot", "x"])
+
+
+def test_start_paused_and_commas_are_refused(run_dir: Path) -> None:
+    with pytest.raises(InvalidArgument, match="paused"):
+        vm(run_dir, start_paused=True).command()
+    with pytest.raises(InvalidArgument, match="comma"):
+        vm(run_dir, disks=(Path("/d/a,b.img"),)).command()
+
+
+def test_no_kernel_extras() -> None:
+    assert CloudHypervisorDriver().kernel_extras() == []
+
+
+async def test_api_calls_and_error_bodies(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        async with CloudHypervisorAPI(hv.spec.api_socket) as api:
+            ping = await api.ping()
+            assert ping["version"] == "53.0"
+            info = await api.vm_info()
+            assert info["state"] == "Running"
+            assert info["config"]["payload"]["kernel"] == "/g/vmlinuz"
+            assert info["config"]["net"] == [{"tap": "vt-0123456789", "mac": "02:56:0a:0b:0c:0d"}]
+            await api.vm_shutdown()
+            assert (await api.vm_info())["state"] == "Created"
+            with pytest.raises(CloudHypervisorAPIError) as err:
+                await api.power_button()
+            assert err.value.status == 500
+            assert err.value.messages[0] == "Error from API"
+            await api.vmm_shutdown()
+        await asyncio.wait_for(fake.exited.wait(), 2)
+    assert not hv.spec.api_socket.exists()
+
+
+async def test_api_error_404_before_vm_create(run_dir: Path) -> None:
+    async with (
+        FakeCloudHypervisor(run_dir / "api.sock"),
+        CloudHypervisorAPI(run_dir / "api.sock") as api,
+    ):
+        with pytest.raises(CloudHypervisorAPIError) as err:
+            await api.vm_info()
+        assert err.value.status == 404
+        assert len(err.value.messages) == 2
+
+
+async def test_unreachable_socket(run_dir: Path) -> None:
+    async with CloudHypervisorAPI(run_dir / "api.sock") as api:
+        with pytest.raises(CloudHypervisorUnreachable):
+            await api.ping()
+
+
+async def test_wait_ready_polls_until_the_api_answers(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    fake = FakeCloudHypervisor.from_argv(hv.command())
+
+    async def start_late() -> None:
+        await asyncio.sleep(0.3)
+        await fake.__aenter__()
+
+    starter = asyncio.create_task(start_late())
+    try:
+        await hv.wait_ready(5)
+        assert (await hv.info())["status"] == "running"
+    finally:
+        await starter
+        await fake.__aexit__(None, None, None)
+
+
+async def test_wait_ready_times_out(run_dir: Path) -> None:
+    began = time.monotonic()
+    with pytest.raises(HypervisorFailed, match="did not answer"):
+        await vm(run_dir).wait_ready(0.5)
+    assert time.monotonic() - began < 2
+
+
+async def test_graceful_shutdown_uses_the_power_button(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        assert await hv.shutdown(graceful=True, timeout=5)
+        assert ("PUT", "vm.power-button") in fake.requests
+        assert ("PUT", "vmm.shutdown") not in fake.requests
+
+
+async def test_graceful_shutdown_falls_back_to_vmm_shutdown(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command(), acpi_handled=False) as fake:
+        began = time.monotonic()
+        assert await hv.shutdown(graceful=True, timeout=1)
+        assert time.monotonic() - began < 1.5
+        assert fake.requests.index(("PUT", "vm.power-button")) < fake.requests.index(
+            ("PUT", "vmm.shutdown")
+        )
+
+
+async def test_hard_shutdown_and_already_gone(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        assert await hv.shutdown(graceful=False, timeout=5)
+        assert ("PUT", "vm.power-button") not in fake.requests
+    assert await hv.shutdown(graceful=True, timeout=1)
+
+
+async def test_info_without_api_is_hypervisor_failed(run_dir: Path) -> None:
+    with pytest.raises(HypervisorFailed):
+        await vm(run_dir).info()
