@@ -34,7 +34,7 @@ $(GUEST)/.stamp: scripts/build_guest.py .cache/apt.stamp $(VENV)/.stamp
 	@touch $@
 
 demo: deps
-	@$(PY) scripts/demo.py
+	@$(PY) -m scripts.demo
 
 lint: venv
 	@$(PY) -m pytest -q -m lint
