@@ -132,7 +132,10 @@ async def test_migrations_must_be_ordered(db_path: Path) -> None:
 
 async def test_closed_store_refuses_calls(db_path: Path) -> None:
     store = await SqliteStore.open(db_path)
+    queued = asyncio.ensure_future(store.list_vms())
+    await asyncio.sleep(0)  # let it reach the store thread's queue
     await store.close()
+    assert await queued == []  # a call queued before close still completes
     await store.close()
     with pytest.raises(Unavailable):
         await store.list_vms()

@@ -87,6 +87,8 @@ class SqliteStore:
                 executor, _connect, db, path, migrations
             )
         except BaseException:
+            # Queued behind a connect that may still be running if we were cancelled.
+            executor.submit(db.close)
             executor.shutdown(wait=False)
             raise
         return cls(db, executor, path)
@@ -112,10 +114,11 @@ class SqliteStore:
         """Close the database and stop the store thread; later calls raise Unavailable."""
         if self._closed:
             return
+        # Refuse new calls at once; calls already queued still run before the close.
+        self._closed = True
         try:
-            await self._call(self._db.close)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         finally:
-            self._closed = True
             self._executor.shutdown(wait=True)
 
     async def ensure_pool(self, network: IPv4Network, exclude: set[IPv4Address]) -> int:
