@@ -46,7 +46,7 @@ test: deps
 	@$(PY) -m pytest -q -ra
 
 bench: deps
-	@$(PY) bench/create_latency.py
+	@$(PY) -m bench.create_latency
 
 clean:
 	rm -rf $(VENV) .cache
