@@ -25,6 +25,7 @@ from volant.runtime.qemu import QemuDriver
 ROOT = Path(__file__).resolve().parents[1]
 GUEST = ROOT / ".cache" / "guest"
 GUEST_IP, BRIDGE_IP, TAP = "192.168.127.2", "192.168.127.1", "vt-bench0"
+TIMEOUT = 90.0
 
 
 def setup_netns() -> str:
@@ -41,6 +42,34 @@ def setup_netns() -> str:
     ):
         subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
     return ns
+
+
+def _says_ready(log: Path) -> bool:
+    try:
+        return b"volant-init: ready" in log.read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+async def _wait_console(log: Path, start: float) -> float:
+    while time.monotonic() - start < TIMEOUT:
+        if await asyncio.to_thread(_says_ready, log):
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    return float("nan")
+
+
+async def _wait_http(ns: str, start: float) -> float:
+    while time.monotonic() - start < TIMEOUT:
+        curl = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, "curl", "-s", "-m", "0.3",
+            f"http://{GUEST_IP}:8080/", stdout=subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await curl.communicate()
+        if out:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    return float("nan")
 
 
 async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
@@ -73,20 +102,11 @@ async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
     hv = driver.for_vm(spec)
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
-    ready = float("nan")
     try:
-        while time.monotonic() - start < 90:
-            if ready != ready and b"volant-init: ready" in _read(spec.console_log):
-                ready = time.monotonic() - start
-            curl = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", ns, "curl", "-s", "-m", "0.3",
-                f"http://{GUEST_IP}:8080/", stdout=subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await curl.communicate()
-            if out:
-                return ready, time.monotonic() - start
-            await asyncio.sleep(0.05)
-        return ready, float("nan")
+        ready, answered = await asyncio.gather(
+            _wait_console(spec.console_log, start), _wait_http(ns, start)
+        )
+        return ready, answered
     finally:
         await hv.shutdown(graceful=False, timeout=5)
         if proc.returncode is None:
@@ -94,13 +114,6 @@ async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
         await proc.wait()
         await (await asyncio.create_subprocess_exec("ip", "netns", "del", ns)).wait()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
 
 
 async def main() -> None:

@@ -77,16 +77,26 @@ class Apt:
     def __init__(self) -> None:
         self._updated = False
 
+    def refresh(self) -> bool:
+        """Run apt-get update unless it already ran; False when it had."""
+        if self._updated:
+            return False
+        log("apt lists look stale or missing; running apt-get update once")
+        run(["apt-get", "update", "-qq"])
+        self._updated = True
+        return True
+
     def _retry(self, argv: list[str], cwd: Path | None = None) -> str:
         try:
             return run(argv, cwd)
         except BuildError:
-            if self._updated:
+            if not self.refresh():
                 raise
-            log("apt lists look stale or missing; running apt-get update once")
-            run(["apt-get", "update", "-qq"])
-            self._updated = True
             return run(argv, cwd)
+
+    def resolve(self) -> list[DebInfo]:
+        """The kernel package and busybox-static, at their candidate versions."""
+        return [self.show(self.kernel_package()), self.show(BUSYBOX)]
 
     def kernel_package(self) -> str:
         out = self._retry(["apt-cache", "depends", KERNEL_META])
@@ -119,7 +129,7 @@ class Apt:
         with tempfile.TemporaryDirectory(dir=debs) as tmp:
             # apt-get download leaves a partial file on failure; a private directory keeps
             # that out of the cache.
-            self._retry(["apt-get", "download", f"{info.package}={info.version}"], Path(tmp))
+            run(["apt-get", "download", f"{info.package}={info.version}"], Path(tmp))
             got = list(Path(tmp).glob("*.deb"))
             if len(got) != 1:
                 raise BuildError(f"apt-get download {info.package} produced {len(got)} files")
@@ -340,20 +350,31 @@ def up_to_date(out: Path, key: str) -> bool:
         return False
 
 
+def fetch(apt: Apt, debs: list[DebInfo], cache: Path) -> tuple[list[DebInfo], list[Path]]:
+    """Download (or reuse) and unpack the debs; on failure refresh the lists once and retry."""
+    (cache / "debs").mkdir(parents=True, exist_ok=True)
+    try:
+        paths = [apt.download(deb, cache / "debs") for deb in debs]
+    except BuildError:
+        # Stale lists name versions the archive no longer has: resolve again after an update.
+        if not apt.refresh():
+            raise
+        debs = apt.resolve()
+        paths = [apt.download(deb, cache / "debs") for deb in debs]
+    return debs, [extract(path, cache / "extract") for path in paths]
+
+
 def build(out: Path, cache: Path) -> dict[str, object]:
     apt = Apt()
-    kernel_pkg = apt.kernel_package()
-    debs = [apt.show(kernel_pkg), apt.show(BUSYBOX)]
-    key = inputs_key(debs)
+    debs = apt.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if up_to_date(out, key):
-        log(f"{out} is up to date ({kernel_pkg})")
+    if up_to_date(out, inputs_key(debs)):
+        log(f"{out} is up to date ({debs[0].package})")
         meta: dict[str, object] = json.loads((out / "guest.json").read_text())
         return meta
-    (cache / "debs").mkdir(parents=True, exist_ok=True)
-    kernel_root, busybox_root = (
-        extract(apt.download(deb, cache / "debs"), cache / "extract") for deb in debs
-    )
+    debs, (kernel_root, busybox_root) = fetch(apt, debs, cache)
+    key = inputs_key(debs)
+    kernel_pkg = debs[0].package
     kernel_version = kernel_pkg.removeprefix("linux-image-")
     vmlinuz = (kernel_root / "boot" / f"vmlinuz-{kernel_version}").read_bytes()
     index = module_index(kernel_root / "lib" / "modules" / kernel_version)

@@ -4,10 +4,14 @@ Accelerator choice: `auto` resolves to TCG. The presence of /dev/kvm proves noth
 paravirtual KVM QEMU aborts setting MSRs, or the guest stalls in the firmware), and a real probe
 would mean booting a guest at daemon start. Operators with working KVM set `accel = kvm`.
 
-Machine choice: `auto` picks microvm (the fastest boot, see docs in the reference) unless the
-guest would run under TCG and the host TSC rate is unknown: microvm has no HPET, PM timer or
-kvmclock under TCG, so the guest kernel needs `tsc_early_khz=` or it hangs calibrating its TSC.
-Then `auto` falls back to q35, which needs no hint.
+Machine choice: `auto` picks microvm, the fastest to boot (TCG, 1 vCPU, Debian cloud kernel and the
+test initramfs, launch to HTTP answer: microvm about 3.0-4.4 s, pc 4.1-5.1 s, q35 4.3-5.3 s),
+unless the guest would run under TCG and the host TSC rate is unknown: microvm has no HPET, PM
+timer or kvmclock under TCG, so the guest kernel needs `tsc_early_khz=` or it hangs calibrating
+its TSC. Then `auto` falls back to q35, which needs no hint. pc and q35 stay selectable.
+
+Every socket path lives in spec.run_dir (which must exist); the console log is QEMU's own
+`logfile=` on the serial chardev, so it is complete even when nobody is attached.
 """
 
 from __future__ import annotations

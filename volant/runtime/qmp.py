@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,20 @@ class QMPSession:
         return True
 
 
-def _gone(exc: ConnectError) -> bool:
-    cause = exc.exc
-    return isinstance(cause, FileNotFoundError | ConnectionRefusedError | EOFError)
+async def _connect_unix(path: Path) -> socket.socket:
+    # Connecting here rather than in QMPClient keeps the expected "not listening yet / any more"
+    # outcomes out of qemu.qmp, which logs every failed connect at ERROR level.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise QMPGone(f"nothing listens on {path}: {exc.strerror}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @contextlib.asynccontextmanager
@@ -75,16 +87,18 @@ async def qmp_session(path: Path, name: str, timeout: float) -> AsyncIterator[QM
 
     Raises QMPGone when no QEMU listens on path, QMPBusy when none answers within timeout.
     """
+    sock = await _connect_unix(path)
     client = QMPClient(name)
     try:
         try:
-            await asyncio.wait_for(client.connect(str(path)), timeout)
+            # The client owns the socket from here on and closes it on disconnect.
+            await asyncio.wait_for(client.connect(sock), timeout)
         except TimeoutError as exc:
             raise QMPBusy(f"no QMP greeting on {path} within {timeout:.1f}s") from exc
         except ConnectError as exc:
-            if _gone(exc):
-                raise QMPGone(f"nothing listens on {path}: {exc.exc}") from exc
-            raise QMPBusy(f"cannot connect to QMP on {path}: {exc}") from exc
+            if isinstance(exc.exc, EOFError | ConnectionResetError):
+                raise QMPGone(f"QEMU closed {path} during the greeting") from exc
+            raise QMPBusy(f"cannot set up QMP on {path}: {exc}") from exc
         yield QMPSession(client)
     finally:
         if client.runstate != Runstate.IDLE:
@@ -94,3 +108,4 @@ async def qmp_session(path: Path, name: str, timeout: float) -> AsyncIterator[QM
                 await client.disconnect()
             except (QMPError, OSError, EOFError) as exc:
                 log.debug("QMP %s: connection ended with %r", path, exc)
+        sock.close()
