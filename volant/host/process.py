@@ -1,0 +1,112 @@
+"""ProcessSupervisor: hypervisors as child processes, for hosts where systemd is not PID 1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from volant.host.spawn import pid_alive, spawn, wait_pid
+from volant.host.types import ExitCallback
+from volant.model import HypervisorFailed, Launched, ScopeLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Child:
+    name: str
+    pid: int
+    proc: asyncio.subprocess.Process | None  # None when adopted from an earlier daemon
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class ProcessSupervisor:
+    """Keeps each hypervisor as a child in its own session; no resource limits are applied.
+
+    The exit callback runs once per VM with (name, pid, status): status as asyncio reports it
+    (negative for a signal) for children, None for adopted processes.
+    """
+
+    kind = "process"
+
+    def __init__(self) -> None:
+        self._vms: dict[str, _Child] = {}
+        self._callback: ExitCallback | None = None
+
+    async def __aenter__(self) -> ProcessSupervisor:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def set_exit_callback(self, callback: ExitCallback) -> None:
+        self._callback = callback
+
+    async def launch(
+        self, name: str, argv: Sequence[str], limits: ScopeLimits, *, log_path: Path
+    ) -> Launched:
+        """Start argv as a child; limits are not enforced without systemd."""
+        if name in self._vms:
+            raise HypervisorFailed(f"a hypervisor for {name!r} is already running")
+        proc = await spawn(argv, log_path)
+        self._watch(_Child(name=name, pid=proc.pid, proc=proc))
+        log.info("started hypervisor of %s as pid %d (no limits without systemd)", name, proc.pid)
+        return Launched(pid=proc.pid, unit="")
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL the hypervisor's session group and wait until it has ended."""
+        child = self._vms.get(name)
+        if child is None:
+            return
+        # Launched in a new session, the hypervisor leads its own process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        await child.gone.wait()
+
+    async def adopt(self, name: str, pid: int, unit: str) -> bool:
+        """Watch a hypervisor left by an earlier daemon; False when that pid is gone."""
+        if unit or not pid_alive(pid):
+            return False
+        self._watch(_Child(name=name, pid=pid, proc=None))
+        return True
+
+    async def close(self) -> None:
+        """Stop watching (the hypervisors keep running) and await every watcher."""
+        tasks = [child.task for child in self._vms.values() if child.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._vms.clear()
+
+    def _watch(self, child: _Child) -> None:
+        self._vms[child.name] = child
+        child.task = asyncio.create_task(self._wait(child), name=f"volant-watch-{child.name}")
+
+    async def _wait(self, child: _Child) -> None:
+        status: int | None = None
+        if child.proc is not None:
+            status = await child.proc.wait()
+        else:
+            await wait_pid(child.pid)
+        if self._vms.get(child.name) is child:
+            del self._vms[child.name]
+        child.gone.set()
+        log.info("hypervisor of %s (pid %d) ended with status %s", child.name, child.pid, status)
+        if self._callback is not None:
+            try:
+                await self._callback(child.name, child.pid, status)
+            except Exception:
+                log.exception("exit callback for %s failed", child.name)

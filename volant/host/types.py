@@ -1,0 +1,8 @@
+"""Types the supervisors share with their callers (structurally equal to volant.engine.ports)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+ExitCallback = Callable[[str, int, int | None], Awaitable[None]]
+"""Called with (vm name, pid, exit status or None when unknown) when a hypervisor ends."""

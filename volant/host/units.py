@@ -1,0 +1,57 @@
+"""systemd unit names for VMs: systemd's escaping rules, and the scope and slice names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from volant.model import ScopeLimits
+
+SLICE = "volant.slice"
+SCOPE_PREFIX = "volant-vm-"
+DAEMON_UNIT = "volantd.service"
+
+# Bytes systemd keeps as they are in an escaped unit-name component (unit_name_escape()).
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+
+
+def escape_unit_name(text: str) -> str:
+    """Escape text the way `systemd-escape TEXT` does.
+
+    "/" becomes "-"; every other byte of the UTF-8 encoding outside [a-zA-Z0-9:_.] becomes
+    `\\xNN` (lower-case hex), and so does a leading ".". So "web-1" becomes "web\\x2d1".
+    """
+    out: list[str] = []
+    for index, byte in enumerate(text.encode()):
+        if byte == ord("/"):
+            out.append("-")
+        elif byte in _PLAIN and not (index == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def scope_name(vm_name: str) -> str:
+    """The transient scope unit that holds a VM's hypervisor: volant-vm-<escaped name>.scope."""
+    return f"{SCOPE_PREFIX}{escape_unit_name(vm_name)}.scope"
+
+
+def scope_properties(
+    vm_name: str, pid: int, limits: ScopeLimits
+) -> list[tuple[str, tuple[str, Any]]]:
+    """StartTransientUnit properties of a VM's scope, as (name, (D-Bus signature, value)).
+
+    Limits are set even where systemd cannot enforce them (a cgroup v2 tree without the cpu,
+    memory or pids controllers): they show in `systemctl show` and apply once it can.
+    """
+    return [
+        ("Description", ("s", f"Volant VM {vm_name}")),
+        ("PIDs", ("au", [pid])),
+        ("Slice", ("s", SLICE)),
+        # CPUQuota=100% is one CPU-second per second.
+        ("CPUQuotaPerSecUSec", ("t", limits.cpu_quota_percent * 10_000)),
+        ("MemoryMax", ("t", limits.memory_max_bytes)),
+        ("TasksMax", ("t", limits.tasks_max)),
+        ("CollectMode", ("s", "inactive-or-failed")),
+        ("After", ("as", [DAEMON_UNIT])),
+    ]
