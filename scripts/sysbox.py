@@ -184,6 +184,7 @@ class Sysbox:
 
     def start(self) -> None:
         """Create the cgroup, fork the init stage in new namespaces and wait for systemd."""
+        reap()  # sandboxes of harnesses that were killed before they could clean up
         self.cgroup.mkdir()
         config = {"cgroup": str(self.cgroup), "hostname": self.hostname, "binds": self._binds()}
         self._started = time.monotonic()

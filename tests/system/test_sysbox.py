@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from scripts.sysbox import CGROUP_PREFIX, Sysbox, cgroup2_root
+from scripts.sysbox import CGROUP_PREFIX, Sysbox, cgroup2_root, reap
 from tests.system.conftest import sysbox_unavailable
 
 pytestmark = pytest.mark.system
@@ -94,6 +95,22 @@ def test_environment_is_clean(sysbox: Sysbox) -> None:
     assert env["X"] == "1"
     assert "DBUS_SESSION_BUS_ADDRESS" not in env
     assert "/usr/bin" in env["PATH"]
+
+
+def test_run_passes_input_and_kills_what_times_out(sysbox: Sysbox) -> None:
+    assert sysbox.run(["cat"], input="through stdin\n").stdout == "through stdin\n"
+    with pytest.raises(subprocess.TimeoutExpired):
+        sysbox.run(["sh", "-c", "echo $$ > /tmp/timed-out.pid; exec sleep 30"], timeout=1)
+    pid = sysbox.run(["cat", "/tmp/timed-out.pid"]).stdout.strip()
+    # Killed at once; reaped by systemd (its new parent) a moment later.
+    gone = "while test -e /proc/$0; do sleep 0.05; done"
+    sysbox.run(["timeout", "5", "sh", "-c", gone, pid])
+    assert [p.name for p in sysbox.cgroup.glob("sysbox-exec-*")] == []
+
+
+def test_reap_spares_live_sandboxes(sysbox: Sysbox) -> None:
+    assert sysbox.cgroup.name not in reap()
+    assert sysbox.run(["true"]).returncode == 0
 
 
 def _namespace_users(link: str) -> list[int]:
