@@ -85,7 +85,10 @@ MASKED = (
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kvm", "net/tun", "fuse")
 JOURNALD_CONF = "[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n"
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+def _libc() -> ctypes.CDLL:
+    # libc is loaded already: this only looks it up, so there is nothing worth keeping.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
@@ -99,7 +102,7 @@ def mount(
 ) -> None:
     """mount(2), raising OSError."""
     _check(
-        _libc.mount(
+        _libc().mount(
             source.encode(),
             str(target).encode(),
             fstype.encode() if fstype else None,
@@ -154,7 +157,7 @@ def make_api_filesystems(root: Path, cgroup: str) -> None:
         bind(proc / "sysrq-trigger", proc / "sysrq-trigger", readonly=True)
     mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     (Path(cgroup) / "cgroup.procs").write_text("0", encoding="utf-8")
-    _check(_libc.unshare(CLONE_NEWCGROUP), "unshare cgroup namespace")
+    _check(_libc().unshare(CLONE_NEWCGROUP), "unshare cgroup namespace")
     mount("cgroup2", root / "sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     make_dev(root / "dev")
     mount("tmpfs", root / "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
@@ -186,8 +189,8 @@ def pivot(root: Path) -> None:
     """Make root the new `/` and drop the old one (pivot_root(".", ".") then detach)."""
     os.chdir(root)
     number = SYS_PIVOT_ROOT[platform.machine()]
-    _check(_libc.syscall(number, b".", b"."), "pivot_root")
-    _check(_libc.umount2(b".", MNT_DETACH), "detach old root")
+    _check(_libc().syscall(number, b".", b"."), "pivot_root")
+    _check(_libc().umount2(b".", MNT_DETACH), "detach old root")
     os.chdir("/")
 
 
@@ -213,7 +216,7 @@ def main() -> None:
     socket.sethostname(config["hostname"])
     pivot(root)
     for cap in DROPPED_CAPS:
-        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability")
+        _check(_libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability")
     env = {"container": "sysbox", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"}
     os.execve("/lib/systemd/systemd", ["/lib/systemd/systemd", f"--unit={TARGET}"], env)
 
