@@ -208,7 +208,7 @@ def test_volar(daemon: Daemon) -> None:
     assert "Traceback" not in bad.stderr
     missing = daemon.volar("vms", "get", "nope")
     assert missing.returncode == 1
-    assert "not found" in missing.stderr.lower()
+    assert missing.stderr.startswith("volar: error: no VM named 'nope'")
     usage = daemon.volar("vms", "create")
     assert usage.returncode == 2
 

@@ -54,8 +54,8 @@ def test_two_guests_answer_then_crash_and_delete(volantd: VolantBox) -> None:
         assert props == {"ActiveState": "active", "Slice": "volant.slice"}
         pids = volantd.scope_pids(unit)
         assert vm["pid"] in pids
-        comm = volantd.sh(f"cat /proc/{vm['pid']}/comm").strip()
-        assert comm.startswith("qemu-system")
+        argv0 = volantd.sh(f"tr '\\0' '\\n' < /proc/{vm['pid']}/cmdline | head -n1").strip()
+        assert argv0.split("/")[-1].startswith("qemu-system"), argv0
         assert "qemu-system" in volantd.sh(f"systemctl status --no-pager {unit}")
 
     volantd.sh(f"kill -9 {web['pid']}")
