@@ -24,8 +24,9 @@ apt: .cache/apt.stamp
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml .cache/apt.stamp
 	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing the virtualenv $(VENV) (log: .cache/pip.log)"
+	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]') \
+		> .cache/pip.log 2>&1 || { tail -n 30 .cache/pip.log; exit 1; }
 	@touch $@
 
 guest: $(GUEST)/.stamp
@@ -43,7 +44,7 @@ test-fast: deps
 	@$(PY) -m pytest -q -m "unit or lint"
 
 test: deps
-	@$(PY) -m pytest -q -ra
+	@$(PY) -m pytest -q -ra --durations=10
 
 bench: deps
 	@$(PY) -m bench.create_latency

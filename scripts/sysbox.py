@@ -131,9 +131,9 @@ class Sysbox:
 
     `boot_timeout` is how long `__enter__` waits for `systemctl is-system-running` (None: do
     not wait). `hostname` names the uts namespace. `binds` are host directories bound into
-    the sandbox read-write (the project's own tree is bound when it is not on the root
-    filesystem, which the overlay already shows). `keep_log` keeps the init stage's output
-    (`log_path`) after teardown; systemd itself logs to the sandbox's journal.
+    the sandbox read-write (the project's own tree always is, wherever it lives). `keep_log`
+    keeps the init stage's output (`log_path`) after teardown; systemd itself logs to the
+    sandbox's journal.
     """
 
     def __init__(
@@ -199,13 +199,11 @@ class Sysbox:
         self.pid = self._wait_for_systemd(timeout=15.0)
 
     def _binds(self) -> list[str]:
-        # The overlay shows only the root filesystem; other filesystems holding the project
-        # (and its .venv and .cache) must be bound in explicitly.
+        # The project (with its .venv and .cache) is always bound in: the overlay shows only
+        # the root filesystem, and the sandbox's own /tmp and /run hide checkouts below them.
         binds = [str(Path(path).resolve()) for path in self.binds]
-        project = Path(__file__).resolve().parent.parent
-        if project.stat().st_dev != Path("/").stat().st_dev:
-            binds.append(str(project))
-        return binds
+        project = str(Path(__file__).resolve().parent.parent)
+        return binds if project in binds else [*binds, project]
 
     def _wait_for_systemd(self, timeout: float) -> int:
         assert self._launcher is not None

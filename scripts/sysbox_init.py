@@ -196,6 +196,9 @@ def pivot(root: Path) -> None:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
+    # Pin each bind source before anything is mounted over it: the staging tmpfs below covers
+    # /tmp, where a checkout (a CI clone, say) may well live.
+    sources = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in config["binds"]}
     staging = Path("/tmp")
     mount("sysbox", staging, "tmpfs", 0, "mode=700")
     for name in ("upper", "work", "root"):
@@ -208,10 +211,12 @@ def main() -> None:
         0,
         f"lowerdir=/,upperdir={staging}/upper,workdir={staging}/work",
     )
-    for path in config["binds"]:
-        (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        mount(path, root / path.lstrip("/"), None, MS_BIND | MS_REC)
     make_api_filesystems(root, config["cgroup"])
+    # After the sandbox's own /run and /tmp, so that those do not hide what is bound under them.
+    for path, fd in sources.items():
+        (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}", root / path.lstrip("/"), None, MS_BIND | MS_REC)
+        os.close(fd)
     write_etc(root, config["hostname"])
     socket.sethostname(config["hostname"])
     pivot(root)
