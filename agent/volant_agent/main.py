@@ -1,0 +1,115 @@
+"""Agent entry point: load the manifest, supervise the workload, serve HTTP until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from volant_agent.app import Agent, make_handler
+from volant_agent.http import MAX_HEAD, connection_handler
+from volant_agent.logs import LogBuffer
+from volant_agent.manifest import ManifestError, block_devices, load
+from volant_agent.workload import Supervisor
+
+log = logging.getLogger("volant_agent")
+
+PORT = 8080
+
+
+def init_poweroff() -> None:
+    """Ask PID 1 (volant-init) for a clean power-off: it traps SIGUSR2, like busybox poweroff."""
+    os.kill(1, signal.SIGUSR2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="volant-agent", description=__doc__)
+    parser.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"))
+    parser.add_argument(
+        "--disk", type=Path, action="append", default=None,
+        help="config disk(s) to try when the command line has no manifest (default: /dev/vd*)",
+    )  # fmt: skip
+    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - the guest's API port
+    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--vsock", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--poweroff-signal-init", action=argparse.BooleanOptionalAction, default=None,
+        help="POST /v1/poweroff signals PID 1 (default: only when the agent runs under it)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def _vsock_wanted(mode: str, cmdline: str) -> bool:
+    if mode == "off" or not hasattr(socket, "AF_VSOCK"):
+        return False
+    # In vsock mode the guest has no NIC, so volantd passes no ip=: that is the signal.
+    return mode == "on" or "ip=" not in cmdline
+
+
+async def _vsock_server(handler: Callable[..., object], port: int) -> asyncio.Server | None:
+    try:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        sock.bind((socket.VMADDR_CID_ANY, port))
+    except OSError as exc:
+        log.warning("vsock port %d unavailable: %s", port, exc)
+        return None
+    return await asyncio.start_server(handler, sock=sock, limit=MAX_HEAD)  # type: ignore[arg-type]
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    cmdline = args.cmdline.read_text(errors="replace")
+    logs = LogBuffer()
+    try:
+        manifest, source = load(cmdline, args.disk if args.disk is not None else block_devices())
+    except ManifestError as exc:
+        # Serve anyway, without a workload: /v1/status then tells the host what went wrong.
+        log.error("manifest: %s", exc)
+        logs.append("agent", f"manifest error: {exc}")
+        manifest, source = None, f"error: {exc}"
+    log.info("manifest from %s: %s", source, manifest.name if manifest else None)
+    supervisor = (
+        Supervisor(manifest.workload, logs) if manifest and manifest.workload is not None else None
+    )
+    signal_init = args.poweroff_signal_init
+    if signal_init is None:
+        signal_init = os.getppid() == 1
+    agent = Agent(manifest, source, logs, supervisor, init_poweroff if signal_init else stop.set)
+    handler = connection_handler(make_handler(agent))
+    servers = [await asyncio.start_server(handler, args.host, args.port, limit=MAX_HEAD)]
+    if _vsock_wanted(args.vsock, cmdline):
+        vsock = await _vsock_server(handler, args.port)
+        if vsock is not None:
+            servers.append(vsock)
+    print(f"volant-agent: listening on {args.host}:{args.port}", flush=True)
+    runner = asyncio.create_task(supervisor.run()) if supervisor else None
+    await stop.wait()
+    if supervisor is not None and runner is not None:
+        await supervisor.stop()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    for server in servers:
+        server.close()
+    return 0
+
+
+async def amain(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await serve(args, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="volant-agent: %(levelname)s %(message)s"
+    )
+    return asyncio.run(amain(parse_args(argv)))

@@ -1,0 +1,113 @@
+"""Manifest decoding: the kernel command line and the raw config disk."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+from volant_agent.manifest import (
+    DISK_MAGIC,
+    ManifestError,
+    RestartPolicy,
+    encode_config_disk,
+    from_cmdline,
+    load,
+    parse,
+    read_config_disk,
+)
+
+from volant.runtime.cmdline import encode_manifest
+
+pytestmark = pytest.mark.unit
+
+HELLO = {
+    "schema_version": 1,
+    "name": "hello",
+    "version": "1.0.0",
+    "runtime": "hello",
+    "workload": {
+        "type": "http",
+        "entrypoint": ["python3", "/srv/app.py"],
+        "env": {"GREETING": "hi"},
+        "workdir": "/srv",
+        "base_url": "http://127.0.0.1:9000",
+        "restart": "always",
+        "health_check": {"path": "/health", "timeout_ms": 500},
+    },
+    "actions": {"greet": {"method": "get", "path": "/greet", "timeout_ms": 1000}},
+}
+
+
+def test_cmdline_round_trip_with_the_host_encoder() -> None:
+    ip = "ip=1.2.3.4::1.2.3.1:255.255.255.0:web:eth0:off"
+    line = f"console=ttyS0 {ip} volant.manifest={encode_manifest(HELLO)} quiet"
+    m = from_cmdline(line)
+    assert m is not None
+    assert (m.name, m.version) == ("hello", "1.0.0")
+    assert m.workload is not None
+    assert m.workload.entrypoint == ("python3", "/srv/app.py")
+    assert m.workload.restart is RestartPolicy.ALWAYS
+    assert m.workload.health_path == "/health"
+    assert m.workload.health_timeout_ms == 500
+    assert [(a.name, a.method, a.path) for a in m.actions] == [("greet", "GET", "/greet")]
+    assert from_cmdline("console=ttyS0 quiet") is None
+
+
+def test_bad_cmdline_values_are_refused() -> None:
+    with pytest.raises(ManifestError, match="not valid"):
+        from_cmdline("volant.manifest=!!!notbase64")
+    with pytest.raises(ManifestError, match="entrypoint"):
+        parse({"name": "x", "workload": {"entrypoint": []}})
+    with pytest.raises(ManifestError, match="restart"):
+        parse({"name": "x", "workload": {"entrypoint": ["a"], "restart": "sometimes"}})
+    with pytest.raises(ManifestError, match="name"):
+        parse({"version": "1"})
+
+
+def test_legacy_top_level_health_check() -> None:
+    doc = {
+        "name": "x",
+        "health_check": {"endpoint": "/ok", "timeout_ms": 100},
+        "workload": {"entrypoint": ["a"], "base_url": "http://127.0.0.1:1"},
+    }
+    wl = parse(doc).workload
+    assert wl is not None
+    assert wl.health_path == "/ok"
+
+
+def test_config_disk_layout_is_exactly_as_documented(tmp_path: Path) -> None:
+    image = encode_config_disk(HELLO)
+    assert len(image) % 512 == 0
+    magic, length, digest = struct.unpack_from(">8sI32s", image)
+    assert magic == DISK_MAGIC
+    document = image[44 : 44 + length]
+    assert hashlib.sha256(document).digest() == digest
+    assert image[44 + length :].strip(b"\0") == b""
+    disk = tmp_path / "config.img"
+    disk.write_bytes(image)
+    m = read_config_disk(disk)
+    assert m is not None
+    assert m.name == "hello"
+
+
+def test_config_disk_is_used_when_the_cmdline_has_none(tmp_path: Path) -> None:
+    other = tmp_path / "other.img"
+    other.write_bytes(b"\0" * 4096)  # a disk that is not a config disk is skipped
+    disk = tmp_path / "config.img"
+    disk.write_bytes(encode_config_disk(HELLO))
+    manifest, source = load("console=ttyS0", [tmp_path / "missing", other, disk])
+    assert manifest is not None
+    assert manifest.name == "hello"
+    assert source == str(disk)
+    assert load("console=ttyS0", [other]) == (None, "none")
+
+
+def test_corrupt_config_disk_is_an_error(tmp_path: Path) -> None:
+    image = bytearray(encode_config_disk(HELLO))
+    image[50] ^= 0xFF
+    disk = tmp_path / "bad.img"
+    disk.write_bytes(bytes(image))
+    with pytest.raises(ManifestError, match="corrupt"):
+        read_config_disk(disk)
