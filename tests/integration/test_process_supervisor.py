@@ -28,7 +28,8 @@ class Exits:
         self.seen: list[Exit] = []
         self._queue: asyncio.Queue[Exit] = asyncio.Queue()
 
-    async def __call__(self, name: str, pid: int, status: int | None) -> None:
+    async def __call__(self, name: str, pid: int, status: int | None, stopped: bool) -> None:
+        assert not stopped  # only systemd stops a unit on request
         self.seen.append((name, pid, status))
         self._queue.put_nowait((name, pid, status))
 

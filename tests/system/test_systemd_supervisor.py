@@ -108,9 +108,17 @@ def test_launch_places_the_hypervisor_in_its_scope(sysbox: Sysbox, probe: Probe)
 
     sysbox.run(["kill", "-9", str(launched["pid"])])
     assert probe.next_exit() == {
-        "event": "exit", "name": "probe-1", "pid": launched["pid"], "status": -9
+        "event": "exit", "name": "probe-1", "pid": launched["pid"], "status": -9,
+        "stopped": False,
     }  # fmt: skip
     assert _unit_gone(sysbox, UNIT)
+
+
+def test_systemctl_stop_is_reported_as_stopped(sysbox: Sysbox, probe: Probe) -> None:
+    launched = probe.launch("probe-4", ["sleep", "300"])
+    sysbox.run(["systemctl", "stop", launched["unit"]])
+    exit_ = probe.next_exit()
+    assert (exit_["pid"], exit_["status"], exit_["stopped"]) == (launched["pid"], -15, True)
 
 
 def test_kill_ends_the_scope(sysbox: Sysbox, probe: Probe) -> None:
@@ -145,6 +153,7 @@ def test_exit_status_of_a_hypervisor_that_ends(sysbox: Sysbox, probe: Probe) -> 
         "name": "quick",
         "pid": launched["pid"],
         "status": 7,
+        "stopped": False,
     }
     assert _unit_gone(sysbox, launched["unit"])
 
@@ -169,6 +178,7 @@ def test_adopt_after_a_daemon_restart(sysbox: Sysbox) -> None:
             "name": "probe-3",
             "pid": pid,
             "status": None,
+            "stopped": False,
         }
         assert _unit_gone(sysbox, unit)
     finally:

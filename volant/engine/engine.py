@@ -6,15 +6,14 @@ import asyncio
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from volant.config import Config
 from volant.engine.events import EventBus
-from volant.engine.ports import Hypervisor, HypervisorDriver, MacFor, Network, Store, Supervisor
+from volant.engine.ports import HypervisorDriver, MacFor, Machines, Network, Store, Supervisor
 from volant.engine.undo import Undo
+from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
     Event,
     EventType,
@@ -22,6 +21,7 @@ from volant.model import (
     InvalidState,
     LaunchSpec,
     ScopeLimits,
+    Usage,
     VirtualMachine,
     VMSpec,
     VMStatus,
@@ -35,18 +35,6 @@ STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
 KILL_WAIT = 10.0
 
 
-@dataclass
-class _Live:
-    """A hypervisor process this daemon watches."""
-
-    hv: Hypervisor
-    pid: int = 0
-    launching: bool = True
-    stop_requested: bool = False
-    exit_status: int | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 @dataclass(frozen=True)
 class SystemStatus:
     version: str
@@ -57,9 +45,10 @@ class SystemStatus:
     ip_pool_leased: int
     ip_pool_total: int
     event_subscribers: int
+    usage: Usage
 
 
-class Engine:
+class Engine(Watching):
     """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
 
     def __init__(
@@ -72,19 +61,21 @@ class Engine:
         *,
         mac_for: MacFor,
         version: str = "",
+        machines: Machines | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.driver = driver
         self.supervisor = supervisor
         self.network = network
+        self.machines = machines
         self.bus = EventBus()
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)
         self._gateway = IPv4Address(config.network_host_ip)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Live] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         supervisor.set_exit_callback(self._on_exit)
 
@@ -100,10 +91,21 @@ class Engine:
 
     async def close(self) -> None:
         """Stop watching; VMs keep running (their scopes outlive the daemon)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cancel_tasks()
         self.bus.close()
+
+    async def host_shutting_down(self) -> bool:
+        """True when the host itself is going down, not only this daemon."""
+        return await self.supervisor.host_shutting_down()
+
+    async def power_off_all(self) -> None:
+        """Stop every running VM gracefully, all at once (the host is shutting down)."""
+        running = [vm.name for vm in await self.store.list_vms() if vm.status == VMStatus.RUNNING]
+        log.info("host shutdown: powering off %d VMs", len(running))
+        results = await asyncio.gather(*map(self.stop_vm, running), return_exceptions=True)
+        for name, result in zip(running, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not power off VM %s: %s", name, result, extra={"VM": name})
 
     # -- read verbs ---------------------------------------------------------------------------
 
@@ -116,8 +118,16 @@ class Engine:
     async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]:
         return await self.store.list_events(after_id, limit)
 
+    async def vm_usage(self, name: str) -> Usage:
+        """CPU time and memory of a VM's hypervisor (None fields where unknown or not running)."""
+        vm = await self.store.get_vm(validate_name(name))
+        if not vm.status.is_active:
+            return Usage()
+        return await self.supervisor.usage(vm.name)
+
     async def system_status(self) -> SystemStatus:
         vms = await self.store.list_vms()
+        usages = [await self.supervisor.usage(vm.name) for vm in vms if vm.status.is_active]
         leased, total = await self.store.pool_usage()
         return SystemStatus(
             version=self._version,
@@ -128,6 +138,7 @@ class Engine:
             ip_pool_leased=leased,
             ip_pool_total=total,
             event_subscribers=self.bus.subscriber_count,
+            usage=_total(usages),
         )
 
     # -- write verbs --------------------------------------------------------------------------
@@ -202,9 +213,6 @@ class Engine:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
-
     def _kernel_cmdline(self, vm: VirtualMachine, extra: str) -> str:
         return build_cmdline(
             name=vm.name,
@@ -243,7 +251,7 @@ class Engine:
         vm = await self.store.update_vm(vm.name, status=VMStatus.STARTING)
         await self._emit(EventType.VM_STARTING, vm)
         await asyncio.to_thread(_prepare_dirs, spec)
-        live = _Live(hv=self.driver.for_vm(spec))
+        live = Live(hv=self.driver.for_vm(spec))
         self._live[vm.name] = live
         undo.push("forget process", lambda: self._forget(vm.name, live))
         launched = await self.supervisor.launch(
@@ -260,10 +268,18 @@ class Engine:
         vm = await self.store.update_vm(
             vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
         )
+        if self.machines is not None:
+            await self.machines.register(vm.name, launched.pid, tap)
+        log.info(
+            "VM %s running (pid %d)",
+            vm.name,
+            launched.pid,
+            extra={"VM": vm.name, "UNIT": launched.unit},
+        )
         await self._emit(EventType.VM_RUNNING, vm)
         return vm
 
-    async def _wait_ready(self, name: str, live: _Live) -> None:
+    async def _wait_ready(self, name: str, live: Live) -> None:
         ready = asyncio.ensure_future(live.hv.wait_ready(self.config.runtime_ready_timeout))
         exited = asyncio.ensure_future(live.exited.wait())
         try:
@@ -279,15 +295,15 @@ class Engine:
             )
         ready.result()
 
-    async def _forget(self, name: str, live: _Live) -> None:
+    async def _forget(self, name: str, live: Live) -> None:
         if self._live.get(name) is live:
             del self._live[name]
 
-    async def _kill(self, name: str, live: _Live) -> None:
+    async def _kill(self, name: str, live: Live) -> None:
         live.stop_requested = True
         if not live.exited.is_set():
             await self.supervisor.kill(name)
-            await _wait_event(live.exited, KILL_WAIT)
+            await wait_event(live.exited, KILL_WAIT)
 
     async def _terminate(self, vm: VirtualMachine, *, graceful: bool) -> None:
         """End the VM's hypervisor (if this daemon knows one) and remove its tap."""
@@ -300,77 +316,14 @@ class Engine:
                     await live.hv.shutdown(graceful=graceful, timeout=timeout)
                 except HypervisorFailed as exc:
                     log.warning("shutdown of %s through its API failed: %s", vm.name, exc)
-                if not await _wait_event(live.exited, 5.0):
+                if not await wait_event(live.exited, 5.0):
                     await self._kill(vm.name, live)
             await self._forget(vm.name, live)
         elif vm.status.is_active:
             await self.supervisor.kill(vm.name)
+        if self.machines is not None:
+            await self.machines.unregister(vm.name)
         await self.network.delete_tap(self.network.tap_name(vm.name))
-
-    async def _on_exit(self, name: str, pid: int, status: int | None) -> None:
-        """Supervisor callback: a hypervisor ended. Unasked, that is a crash."""
-        live = self._live.get(name)
-        if live is None or live.pid != pid:
-            return
-        live.exit_status = status
-        live.exited.set()
-        if live.launching or live.stop_requested:
-            return  # the verb that is under way finishes the job
-        self._spawn(self._mark_crashed(name, live))
-
-    async def _mark_crashed(self, name: str, live: _Live) -> None:
-        async with self._lock(name):
-            if self._live.get(name) is not live or live.stop_requested:
-                return
-            del self._live[name]
-            await self.network.delete_tap(self.network.tap_name(name))
-            vm = await self.store.update_vm(name, status=VMStatus.CRASHED, pid=None)
-            log.warning("VM %s crashed: hypervisor exited with status %s", name, live.exit_status)
-            await self._emit(EventType.VM_CRASHED, vm, exit_status=live.exit_status)
-
-    async def _reconcile(self) -> None:
-        """Adopt hypervisors that outlived an earlier daemon; mark the rest crashed."""
-        for vm in await self.store.list_vms():
-            if not vm.status.is_active:
-                continue
-            live = _Live(hv=self.driver.for_vm(self.launch_spec(vm)), pid=vm.pid or 0)
-            live.launching = False
-            self._live[vm.name] = live
-            if vm.pid and await self.supervisor.adopt(vm.name, vm.pid, vm.unit):
-                log.info("adopted VM %s (pid %d, unit %s)", vm.name, vm.pid, vm.unit or "-")
-                if vm.status != VMStatus.RUNNING:
-                    await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
-                continue
-            del self._live[vm.name]
-            await self.network.delete_tap(self.network.tap_name(vm.name))
-            crashed = await self.store.update_vm(vm.name, status=VMStatus.CRASHED, pid=None)
-            await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("engine task failed", exc_info=task.exception())
-
-    async def _emit(self, type: EventType, vm: VirtualMachine, **extra: Any) -> Event:
-        payload = {"status": vm.status.value, "ip_address": vm.ip_address, "pid": vm.pid, **extra}
-        event = await self.store.append_event(type, vm.name, payload)
-        self.bus.publish(event)
-        return event
-
-    async def _emit_gone(self, vm: VirtualMachine, exc: BaseException) -> None:
-        """After a failed create: say why, then that the VM no longer exists."""
-        try:
-            await self._emit(
-                EventType.VM_ERROR, replace(vm, status=VMStatus.ERROR), reason=str(exc)
-            )
-            await self._emit(EventType.VM_DELETED, replace(vm, status=VMStatus.ERROR))
-        except Exception:
-            log.exception("could not record the failed create of %s", vm.name)
 
 
 def _prepare_dirs(spec: LaunchSpec) -> None:
@@ -380,10 +333,10 @@ def _prepare_dirs(spec: LaunchSpec) -> None:
         stale.unlink(missing_ok=True)
 
 
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
+def _total(usages: list[Usage]) -> Usage:
+    """Sum of the known values; None when no VM reported one."""
+    cpu = [u.cpu_seconds for u in usages if u.cpu_seconds is not None]
+    memory = [u.memory_bytes for u in usages if u.memory_bytes is not None]
+    return Usage(
+        cpu_seconds=sum(cpu) if cpu else None, memory_bytes=sum(memory) if memory else None
+    )

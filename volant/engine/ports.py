@@ -17,13 +17,18 @@ from volant.model import (
     Launched,
     LaunchSpec,
     ScopeLimits,
+    Usage,
     VirtualMachine,
     VMSpec,
 )
 
 MacFor = Callable[[str, str | None], str]
-ExitCallback = Callable[[str, int, int | None], Awaitable[None]]
-"""Called with (vm name, pid, exit status or None when unknown) when a hypervisor ends."""
+ExitCallback = Callable[[str, int, int | None, bool], Awaitable[None]]
+"""Called with (vm name, pid, exit status or None when unknown, stopped) when a hypervisor ends.
+
+stopped is True when the host's service manager ended it on request (`systemctl stop` of the
+scope, or a host shutdown), as opposed to the hypervisor exiting or being killed on its own.
+"""
 
 
 class Store(Protocol):
@@ -112,7 +117,23 @@ class Supervisor(Protocol):
 
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
+    async def usage(self, name: str) -> Usage:
+        """CPU time and memory of the VM's hypervisor; fields are None where unknown."""
+        ...
+
+    async def host_shutting_down(self) -> bool:
+        """True while the host itself is shutting down (not just volantd stopping)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class Machines(Protocol):
+    """A registry of VMs for host tools (systemd-machined); every call is best-effort."""
+
+    async def register(self, name: str, pid: int, interface: str | None) -> None: ...
+
+    async def unregister(self, name: str) -> None: ...
 
 
 class Network(Protocol):

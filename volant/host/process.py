@@ -14,7 +14,7 @@ from types import TracebackType
 
 from volant.host.spawn import pid_alive, spawn, wait_pid
 from volant.host.types import ExitCallback
-from volant.model import HypervisorFailed, Launched, ScopeLimits
+from volant.model import HypervisorFailed, Launched, ScopeLimits, Usage
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ class ProcessSupervisor:
         self._watch(_Child(name=name, pid=pid, proc=None))
         return True
 
+    async def usage(self, name: str) -> Usage:
+        """CPU time (utime + stime) and resident memory of the hypervisor, from /proc."""
+        child = self._vms.get(name)
+        if child is None:
+            return Usage()
+        return await asyncio.to_thread(proc_usage, child.pid)
+
+    async def host_shutting_down(self) -> bool:
+        """Without systemd as PID 1 there is no host shutdown to tell apart."""
+        return False
+
     async def close(self) -> None:
         """Stop watching (the hypervisors keep running) and await every watcher."""
         tasks = [child.task for child in self._vms.values() if child.task is not None]
@@ -107,6 +118,23 @@ class ProcessSupervisor:
         log.info("hypervisor of %s (pid %d) ended with status %s", child.name, child.pid, status)
         if self._callback is not None:
             try:
-                await self._callback(child.name, child.pid, status)
+                await self._callback(child.name, child.pid, status, False)
             except Exception:
                 log.exception("exit callback for %s failed", child.name)
+
+
+def proc_usage(pid: int, proc: Path = Path("/proc")) -> Usage:
+    """Usage of one process from /proc/<pid>/stat (utime, stime) and status (VmRSS)."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return Usage()
+    # Fields after the parenthesised comm; utime and stime are fields 14 and 15 of stat(5).
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    rss = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return Usage(
+        cpu_seconds=ticks / os.sysconf("SC_CLK_TCK"),
+        memory_bytes=None if rss is None else int(rss) * 1024,
+    )

@@ -23,7 +23,7 @@ from volant.host.spawn import kill_and_reap, release, spawn
 from volant.host.systemd_dbus import ENDED_STATES, SystemdClient, UnitExistsError
 from volant.host.types import ExitCallback
 from volant.host.units import scope_name, scope_properties
-from volant.model import HypervisorFailed, Launched, ScopeLimits
+from volant.model import HypervisorFailed, Launched, ScopeLimits, Usage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class _Scope:
     proc: asyncio.subprocess.Process | None  # None when adopted from an earlier daemon
     poke: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    # ActiveStates seen; "deactivating" means systemd ran a stop job (operator or shutdown):
+    # KillUnit, crashes and the hypervisor's own exit go from active straight to inactive.
+    states: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -179,6 +182,27 @@ class SystemdSupervisor:
         self._watch(_Scope(name=name, unit=unit, pid=pid, proc=None))
         return True
 
+    async def usage(self, name: str) -> Usage:
+        """CPUUsageNSec and MemoryCurrent of the VM's scope (None where not accounted)."""
+        systemd = await self._systemd()
+        scope = self._scopes.get(name)
+        unit = scope.unit if scope is not None else scope_name(name)
+        try:
+            cpu_ns, memory = await systemd.scope_usage(unit)
+        except SdBusBaseError as exc:
+            log.warning("cannot read the usage of %s: %s", unit, exc)
+            return Usage()
+        return Usage(cpu_seconds=None if cpu_ns is None else cpu_ns / 1e9, memory_bytes=memory)
+
+    async def host_shutting_down(self) -> bool:
+        """True when systemd's SystemState is "stopping" (a shutdown.target job is queued)."""
+        systemd = await self._systemd()
+        try:
+            return await systemd.system_state() == "stopping"
+        except SdBusBaseError as exc:
+            log.warning("cannot read systemd's SystemState: %s", exc)
+            return False
+
     async def close(self) -> None:
         """Stop watching (hypervisors keep running), await every task, close the bus."""
         tasks = [task for scope in self._scopes.values() for task in scope.tasks]
@@ -207,16 +231,24 @@ class SystemdSupervisor:
     async def _follow(self, scope: _Scope) -> None:
         assert self._client is not None
         systemd = self._client
-        async with systemd.watching(scope.unit, scope.poke):
+        async with systemd.watching(scope.unit, scope.poke, scope.states):
             await self._until_scope_ends(systemd, scope)
         status = await self._exit_status(scope)
         if self._scopes.get(scope.name) is scope:
             del self._scopes[scope.name]
         scope.gone.set()
-        log.info("%s (pid %d) ended with status %s", scope.unit, scope.pid, status)
+        stopped = "deactivating" in scope.states
+        log.info(
+            "%s (pid %d) ended with status %s%s",
+            scope.unit,
+            scope.pid,
+            status,
+            " (stopped by systemd)" if stopped else "",
+            extra={"VM": scope.name, "UNIT": scope.unit},
+        )
         if self._callback is not None:
             try:
-                await self._callback(scope.name, scope.pid, status)
+                await self._callback(scope.name, scope.pid, status, stopped)
             except Exception:
                 log.exception("exit callback for %s failed", scope.name)
 
@@ -232,6 +264,7 @@ class SystemdSupervisor:
                 if exited:
                     return  # our own child is gone; systemd can be asked no more
                 state = "unknown"
+            scope.states.add(state)
             if state in ENDED_STATES or state == "gone":
                 return
             if exited and not leftovers_killed:

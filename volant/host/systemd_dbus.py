@@ -34,6 +34,9 @@ SYSTEMD_SERVICE = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
 ENDED_STATES = frozenset({"inactive", "failed"})
+UNIT_INTERFACE = "org.freedesktop.systemd1.Unit"
+# systemd reads an unset (or unaccounted) uint64 property as UINT64_MAX.
+UNSET = 2**64 - 1
 
 Properties = list[tuple[str, tuple[str, Any]]]
 
@@ -82,6 +85,10 @@ class SystemdManager(DbusInterfaceCommonAsync, interface_name="org.freedesktop.s
     async def unsubscribe(self) -> None:
         raise NotImplementedError
 
+    @dbus_property_async("s", property_name="SystemState")
+    def system_state(self) -> str:
+        raise NotImplementedError
+
     @dbus_signal_async("uoss", signal_name="JobRemoved")
     def job_removed(self) -> tuple[int, str, str, str]:
         raise NotImplementedError
@@ -101,6 +108,28 @@ class SystemdUnit(DbusInterfaceCommonAsync, interface_name="org.freedesktop.syst
     @dbus_property_async("s", property_name="ActiveState")
     def active_state(self) -> str:
         raise NotImplementedError
+
+
+class SystemdScope(DbusInterfaceCommonAsync, interface_name="org.freedesktop.systemd1.Scope"):
+    """org.freedesktop.systemd1.Scope, the accounting properties Volant reads."""
+
+    @dbus_property_async("t", property_name="CPUUsageNSec")
+    def cpu_usage_nsec(self) -> int:
+        raise NotImplementedError
+
+    @dbus_property_async("t", property_name="MemoryCurrent")
+    def memory_current(self) -> int:
+        raise NotImplementedError
+
+
+def _active_state(message: SdBusMessage) -> str | None:
+    """The ActiveState a Unit PropertiesChanged signal carries, if it carries one."""
+    interface, changed, _invalidated = cast(
+        tuple[str, dict[str, tuple[str, Any]], list[str]], message.get_contents()
+    )
+    if interface != UNIT_INTERFACE or "ActiveState" not in changed:
+        return None
+    return str(changed["ActiveState"][1])
 
 
 class SystemdClient:
@@ -206,6 +235,21 @@ class SystemdClient:
         except _GONE:
             return "gone"
 
+    async def system_state(self) -> str:
+        """The manager's SystemState: running, degraded, stopping (shutting down), ..."""
+        return await self.manager.system_state
+
+    async def scope_usage(self, unit: str) -> tuple[int | None, int | None]:
+        """(CPUUsageNSec, MemoryCurrent) of a scope; None where unset or unaccounted."""
+        try:
+            path = await self.manager.get_unit(unit)
+        except _GONE:
+            return None, None
+        scope = SystemdScope.new_proxy(SYSTEMD_SERVICE, path, self.bus)
+        cpu = await scope.cpu_usage_nsec
+        memory = await scope.memory_current
+        return (None if cpu == UNSET else cpu), (None if memory == UNSET else memory)
+
     async def unit_of_pid(self, pid: int) -> str | None:
         """The name of the unit whose cgroup holds pid, or None."""
         try:
@@ -223,11 +267,22 @@ class SystemdClient:
         return True
 
     @contextlib.asynccontextmanager
-    async def watching(self, unit: str, poke: asyncio.Event) -> AsyncIterator[None]:
+    async def watching(
+        self, unit: str, poke: asyncio.Event, states: set[str] | None = None
+    ) -> AsyncIterator[None]:
         """While inside, set poke whenever systemd reports a change of unit or its removal.
 
-        The match rules are in place on entry: read the unit's state after entering.
+        Every ActiveState the signals carry is added to states (a transient "deactivating"
+        may be over before the caller reads the state). The match rules are in place on
+        entry: read the unit's state after entering.
         """
+
+        def changed(message: SdBusMessage) -> None:
+            state = _active_state(message)
+            if state is not None and states is not None:
+                states.add(state)
+            poke.set()
+
         self._pokes.setdefault(unit, set()).add(poke)
         slot: SdBusSlot | None = None
         try:
@@ -238,7 +293,7 @@ class SystemdClient:
                     path,
                     PROPERTIES_INTERFACE,
                     "PropertiesChanged",
-                    lambda _message: poke.set(),
+                    changed,
                 )
             except _GONE:
                 pass  # UnitRemoved already happened or will; the caller reads the state next

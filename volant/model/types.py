@@ -163,3 +163,14 @@ class Launched:
 
     pid: int
     unit: str  # empty when no systemd unit holds it
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources a VM's hypervisor has used; None where the host cannot tell (no accounting)."""
+
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu_seconds": self.cpu_seconds, "memory_bytes": self.memory_bytes}

@@ -22,8 +22,8 @@ def emit(message: dict[str, Any]) -> None:
     print(json.dumps(message), flush=True)
 
 
-async def on_exit(name: str, pid: int, status: int | None) -> None:
-    emit({"event": "exit", "name": name, "pid": pid, "status": status})
+async def on_exit(name: str, pid: int, status: int | None, stopped: bool) -> None:
+    emit({"event": "exit", "name": name, "pid": pid, "status": status, "stopped": stopped})
 
 
 async def handle(sup: SystemdSupervisor, command: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,155 @@
+"""How the engine follows hypervisors it did not just act on: exits, crashes, adoption at start.
+
+`Watching` is a base of `Engine`; it holds the live-process table, the per-VM locks, the
+engine's own background tasks and event emission, so the verbs in engine.py stay short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from volant.engine.events import EventBus
+from volant.engine.ports import Hypervisor, HypervisorDriver, Machines, Network, Store, Supervisor
+from volant.model import Event, EventType, LaunchSpec, VirtualMachine, VMStatus
+
+log = logging.getLogger("volant.engine.engine")
+
+
+@dataclass
+class Live:
+    """A hypervisor process this daemon watches."""
+
+    hv: Hypervisor
+    pid: int = 0
+    launching: bool = True
+    stop_requested: bool = False
+    exit_status: int | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Watching:
+    """Exit handling, reconcile at start, owned tasks and events; a base of Engine."""
+
+    store: Store
+    driver: HypervisorDriver
+    supervisor: Supervisor
+    network: Network
+    machines: Machines | None
+    bus: EventBus
+    _locks: dict[str, asyncio.Lock]
+    _live: dict[str, Live]
+    _tasks: set[asyncio.Task[None]]
+
+    def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
+        raise NotImplementedError
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _on_exit(self, name: str, pid: int, status: int | None, stopped: bool) -> None:
+        """Supervisor callback: a hypervisor ended. Unasked, that is a crash; an operator's
+        `systemctl stop` of its scope (stopped) makes the VM stopped instead."""
+        live = self._live.get(name)
+        if live is None or live.pid != pid:
+            return
+        live.exit_status = status
+        live.exited.set()
+        if live.launching or live.stop_requested:
+            return  # the verb that is under way finishes the job
+        self._spawn(self._mark_ended(name, live, stopped=stopped))
+
+    async def _mark_ended(self, name: str, live: Live, *, stopped: bool) -> None:
+        async with self._lock(name):
+            if self._live.get(name) is not live or live.stop_requested:
+                return
+            del self._live[name]
+            await self.network.delete_tap(self.network.tap_name(name))
+            if self.machines is not None:
+                await self.machines.unregister(name)
+            if stopped:
+                vm = await self.store.update_vm(name, status=VMStatus.STOPPED, pid=None)
+                log.info("VM %s stopped: systemd stopped its scope", name, extra={"VM": name})
+                await self._emit(EventType.VM_STOPPED, vm, reason="scope stopped by systemd")
+                return
+            vm = await self.store.update_vm(name, status=VMStatus.CRASHED, pid=None)
+            log.warning(
+                "VM %s crashed: hypervisor exited with status %s",
+                name,
+                live.exit_status,
+                extra={"VM": name},
+            )
+            await self._emit(EventType.VM_CRASHED, vm, exit_status=live.exit_status)
+
+    async def _reconcile(self) -> None:
+        """Adopt hypervisors that outlived an earlier daemon; mark the rest crashed."""
+        for vm in await self.store.list_vms():
+            if not vm.status.is_active:
+                continue
+            live = Live(hv=self.driver.for_vm(self.launch_spec(vm)), pid=vm.pid or 0)
+            live.launching = False
+            self._live[vm.name] = live
+            if vm.pid and await self.supervisor.adopt(vm.name, vm.pid, vm.unit):
+                log.info(
+                    "adopted VM %s (pid %d, unit %s)",
+                    vm.name,
+                    vm.pid,
+                    vm.unit or "-",
+                    extra={"VM": vm.name, "UNIT": vm.unit},
+                )
+                if vm.status != VMStatus.RUNNING:
+                    await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
+                continue
+            del self._live[vm.name]
+            await self.network.delete_tap(self.network.tap_name(vm.name))
+            crashed = await self.store.update_vm(vm.name, status=VMStatus.CRASHED, pid=None)
+            log.warning(
+                "VM %s crashed while volantd was down: %s is gone",
+                vm.name,
+                vm.unit or f"pid {vm.pid}",
+                extra={"VM": vm.name, "UNIT": vm.unit},
+            )
+            await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task failed", exc_info=task.exception())
+
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _emit(self, type: EventType, vm: VirtualMachine, **extra: Any) -> Event:
+        payload = {"status": vm.status.value, "ip_address": vm.ip_address, "pid": vm.pid, **extra}
+        event = await self.store.append_event(type, vm.name, payload)
+        self.bus.publish(event)
+        return event
+
+    async def _emit_gone(self, vm: VirtualMachine, exc: BaseException) -> None:
+        """After a failed create: say why, then that the VM no longer exists."""
+        try:
+            await self._emit(
+                EventType.VM_ERROR, replace(vm, status=VMStatus.ERROR), reason=str(exc)
+            )
+            await self._emit(EventType.VM_DELETED, replace(vm, status=VMStatus.ERROR))
+        except Exception:
+            log.exception("could not record the failed create of %s", vm.name)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
