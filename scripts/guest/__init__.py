@@ -1,0 +1,1 @@
+"""The guest image builders behind scripts/build_guest.py, one module per concern."""

@@ -1,0 +1,149 @@
+"""The agent guest: busybox, a lean python3.11, the Volant agent and the example plugins.
+
+Layout in the image: /init is agent/volant_agent/volant-init.sh (modules filled in), the agent is
+compiled under /usr/lib/volant-agent/volant_agent, the example plugins are copied as they are to
+/opt/volant/plugins/<name>/ (so a manifest's entrypoint can name them until plugins ship their
+own images). Output: agent-initramfs.img plus agent-initramfs.json (inputs digest, sizes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from scripts.guest import python
+from scripts.guest.common import (
+    BUSYBOX,
+    UDHCPC_SCRIPT,
+    Apt,
+    DebInfo,
+    fetch_packages,
+    log,
+    run,
+    sha256_file,
+    write_atomic,
+)
+from scripts.guest.cpio import Tree, cpio_newc, gzip_bytes
+from scripts.guest.modules import module_index, resolve_modules
+
+FORMAT_VERSION = 1
+REPO = Path(__file__).resolve().parents[2]
+AGENT_PACKAGE = REPO / "agent" / "volant_agent"
+INIT_SCRIPT = AGENT_PACKAGE / "volant-init.sh"
+PLUGINS = REPO / "examples" / "plugins"
+IMAGE = "agent-initramfs.img"
+META = "agent-initramfs.json"
+# virtio_blk carries the config disk; the vsock transport serves vsock mode.
+WANTED_MODULES = (
+    "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "virtio_blk", "button", "evdev",
+    "vmw_vsock_virtio_transport",
+)  # fmt: skip
+# acpid runs this on the power button: PID 1 does the clean power-off (agent, workload, sync).
+POWER_HANDLER = b"#!/bin/sh\necho 'volant-init: power button'\nkill -USR2 1\n"
+
+
+def _sources() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    files = sorted(here.glob("*.py")) + sorted(AGENT_PACKAGE.rglob("*"))
+    files += sorted(PLUGINS.rglob("*"))
+    return [f for f in files if f.is_file() and "__pycache__" not in f.parts]
+
+
+def inputs_key(debs: list[DebInfo]) -> str:
+    digest = hashlib.sha256(f"agent-format={FORMAT_VERSION}\n".encode())
+    for deb in debs:
+        digest.update(f"{deb.package} {deb.version} {deb.sha256}\n".encode())
+    for source in _sources():
+        digest.update(f"{source.relative_to(REPO)}\n".encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
+def _up_to_date(out: Path, key: str) -> bool:
+    try:
+        meta = json.loads((out / META).read_text())
+        return bool(meta.get("inputs_sha256") == key and sha256_file(out / IMAGE) == meta["sha256"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _base(tree: Tree, busybox: Path, kernel_modules: Path) -> list[str]:
+    for path in ("proc", "sys", "dev", "run", "tmp", "root", "etc/acpi/PWRF"):
+        tree.dir(path)
+    tree.chardev("dev/console", 5, 1)  # opened by the kernel before /init mounts devtmpfs
+    tree.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in run([str(busybox), "--list-full"]).split():
+        if applet != "bin/busybox":
+            tree.symlink(applet, "/bin/busybox")
+    index = module_index(kernel_modules)
+    modules = resolve_modules(index, WANTED_MODULES)
+    for name in modules:
+        tree.file(f"lib/modules/{name}.ko", index[name].read_bytes())
+    init = INIT_SCRIPT.read_text().replace("@MODULES@", " ".join(modules))
+    tree.file("init", init.encode(), 0o755)
+    tree.file("etc/acpi/PWRF/00000080", POWER_HANDLER, 0o755)
+    # busybox acpid names the button PWRF (fixed event, pc/q35) or PWRB (microvm's GED).
+    tree.file("etc/acpid.conf", b"PWRF PWRF/00000080\nPWRB PWRF/00000080\n")
+    tree.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    tree.file("etc/hostname", b"volant\n")
+    # glibc's built-in files backend answers "localhost" from here (base_url may name it).
+    tree.file("etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n")
+    tree.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    tree.file("etc/group", b"root:x:0:\n")
+    return modules
+
+
+def _plugins(tree: Tree) -> list[str]:
+    names = []
+    for plugin in sorted(p for p in PLUGINS.iterdir() if p.is_dir()):
+        names.append(plugin.name)
+        for path in sorted(plugin.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                rel = path.relative_to(PLUGINS).as_posix()
+                tree.file(f"opt/volant/plugins/{rel}", path.read_bytes(), 0o644)
+    return names
+
+
+def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
+    """Build (or keep, when its inputs are unchanged) out/agent-initramfs.img."""
+    apt = Apt()
+    kernel = apt.kernel_package()
+    names = [kernel, BUSYBOX, *python.PACKAGES]
+    debs = [apt.show(name) for name in names]
+    out.mkdir(parents=True, exist_ok=True)
+    if _up_to_date(out, inputs_key(debs)):
+        log(f"{out / IMAGE} is up to date")
+        meta: dict[str, object] = json.loads((out / META).read_text())
+        return meta
+    debs, roots = fetch_packages(apt, names, cache)
+    key = inputs_key(debs)
+    version = kernel.removeprefix("linux-image-")
+    tree = Tree()
+    modules = _base(tree, roots[1] / "bin" / "busybox", roots[0] / "lib" / "modules" / version)
+    work = cache / "agent-work"
+    facts = python.add_python(tree, roots[2:], work)
+    interpreter = work / "pystage" / "usr" / "bin" / python.PY
+    for path, pyc in python.compile_package(
+        interpreter, AGENT_PACKAGE, "usr/lib/volant-agent", work
+    ).items():
+        tree.file(path, pyc)
+    tree.file("usr/lib/volant-agent/volant_agent/volant-init.sh", INIT_SCRIPT.read_bytes())
+    plugins = _plugins(tree)
+    raw = cpio_newc(tree.entries.values())
+    image = gzip_bytes(raw)
+    write_atomic(out / IMAGE, image)
+    meta = {
+        "kernel_package": kernel,
+        "modules": modules,
+        "packages": {deb.package: deb.version for deb in debs},
+        "plugins": plugins,
+        "entries": len(tree.entries),
+        "uncompressed_bytes": len(raw),
+        "bytes": len(image),
+        "sha256": hashlib.sha256(image).hexdigest(),
+        "inputs_sha256": key,
+        **facts,
+    }
+    write_atomic(out / META, (json.dumps(meta, indent=2) + "\n").encode())
+    log(f"built {out / IMAGE}: {len(image)} bytes ({len(raw)} uncompressed)")
+    return meta
