@@ -118,7 +118,12 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def start_daemon(ns: str, tmp: Path, settings: Mapping[str, Any] | None = None) -> Daemon:
+def start_daemon(
+    ns: str,
+    tmp: Path,
+    settings: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Daemon:
     """Start volantd in `ns` with state under `tmp`; returns once /healthz answers."""
     guest = GUEST_DIR
     config: dict[str, Any] = {
@@ -140,7 +145,7 @@ def start_daemon(ns: str, tmp: Path, settings: Mapping[str, Any] | None = None) 
     cfg_path = tmp / "volantd.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     log = tmp / "volantd.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLANT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLANT_")} | dict(env or {})
     with log.open("ab") as out:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, str(BIN / "volantd"), "--config", str(cfg_path)],

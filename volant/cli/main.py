@@ -129,6 +129,7 @@ def _verb(name: str, help_text: str, call: Callable[[VolantClient, str], Awaitab
 _verb("delete", "Delete a VM (kills it if running).", lambda c, vm: c.delete_vm(vm))
 _verb("start", "Start a stopped VM.", lambda c, vm: c.start_vm(vm))
 _verb("stop", "Power a VM off (gracefully, then forcibly).", lambda c, vm: c.stop_vm(vm))
+_verb("restart", "Stop a VM if it runs, then start it.", lambda c, vm: c.restart_vm(vm))
 
 
 def main() -> None:

@@ -71,6 +71,9 @@ class VolantClient:
     async def get_vm(self, name: str) -> dict[str, Any]:
         return dict(await self.request("GET", f"/api/v1/vms/{name}"))
 
+    async def vm_usage(self, name: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/api/v1/vms/{name}/usage"))
+
     async def create_vm(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(await self.request("POST", "/api/v1/vms", spec))
 
@@ -82,6 +85,9 @@ class VolantClient:
 
     async def stop_vm(self, name: str) -> dict[str, Any]:
         return dict(await self.request("POST", f"/api/v1/vms/{name}/stop"))
+
+    async def restart_vm(self, name: str) -> dict[str, Any]:
+        return dict(await self.request("POST", f"/api/v1/vms/{name}/restart"))
 
     async def list_events(self, after: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
         query = f"?after={after}" + (f"&vm={vm}" if vm else "")

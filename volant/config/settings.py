@@ -50,6 +50,8 @@ SETTINGS: tuple[Setting, ...] = (
             "empty disables TCP."),
     Setting("api.socket", Path, None, "Unix socket of the REST API. Default: "
             "<runtime_dir>/volantd.sock."),
+    Setting("dbus.enabled", str, "auto", "Serve the D-Bus API (com.volantvm.Volant1) on the system "
+            "bus; auto = when the system bus is there.", ("auto", "yes", "no")),
     Setting("network.bridge", str, "vbr0", "Bridge that VM taps are attached to."),
     Setting("network.subnet", str, "192.168.127.0/24", "IPv4 subnet the VM addresses come from."),
     Setting("network.host_ip", str, "192.168.127.1", "Bridge address; the guests' gateway."),
@@ -84,6 +86,7 @@ class Config:
     log_level: str
     api_listen: str
     api_socket: Path
+    dbus_enabled: str
     network_bridge: str
     network_subnet: str
     network_host_ip: str
@@ -129,6 +132,9 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
             raise ValueError("expected true or false")
         if setting.type is Path:
             return Path(os.path.expanduser(str(value)))
+        if setting.type is str and isinstance(value, bool):
+            # YAML 1.1 reads a bare yes/no as a boolean; the choice meant is the word.
+            value = "yes" if value else "no"
         if setting.type in (int, float) and isinstance(value, bool):
             raise ValueError("expected a number")
         coerced = setting.type(value)

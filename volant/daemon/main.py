@@ -15,6 +15,7 @@ from pathlib import Path
 
 from volant.api.rest import RestServer, make_app
 from volant.config import Config, load_config
+from volant.daemon.bus import serve_dbus
 from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
 from volant.engine import Engine
@@ -76,8 +77,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with build_engine(config) as engine:
-        app = make_app(engine)
+    async with build_engine(config) as engine, serve_dbus(config, engine) as authorizer:
+        app = make_app(engine, authorizer)
         async with RestServer(app, listen=config.api_listen, socket_path=config.api_socket):
             vms = await engine.list_vms()
             notifier.ready(f"Serving; {len(vms)} VMs")

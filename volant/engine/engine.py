@@ -200,6 +200,13 @@ class Engine(Watching):
             await self._emit(EventType.VM_STOPPED, vm)
             return vm
 
+    async def restart_vm(self, name: str) -> VirtualMachine:
+        """Stop the VM if it is running, then start it again."""
+        vm = await self.get_vm(name)
+        if vm.status == VMStatus.RUNNING:
+            await self.stop_vm(name)
+        return await self.start_vm(name)
+
     async def delete_vm(self, name: str) -> None:
         """Kill the hypervisor if any, remove the tap, the row, its lease and its files."""
         async with self._lock(validate_name(name)):

@@ -12,6 +12,7 @@ class ErrorCode(StrEnum):
 
     INVALID_ARGUMENT = "InvalidArgument"
     NOT_FOUND = "NotFound"
+    PERMISSION_DENIED = "PermissionDenied"
     NAME_TAKEN = "NameTaken"
     POOL_EXHAUSTED = "PoolExhausted"
     INVALID_STATE = "InvalidState"
@@ -30,6 +31,7 @@ class _Row:
 _ROWS: dict[ErrorCode, _Row] = {
     ErrorCode.INVALID_ARGUMENT: _Row(400, "Invalid argument"),
     ErrorCode.NOT_FOUND: _Row(404, "Not found"),
+    ErrorCode.PERMISSION_DENIED: _Row(403, "Permission denied"),
     ErrorCode.NAME_TAKEN: _Row(409, "Name already taken"),
     ErrorCode.POOL_EXHAUSTED: _Row(409, "IP address pool exhausted"),
     ErrorCode.INVALID_STATE: _Row(409, "Operation not allowed in the current state"),
@@ -90,6 +92,12 @@ class NotFound(VolantError):
     code = ErrorCode.NOT_FOUND
 
 
+class PermissionDenied(VolantError):
+    """The caller is not authorised for the action (polkit said no)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class Conflict(VolantError):
     code = ErrorCode.CONFLICT
 
@@ -123,6 +131,7 @@ ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        PermissionDenied,
         Conflict,
         NameTaken,
         PoolExhausted,

@@ -1,1 +1,19 @@
+"""The D-Bus front-end: `com.volantvm.Volant1` on the system bus."""
 
+from volant.api.dbus.interfaces import (
+    MANAGER_PATH,
+    SERVICE,
+    VM_PATH_PREFIX,
+    ManagerInterface,
+    VMInterface,
+)
+from volant.api.dbus.server import DbusServer
+
+__all__ = [
+    "MANAGER_PATH",
+    "SERVICE",
+    "VM_PATH_PREFIX",
+    "DbusServer",
+    "ManagerInterface",
+    "VMInterface",
+]

@@ -10,9 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
+from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 from volant.model import ERROR_TABLE, ErrorCode, InvalidArgument, VMSpec, VolantError
 
+from .peer import AUTHORIZER, authorize
 from .schemas import CreateVMRequest, parse_body
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ async def list_vms(request: web.Request) -> web.Response:
 
 
 async def create_vm(request: web.Request) -> web.Response:
+    await authorize(request)
     engine = engine_of(request)
     body = parse_body(CreateVMRequest, await read_json(request))
     cfg = engine.config
@@ -98,22 +101,39 @@ async def create_vm(request: web.Request) -> web.Response:
 
 
 async def get_vm(request: web.Request) -> web.Response:
-    vm = await engine_of(request).get_vm(request.match_info["name"])
-    return web.json_response(vm.to_dict())
+    """The VM, with `usage` {cpu_seconds, memory_bytes} (null where the host cannot tell)."""
+    engine = engine_of(request)
+    vm = await engine.get_vm(request.match_info["name"])
+    usage = await engine.vm_usage(vm.name)
+    return web.json_response({**vm.to_dict(), "usage": usage.to_dict()})
+
+
+async def vm_usage(request: web.Request) -> web.Response:
+    usage = await engine_of(request).vm_usage(request.match_info["name"])
+    return web.json_response(usage.to_dict())
 
 
 async def delete_vm(request: web.Request) -> web.Response:
+    await authorize(request)
     await engine_of(request).delete_vm(request.match_info["name"])
     return web.Response(status=204)
 
 
 async def start_vm(request: web.Request) -> web.Response:
+    await authorize(request)
     vm = await engine_of(request).start_vm(request.match_info["name"])
     return web.json_response(vm.to_dict())
 
 
 async def stop_vm(request: web.Request) -> web.Response:
+    await authorize(request)
     vm = await engine_of(request).stop_vm(request.match_info["name"])
+    return web.json_response(vm.to_dict())
+
+
+async def restart_vm(request: web.Request) -> web.Response:
+    await authorize(request)
+    vm = await engine_of(request).restart_vm(request.match_info["name"])
     return web.json_response(vm.to_dict())
 
 
@@ -135,16 +155,20 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
     return int(raw)
 
 
-def make_app(engine: Engine) -> web.Application:
+def make_app(engine: Engine, authorizer: Authorizer | None = None) -> web.Application:
+    """The REST app; without an authorizer, unix-socket callers are judged by uid alone."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
+    app[AUTHORIZER] = authorizer or Authorizer(None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/system/status", system_status)
     app.router.add_get("/api/v1/vms", list_vms)
     app.router.add_post("/api/v1/vms", create_vm)
     app.router.add_get("/api/v1/vms/{name}", get_vm)
     app.router.add_delete("/api/v1/vms/{name}", delete_vm)
+    app.router.add_get("/api/v1/vms/{name}/usage", vm_usage)
     app.router.add_post("/api/v1/vms/{name}/start", start_vm)
     app.router.add_post("/api/v1/vms/{name}/stop", stop_vm)
+    app.router.add_post("/api/v1/vms/{name}/restart", restart_vm)
     app.router.add_get("/api/v1/events", list_events)
     return app

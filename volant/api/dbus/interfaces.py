@@ -1,0 +1,136 @@
+"""Volant's D-Bus interfaces, declared once: the server overrides them, clients proxy them.
+
+manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+path = await manager.create_vm({"name": ("s", "web"), "plugin": ("s", "caddy")})
+vm = VMInterface.new_proxy(SERVICE, path, bus)
+print(await vm.status)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdbus import (
+    DbusInterfaceCommonAsync,
+    DbusPropertyEmitsChangeFlag,
+    DbusUnprivilegedFlag,
+    dbus_method_async,
+    dbus_property_async,
+    dbus_signal_async,
+)
+
+SERVICE = "com.volantvm.Volant1"
+MANAGER_PATH = "/com/volantvm/Volant1"
+VM_PATH_PREFIX = "/com/volantvm/Volant1/vm"
+MANAGER_INTERFACE = "com.volantvm.Volant1.Manager"
+VM_INTERFACE = "com.volantvm.Volant1.VM"
+
+VarDict = dict[str, tuple[str, Any]]
+CALL = DbusUnprivilegedFlag
+PROP = DbusPropertyEmitsChangeFlag
+
+
+class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFACE):
+    """The VM catalogue: one method per engine verb, and every lifecycle event as a signal."""
+
+    @dbus_method_async("", "aa{sv}", CALL, ("vms",), method_name="ListVMs")
+    async def list_vms(self) -> list[VarDict]:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("vm",), ("name",), method_name="GetVM")
+    async def get_vm(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("usage",), ("name",), method_name="GetVMUsage")
+    async def get_vm_usage(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("a{sv}", "o", CALL, ("vm_path",), ("spec",), method_name="CreateVM")
+    async def create_vm(self, spec: VarDict) -> str:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "", CALL, (), ("name",), method_name="DestroyVM")
+    async def destroy_vm(self, name: str) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("vm",), ("name",), method_name="StartVM")
+    async def start_vm(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("vm",), ("name",), method_name="StopVM")
+    async def stop_vm(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("vm",), ("name",), method_name="RestartVM")
+    async def restart_vm(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "tu", "aa{sv}", CALL, ("events",), ("after_id", "limit"), method_name="ListEvents"
+    )
+    async def list_events(self, after_id: int, limit: int) -> list[VarDict]:
+        raise NotImplementedError
+
+    @dbus_method_async("", "a{sv}", CALL, ("status",), method_name="GetSystemStatus")
+    async def get_system_status(self) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_signal_async("tssa{sv}", ("id", "type", "vm", "payload"), signal_name="VMEvent")
+    def vm_event(self) -> tuple[int, str, str, VarDict]:
+        raise NotImplementedError
+
+
+class VMInterface(DbusInterfaceCommonAsync, interface_name=VM_INTERFACE):
+    """One VM: its state as properties (PropertiesChanged on every change) and its verbs."""
+
+    @dbus_property_async("s", PROP, property_name="Name")
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Status")
+    def status(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="IPAddress")
+    def ip_address(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="MAC")
+    def mac(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("u", PROP, property_name="PID")
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Unit")
+    def unit(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("u", PROP, property_name="CPUs")
+    def cpus(self) -> int:
+        raise NotImplementedError
+
+    @dbus_property_async("u", PROP, property_name="MemoryMB")
+    def memory_mb(self) -> int:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Plugin")
+    def plugin(self) -> str:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Start")
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Stop")
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Restart")
+    async def restart(self) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Destroy")
+    async def destroy(self) -> None:
+        raise NotImplementedError
