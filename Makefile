@@ -22,10 +22,10 @@ apt: .cache/apt.stamp
 	@touch $@
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml .cache/apt.stamp
+$(VENV)/.stamp: pyproject.toml agent/pyproject.toml .cache/apt.stamp
 	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	@echo "installing the virtualenv $(VENV) (log: .cache/pip.log)"
-	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]') \
+	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]' && $(PY) -m pip install -e ./agent) \
 		> .cache/pip.log 2>&1 || { tail -n 30 .cache/pip.log; exit 1; }
 	@touch $@
 
