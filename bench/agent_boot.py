@@ -1,0 +1,111 @@
+"""Print boot-to-workload-healthy of the agent guest against the bare busybox guest, and agent RSS.
+
+Usage: .venv/bin/python -m bench.agent_boot [--runs 3] [--machine auto]
+
+Bare: initramfs.img, launch to the first answer of busybox httpd on :8080. Agent:
+agent-initramfs.img with the hello example plugin, launch to `/healthz` reporting the workload
+healthy. The agent's VmRSS comes from its /v1/status. Needs root and a built guest
+(scripts/build_guest.py); each boot gets its own network namespace, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.qemu_boot import BRIDGE_IP, GUEST, GUEST_IP, TAP, TIMEOUT, setup_netns
+from volant.model import LaunchSpec
+from volant.runtime.cmdline import build_cmdline, encode_manifest
+from volant.runtime.qemu import QemuDriver
+
+ROOT = Path(__file__).resolve().parents[1]
+HELLO = json.loads((ROOT / "examples" / "plugins" / "hello" / "manifest.json").read_text())
+
+
+async def _curl(ns: str, path: str) -> bytes:
+    curl = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns, "curl", "-s", "-m", "0.5",
+        f"http://{GUEST_IP}:8080{path}", stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await curl.communicate()
+    return out
+
+
+async def _until(ns: str, path: str, want: bytes, start: float) -> float:
+    while time.monotonic() - start < TIMEOUT:
+        out = await _curl(ns, path)
+        if out and want in out:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    return float("nan")
+
+
+async def one_boot(machine: str, agent: bool) -> tuple[float, int | None]:
+    """(seconds from launch to ready, agent RSS in KiB or None for the bare guest)."""
+    driver = QemuDriver(machine=machine)
+    run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
+    ns = setup_netns()
+    cmdline = build_cmdline(
+        name="bench", runtime="hello", plugin="hello", ip=GUEST_IP, gateway=BRIDGE_IP,
+        netmask="24", hypervisor_extras=driver.kernel_extras(),
+        manifest=encode_manifest(HELLO) if agent else None,
+    )  # fmt: skip
+    image = "agent-initramfs.img" if agent else "initramfs.img"
+    spec = LaunchSpec(
+        name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=GUEST / image,
+        cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
+        console_log=run_dir / "console.log", tap=TAP,
+    )  # fmt: skip
+    hv = driver.for_vm(spec)
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
+    try:
+        if not agent:
+            return await _until(ns, "/", b"volant-guest", start), None
+        seconds = await _until(ns, "/healthz", b'"workload": "healthy"', start)
+        status = json.loads(await _curl(ns, "/v1/status") or b"{}")
+        return seconds, status.get("agent", {}).get("rss_kib")
+    finally:
+        await hv.shutdown(graceful=False, timeout=5)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await (await asyncio.create_subprocess_exec("ip", "netns", "del", ns)).wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--machine", default="auto")
+    args = parser.parse_args()
+    bare: list[float] = []
+    agent: list[float] = []
+    rss: list[int] = []
+    # Interleaved, so a noisy neighbour slows both kinds alike.
+    for _ in range(args.runs):
+        bare.append((await one_boot(args.machine, agent=False))[0])
+        seconds, kib = await one_boot(args.machine, agent=True)
+        agent.append(seconds)
+        if kib is not None:
+            rss.append(kib)
+    for label, times in (("bare busybox, HTTP", bare), ("agent, workload healthy", agent)):
+        shown = " ".join(f"{t:.2f}" for t in times)
+        print(f"{label:24} median {statistics.median(times):.2f}s  runs: {shown}", flush=True)
+    print(f"ratio agent/bare (medians): {statistics.median(agent) / statistics.median(bare):.2f}")
+    if rss:
+        print(f"agent VmRSS in the guest: median {statistics.median(rss):.0f} KiB  runs: {rss}")
+    agent_mb = (GUEST / "agent-initramfs.img").stat().st_size / 1e6
+    bare_mb = (GUEST / "initramfs.img").stat().st_size / 1e6
+    print(f"initramfs size: agent {agent_mb:.1f} MB, bare {bare_mb:.1f} MB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
