@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 GUEST = ROOT / ".cache" / "guest"
 API = "http://127.0.0.1:7777"
+# Files of the package, from this checkout, and where the package puts them.
+PACKAGED = {
+    "packaging/sysusers.d/volant.conf": "etc/sysusers.d",
+    "packaging/tmpfiles.d/volant.conf": "etc/tmpfiles.d",
+    "packaging/dbus/com.volantvm.Volant1.conf": "usr/share/dbus-1/system.d",
+    "polkit/com.volantvm.volant1.policy": "usr/share/polkit-1/actions",
+    "polkit/50-volant.rules": "etc/polkit-1/rules.d",
+}
 
 
 @dataclass(frozen=True)
@@ -34,8 +42,10 @@ class Reply:
 class VolantBox:
     """Drives a volantd.service inside `box`."""
 
-    def __init__(self, box: Sysbox) -> None:
+    def __init__(self, box: Sysbox, service_extra: str = "") -> None:
         self.box = box
+        self.service_extra = service_extra
+        """More [Service] lines for the checkout drop-in (say, Environment= for a test)."""
 
     def install(self, settings: dict[str, Any] | None = None) -> None:
         """Copy the units and a config into the overlay; start volantd; wait until active."""
@@ -46,7 +56,15 @@ class VolantBox:
         dropin = unit_dir / "volantd.service.d"
         dropin.mkdir(parents=True, exist_ok=True)
         (dropin / "10-checkout.conf").write_text(
-            f"[Service]\nExecStart=\nExecStart={VENV_BIN / 'volantd'}\n"
+            f"[Service]\nExecStart=\nExecStart={VENV_BIN / 'volantd'}\n{self.service_extra}"
+        )
+        for source, target in PACKAGED.items():
+            path = root / target / source.rsplit("/", 1)[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text((ROOT / source).read_text())
+        self.sh(
+            "systemd-sysusers volant.conf && systemd-tmpfiles --create volant.conf && busctl call"
+            " org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig"
         )
         config: dict[str, Any] = {
             "runtime": {

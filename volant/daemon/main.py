@@ -16,10 +16,11 @@ from pathlib import Path
 from volant.api.rest import RestServer, make_app
 from volant.config import Config, load_config
 from volant.daemon.bus import serve_dbus
+from volant.daemon.lifecycle import status_lines, stop, watchdog
 from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
 from volant.engine import Engine
-from volant.host import make_supervisor
+from volant.host import MachineRegistry, make_supervisor
 from volant.model import VolantError
 from volant.network import HostNetwork, mac_for
 from volant.runtime import select_driver
@@ -57,9 +58,19 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
         config.state_dir,
     )
     store = await SqliteStore.open(config.db_path)
+    machines = MachineRegistry() if supervisor.kind == "systemd" else None
     try:
+        if machines is not None:
+            await machines.open()
         engine = Engine(
-            config, store, driver, supervisor, network, mac_for=mac_for, version=_version()
+            config,
+            store,
+            driver,
+            supervisor,
+            network,
+            mac_for=mac_for,
+            version=_version(),
+            machines=machines,
         )
         await engine.start()
         try:
@@ -67,25 +78,31 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
         finally:
             await engine.close()
     finally:
+        if machines is not None:
+            await machines.close()
         await supervisor.close()
         await store.close()
 
 
 async def serve(config: Config) -> None:
     notifier = Notifier()
-    stop = asyncio.Event()
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with build_engine(config) as engine, serve_dbus(config, engine) as authorizer:
+        loop.add_signal_handler(signum, stopping.set)
+    async with (
+        watchdog(notifier),
+        build_engine(config) as engine,
+        serve_dbus(config, engine) as authorizer,
+    ):
         app = make_app(engine, authorizer)
         async with RestServer(app, listen=config.api_listen, socket_path=config.api_socket):
             vms = await engine.list_vms()
             notifier.ready(f"Serving; {len(vms)} VMs")
             log.info("ready")
-            await stop.wait()
-            log.info("shutting down; VMs keep running")
-            notifier.stopping()
+            async with status_lines(engine, notifier):
+                await stopping.wait()
+            await stop(engine, notifier)
 
 
 def main(argv: list[str] | None = None) -> None:

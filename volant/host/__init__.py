@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from volant.host.machined import MachineRegistry
 from volant.host.process import ProcessSupervisor
 from volant.host.systemd import SystemdSupervisor
 from volant.host.units import escape_unit_name, scope_name
@@ -32,6 +33,7 @@ def make_supervisor(kind: str = "auto") -> SystemdSupervisor | ProcessSupervisor
 
 
 __all__ = [
+    "MachineRegistry",
     "ProcessSupervisor",
     "SupervisorKind",
     "SystemdSupervisor",

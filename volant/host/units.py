@@ -53,5 +53,8 @@ def scope_properties(
         ("MemoryMax", ("t", limits.memory_max_bytes)),
         ("TasksMax", ("t", limits.tasks_max)),
         ("CollectMode", ("s", "inactive-or-failed")),
-        ("After", ("as", [DAEMON_UNIT])),
+        # Stop order is the reverse of start order: at host shutdown volantd stops first and
+        # powers the guests off itself; only then would systemd SIGTERM what is left here
+        # (QEMU quits on SIGTERM at once, with no power-down the guest can see).
+        ("Before", ("as", [DAEMON_UNIT])),
     ]
