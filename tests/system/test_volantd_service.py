@@ -12,7 +12,7 @@ import pytest
 
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
-from tests.integration.daemon import build_guest
+from tests.integration.daemon import GUEST_DIR, build_guest
 
 pytestmark = pytest.mark.system
 
@@ -27,7 +27,8 @@ POLL = (
 
 @pytest.fixture(scope="module")
 def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
-    build_guest()
+    if not (GUEST_DIR / "vmlinuz").exists() or not (GUEST_DIR / "initramfs.img").exists():
+        build_guest()
     vb = VolantBox(sysbox)
     vb.install()
     yield vb
