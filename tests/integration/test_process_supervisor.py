@@ -75,6 +75,21 @@ async def test_launch_runs_in_own_session_and_logs(
     assert not pid_alive(launched.pid)
 
 
+async def test_usage_reads_proc(supervisor: ProcessSupervisor, tmp_path: Path) -> None:
+    argv = ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 300"]
+    launched = await supervisor.launch("busy", argv, LIMITS, log_path=tmp_path / "log")
+    await asyncio.sleep(0.5)
+    usage = await supervisor.usage("busy")
+    assert usage.cpu_seconds is not None
+    assert usage.cpu_seconds > 0
+    assert usage.memory_bytes is not None
+    assert usage.memory_bytes > 0
+    assert (await supervisor.usage("nope")).cpu_seconds is None
+    assert not await supervisor.host_shutting_down()
+    await supervisor.kill("busy")
+    assert not pid_alive(launched.pid)
+
+
 async def test_exit_status_is_reported_once(
     supervisor: ProcessSupervisor, exits: Exits, tmp_path: Path
 ) -> None:
