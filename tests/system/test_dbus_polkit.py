@@ -105,6 +105,7 @@ def test_polkit_decides_who_may_create(volantd: VolantBox) -> None:
     assert "not authorised for com.volantvm.volant1.manage-vms" in refused.stderr
     assert "alicevm" not in volantd.sh(f"busctl --system tree --list {SERVICE}")
 
+    # bob is no root: only polkitd's rules (group volant), not the uid fallback, let him in.
     proc = call(volantd, "bob", "CreateVM", *create_spec("bobvm"))
     assert proc.returncode == 0, proc.stderr + volantd.journal()
     tree = volantd.sh(f"busctl --system tree --list {SERVICE}").split()
@@ -155,3 +156,27 @@ def test_rest_socket_applies_the_same_decision(volantd: VolantBox) -> None:
     assert post("bob", "/api/v1/vms/rootvm/restart") == "200"
     assert volantd.vm("rootvm")["status"] == "running"
     assert error_name(volantd, "root", "DestroyVM", "string:rootvm") == ""
+
+
+def test_a_restarted_daemon_exports_existing_vms(volantd: VolantBox) -> None:
+    proc = call(volantd, "root", "CreateVM", *create_spec("keeper"))
+    assert proc.returncode == 0, proc.stderr
+    volantd.sh("systemctl restart volantd")
+    volantd.wait_healthy()
+    text = volantd.sh(f"busctl --system introspect {SERVICE} {MANAGER}/vm/keeper {SERVICE}.VM")
+    assert '"running"' in text
+    assert call(volantd, "root", "DestroyVM", "s", "keeper").returncode == 0
+
+
+def test_a_call_activates_the_stopped_daemon(volantd: VolantBox) -> None:
+    target = volantd.box.root / "usr/share/dbus-1/system-services"
+    target.mkdir(parents=True, exist_ok=True)
+    source = ROOT / "packaging/dbus/com.volantvm.Volant1.service"
+    (target / source.name).write_text(source.read_text())
+    volantd.sh(
+        "systemctl stop volantd && busctl call org.freedesktop.DBus /org/freedesktop/DBus "
+        "org.freedesktop.DBus ReloadConfig"
+    )
+    proc = call(volantd, "alice", "ListVMs", timeout=60)
+    assert proc.returncode == 0, proc.stderr + volantd.journal()
+    assert volantd.sh("systemctl is-active volantd").strip() == "active"
