@@ -121,7 +121,9 @@ def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
     tree = Tree()
     modules = _base(tree, roots[1] / "bin" / "busybox", roots[0] / "lib" / "modules" / version)
     work = cache / "agent-work"
-    facts = python.add_python(tree, roots[2:], work)
+    # The stdlib is cut down to what the agent and the bundled plugins import.
+    scripts = [AGENT_PACKAGE / "__main__.py", *sorted(PLUGINS.glob("*/*.py"))]
+    facts = python.add_python(tree, roots[2:], work, scripts, [AGENT_PACKAGE.parent])
     interpreter = work / "pystage" / "usr" / "bin" / python.PY
     for path, pyc in python.compile_package(
         interpreter, AGENT_PACKAGE, "usr/lib/volant-agent", work

@@ -36,11 +36,41 @@ DROP = frozenset(
      "ensurepip", "lib2to3", "distutils", "venv", "sqlite3", "dbm", "curses", "unittest",
      "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages", "xmlrpc", "__phello__",
      "doctest.py", "pdb.py", "_pydecimal.py", "mailbox.py", "imaplib.py", "nntplib.py",
-     "ftplib.py", "smtplib.py", "tabnanny.py"}
+     "ftplib.py", "smtplib.py", "tabnanny.py",
+     # Reached only through optional or platform-specific imports (modulefinder follows those),
+     # or useless without an extension module the image leaves out (_ssl, _lzma, _bz2, _ctypes).
+     "multiprocessing", "xml", "ctypes", "ssl.py", "bdb.py", "cmd.py", "code.py", "codeop.py",
+     "webbrowser.py", "tarfile.py", "plistlib.py", "csv.py", "difflib.py", "statistics.py",
+     "fractions.py", "decimal.py", "lzma.py", "bz2.py", "tty.py", "getpass.py", "netrc.py",
+     "_aix_support.py", "_osx_support.py", "_py_abc.py", "_bootsubprocess.py"}
+)  # fmt: skip
+# Codecs kept: what start-up, sockets (idna), HTTP (latin-1) and JSON (utf-8 family) use.
+ENCODINGS = frozenset(
+    {"__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "utf_16", "utf_16_le",
+     "utf_16_be", "utf_32", "utf_32_le", "utf_32_be", "idna", "punycode", "charmap",
+     "raw_unicode_escape", "unicode_escape", "cp1252", "iso8859_15"}
 )  # fmt: skip
 # Extension modules that are not built into Debian's interpreter and need only libc.
 DYNLOAD = ("_asyncio", "_contextvars", "_json", "_queue", "_typing", "mmap", "resource")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+
+# Always kept, though no import statement names them: interpreter start-up, `python3 -m`,
+# codec lookup by name, tracebacks with source lines, and asyncio's submodules.
+ALWAYS = frozenset(
+    {"site", "_sitebuiltins", "os", "runpy", "encodings", "sysconfig", "traceback", "linecache",
+     "tokenize", "asyncio", "importlib", "collections", "json", "logging", "concurrent", "http",
+     "email", "urllib", "stringprep", "_sysconfigdata__x86_64-linux-gnu",
+     "_sysconfigdata__linux_x86_64-linux-gnu"}
+)  # fmt: skip
+
+FINDER_HELPER = """
+import json, modulefinder, sys
+job = json.load(sys.stdin)
+finder = modulefinder.ModuleFinder(path=job["path"])
+for script in job["scripts"]:
+    finder.run_script(script)
+print(json.dumps(sorted(finder.modules)))
+"""
 
 COMPILE_HELPER = """
 import importlib.util, json, sys
@@ -153,19 +183,44 @@ def compile_tree(python: Path, sources: list[tuple[Path, str]], out: Path) -> di
     return result
 
 
-def stdlib_sources(stdlib: Path) -> list[tuple[Path, str]]:
-    """Every kept .py of the staged stdlib with the path it has in the guest, sorted."""
+def imported_toplevel(python: Path, scripts: list[Path], path: list[Path]) -> set[str]:
+    """Top-level modules the scripts import, transitively (modulefinder, run by the guest's
+    interpreter over the staged stdlib, so the answer is the guest's)."""
+    job = {"scripts": [str(s) for s in scripts], "path": [str(p) for p in path]}
+    proc = subprocess.run(
+        [str(python), "-I", "-S", "-c", FINDER_HELPER],
+        input=json.dumps(job), capture_output=True, text=True, check=False,
+        env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildError(f"finding the imported modules failed: {proc.stderr[-2000:]}")
+    return {name.split(".")[0] for name in json.loads(proc.stdout)}
+
+
+def stdlib_sources(stdlib: Path, keep: set[str] | None = None) -> list[tuple[Path, str]]:
+    """The kept .py files of the staged stdlib with their paths in the guest, sorted.
+
+    keep names top-level modules or packages (a package is kept whole); None keeps everything
+    that DROP does not name.
+    """
     kept: list[tuple[Path, str]] = []
     for path in sorted(stdlib.rglob("*.py")):
         rel = path.relative_to(stdlib)
         if rel.parts[0] in DROP or not {"__pycache__", "test", "tests"}.isdisjoint(rel.parts):
             continue
+        if keep is not None and rel.parts[0].removesuffix(".py") not in keep | ALWAYS:
+            continue
+        if rel.parts[0] == "encodings" and rel.stem not in ENCODINGS:
+            continue
         kept.append((path, f"/{STDLIB}/{rel.as_posix()}"))
     return kept
 
 
-def add_python(tree: Tree, roots: list[Path], work: Path) -> dict[str, object]:
-    """Interpreter, libraries and compiled stdlib into tree; returns facts for the metadata."""
+def add_python(
+    tree: Tree, roots: list[Path], work: Path, scripts: list[Path], path: list[Path]
+) -> dict[str, object]:
+    """Interpreter, libraries and the part of the stdlib that scripts (found on path) import,
+    compiled; returns facts for the metadata."""
     staged = stage(roots, work / "pystage")
     python = staged / "usr/bin" / PY
     tree.file(f"usr/bin/{PY}", python.read_bytes(), 0o755)
@@ -178,7 +233,9 @@ def add_python(tree: Tree, roots: list[Path], work: Path) -> dict[str, object]:
         dynload.append(found[0])
         tree.file(f"{STDLIB}/lib-dynload/{found[0].name}", found[0].read_bytes(), 0o644)
     libs = add_libraries(tree, roots, [python.read_bytes(), *(p.read_bytes() for p in dynload)])
-    compiled = compile_tree(python, stdlib_sources(staged / STDLIB), work / "pyc")
+    stdlib = staged / STDLIB
+    keep = imported_toplevel(python, scripts, [*path, stdlib, stdlib / "lib-dynload"])
+    compiled = compile_tree(python, stdlib_sources(stdlib, keep), work / "pyc")
     for shown, pyc in compiled.items():
         tree.file(shown.lstrip("/")[:-3] + ".pyc", pyc)
     return {"python_libraries": libs, "python_modules": len(compiled)}
