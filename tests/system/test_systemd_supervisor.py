@@ -90,14 +90,21 @@ def test_launch_places_the_hypervisor_in_its_scope(sysbox: Sysbox, probe: Probe)
     assert launched == {"ok": True, "pid": launched["pid"], "unit": UNIT}
     assert sysbox.run(["systemctl", "is-active", UNIT]).stdout.strip() == "active"
     props = _show(
-        sysbox, UNIT, "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "Slice", "CollectMode", "After"
+        sysbox,
+        UNIT,
+        "MemoryMax",
+        "TasksMax",
+        "CPUQuotaPerSecUSec",
+        "Slice",
+        "CollectMode",
+        "Before",
     )
     assert props["Slice"] == "volant.slice"
     assert props["MemoryMax"] == str(128 * 1024 * 1024)  # 64 MiB of guest + 64 MiB headroom
     assert props["TasksMax"] == "256"
     assert props["CPUQuotaPerSecUSec"] == "1s"
     assert props["CollectMode"] == "inactive-or-failed"
-    assert "volantd.service" in props["After"].split()
+    assert "volantd.service" in props["Before"].split()
     cgroup = _show(sysbox, UNIT, "ControlGroup")["ControlGroup"]
     assert cgroup == "/volant.slice/" + UNIT
     procs = sysbox.run(["cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs"]).stdout.split()
