@@ -71,9 +71,12 @@ class ProcessSupervisor:
         child = self._vms.get(name)
         if child is None:
             return
-        # Launched in a new session, the hypervisor leads its own process group.
+        # Launched in a new session, the hypervisor leads its own process group; one adopted
+        # from elsewhere may not, so the pid itself is killed too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
         await child.gone.wait()
 
     async def adopt(self, name: str, pid: int, unit: str) -> bool:
