@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.qemu_boot import BRIDGE_IP, GUEST, GUEST_IP, TAP, TIMEOUT, setup_netns
 from volant.model import LaunchSpec
@@ -47,8 +48,8 @@ async def _until(ns: str, path: str, want: bytes, start: float) -> float:
     return float("nan")
 
 
-async def one_boot(machine: str, agent: bool) -> tuple[float, int | None]:
-    """(seconds from launch to ready, agent RSS in KiB or None for the bare guest)."""
+async def one_boot(machine: str, agent: bool) -> tuple[float, dict[str, Any]]:
+    """(seconds from launch to ready, the agent's /v1/status or {} for the bare guest)."""
     driver = QemuDriver(machine=machine)
     run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
     ns = setup_netns()
@@ -68,10 +69,10 @@ async def one_boot(machine: str, agent: bool) -> tuple[float, int | None]:
     proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
     try:
         if not agent:
-            return await _until(ns, "/", b"volant-guest", start), None
+            return await _until(ns, "/", b"volant-guest", start), {}
         seconds = await _until(ns, "/healthz", b'"workload": "healthy"', start)
-        status = json.loads(await _curl(ns, "/v1/status") or b"{}")
-        return seconds, status.get("agent", {}).get("rss_kib")
+        status: dict[str, Any] = json.loads(await _curl(ns, "/v1/status") or b"{}")
+        return seconds, status
     finally:
         await hv.shutdown(graceful=False, timeout=5)
         if proc.returncode is None:
@@ -89,17 +90,25 @@ async def main() -> None:
     bare: list[float] = []
     agent: list[float] = []
     rss: list[int] = []
+    timelines: list[dict[str, float]] = []
     # Interleaved, so a noisy neighbour slows both kinds alike.
     for _ in range(args.runs):
         bare.append((await one_boot(args.machine, agent=False))[0])
-        seconds, kib = await one_boot(args.machine, agent=True)
+        seconds, status = await one_boot(args.machine, agent=True)
         agent.append(seconds)
-        if kib is not None:
-            rss.append(kib)
+        if status.get("agent", {}).get("rss_kib"):
+            rss.append(status["agent"]["rss_kib"])
+        timelines.append({k: v for k, v in status.get("timeline", {}).items() if v is not None})
     for label, times in (("bare busybox, HTTP", bare), ("agent, workload healthy", agent)):
         shown = " ".join(f"{t:.2f}" for t in times)
         print(f"{label:24} median {statistics.median(times):.2f}s  runs: {shown}", flush=True)
     print(f"ratio agent/bare (medians): {statistics.median(agent) / statistics.median(bare):.2f}")
+    for key in ("agent_launched", "agent_listening", "workload_healthy"):
+        values = [t[key] for t in timelines if key in t]
+        if values:
+            shown = " ".join(f"{v:.2f}" for v in values)
+            print(f"in guest, seconds since boot, {key:16} median {statistics.median(values):.2f}"
+                  f"  runs: {shown}")  # fmt: skip
     if rss:
         print(f"agent VmRSS in the guest: median {statistics.median(rss):.0f} KiB  runs: {rss}")
     agent_mb = (GUEST / "agent-initramfs.img").stat().st_size / 1e6

@@ -51,6 +51,8 @@ class Agent:
     supervisor: Supervisor | None
     request_poweroff: Callable[[], None]
     started: float = field(default_factory=time.monotonic)
+    # Seconds since boot (CLOCK_MONOTONIC) of start-up milestones, for /v1/status.
+    timeline: dict[str, float | None] = field(default_factory=dict)
 
     def health(self) -> Health:
         return self.supervisor.health if self.supervisor is not None else Health.NONE
@@ -86,6 +88,10 @@ async def status(agent: Agent, _request: Request) -> Response:
             },
             "workload": agent.supervisor.status() if agent.supervisor else None,
             "health": agent.health().value,
+            "timeline": {
+                **agent.timeline,
+                "workload_healthy": agent.supervisor.first_healthy if agent.supervisor else None,
+            },
         }
     )
 

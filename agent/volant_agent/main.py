@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="POST /v1/poweroff signals PID 1 (default: only when the agent runs under it)",
     )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def _float_env(name: str) -> float | None:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return None
 
 
 def _vsock_wanted(mode: str, cmdline: str) -> bool:
@@ -81,12 +89,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if signal_init is None:
         signal_init = os.getppid() == 1
     agent = Agent(manifest, source, logs, supervisor, init_poweroff if signal_init else stop.set)
+    agent.timeline["agent_launched"] = _float_env("VOLANT_AGENT_LAUNCHED")
     handler = connection_handler(make_handler(agent))
     servers = [await asyncio.start_server(handler, args.host, args.port, limit=MAX_HEAD)]
     if _vsock_wanted(args.vsock, cmdline):
         vsock = await _vsock_server(handler, args.port)
         if vsock is not None:
             servers.append(vsock)
+    agent.timeline["agent_listening"] = time.monotonic()
     print(f"volant-agent: listening on {args.host}:{args.port}", flush=True)
     runner = asyncio.create_task(supervisor.run()) if supervisor else None
     await stop.wait()

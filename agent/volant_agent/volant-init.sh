@@ -57,7 +57,9 @@ hostname "$name"
 
 agent_pid=
 start_agent() {
-    PYTHONPATH=/usr/lib/volant-agent PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    # The launch time (seconds since boot) lets /v1/status show where boot time goes.
+    VOLANT_AGENT_LAUNCHED=$(cut -d' ' -f1 /proc/uptime) \
+        PYTHONPATH=/usr/lib/volant-agent PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
         HOME=/root python3 -m volant_agent </dev/null &
     agent_pid=$!
 }

@@ -54,6 +54,8 @@ class Supervisor:
         self.health = Health.STOPPED
         self.last_exit: int | None = None
         self.started_at: float | None = None
+        # CLOCK_MONOTONIC, i.e. seconds since boot in a guest: when it first answered healthy.
+        self.first_healthy: float | None = None
         self._stopping = asyncio.Event()
         self._failures = 0
 
@@ -172,6 +174,8 @@ class Supervisor:
             if ok:
                 self._failures = 0
                 self.health = Health.HEALTHY
+                if self.first_healthy is None:
+                    self.first_healthy = time.monotonic()
             else:
                 self._failures += 1
                 if self.health is Health.STARTING:
