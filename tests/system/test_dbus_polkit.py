@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,6 +125,16 @@ def test_vm_object_properties_and_properties_changed(volantd: VolantBox) -> None
     assert props[".Unit"][0] == '"volant-vm-rootvm.scope"'
     assert int(props[".PID"][0]) > 0
     assert set(props) >= {".IPAddress", ".MAC", ".CPUs", ".MemoryMB", ".Plugin"}
+    # Usage as systemd reports it for the scope: CPU time, and memory unset (not accounted here).
+    get = f"busctl --system get-property {SERVICE} {path} {SERVICE}.VM CPUUsageNSec MemoryCurrent"
+    deadline = time.monotonic() + 15
+    while True:
+        cpu, memory = (int(line.split()[1]) for line in volantd.sh(get).splitlines())
+        if cpu > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert cpu > 0
+    assert memory == 2**64 - 1
 
     match = f"type='signal',path='{path}',member='PropertiesChanged'"
     script = (

@@ -119,6 +119,16 @@ class VMInterface(DbusInterfaceCommonAsync, interface_name=VM_INTERFACE):
     def plugin(self) -> str:
         raise NotImplementedError
 
+    # Named and encoded as systemd's own unit properties: UINT64_MAX when not accounted. Like
+    # systemd's, they change all the time and so announce no PropertiesChanged.
+    @dbus_property_async("t", property_name="CPUUsageNSec")
+    def cpu_usage_nsec(self) -> int:
+        raise NotImplementedError
+
+    @dbus_property_async("t", property_name="MemoryCurrent")
+    def memory_current(self) -> int:
+        raise NotImplementedError
+
     @dbus_method_async("", "", CALL, method_name="Start")
     async def start(self) -> None:
         raise NotImplementedError

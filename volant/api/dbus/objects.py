@@ -14,12 +14,15 @@ from sdbus import (
 )
 from sdbus.dbus_proxy_async_object_manager import DbusObjectManagerExportHandle
 
-from volant.model import VirtualMachine
+from volant.model import Usage, VirtualMachine
 
 from .codec import vm_path
 from .interfaces import VM_INTERFACE, VMInterface
 
 log = logging.getLogger(__name__)
+
+UNSET = 2**64 - 1
+"""systemd's "[not set]" for a uint64 resource property."""
 
 # D-Bus property name -> (signature, value from the stored VM); the order is the XML's order.
 PROPERTIES: dict[str, tuple[str, Callable[[VirtualMachine], Any]]] = {
@@ -51,6 +54,15 @@ class VMObject(VMInterface):
         super().__init__()
         self._manager = manager
         self._vm = vm
+        self._usage = Usage()
+
+    @property
+    def vm(self) -> VirtualMachine:
+        return self._vm
+
+    def set_usage(self, usage: Usage) -> None:
+        """Take the latest usage read from the VM's scope (or process)."""
+        self._usage = usage
 
     def update(self, vm: VirtualMachine) -> None:
         """Take a newer stored state; announce the properties that changed."""
@@ -99,6 +111,16 @@ class VMObject(VMInterface):
     def plugin(self) -> str:
         return self._vm.plugin
 
+    @dbus_property_async_override()
+    def cpu_usage_nsec(self) -> int:
+        cpu = self._usage.cpu_seconds
+        return UNSET if cpu is None else round(cpu * 1e9)
+
+    @dbus_property_async_override()
+    def memory_current(self) -> int:
+        memory = self._usage.memory_bytes
+        return UNSET if memory is None else memory
+
     @dbus_method_async_override()
     async def start(self) -> None:
         await self._manager.start_vm(self._vm.name)
@@ -139,6 +161,9 @@ class VMObjects:
         self._exported[vm.name] = (obj, handle)
         log.debug("exported %s", path)
         return path
+
+    def objects(self) -> list[VMObject]:
+        return [obj for obj, _handle in self._exported.values()]
 
     def remove(self, name: str) -> None:
         current = self._exported.pop(name, None)

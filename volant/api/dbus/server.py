@@ -25,7 +25,7 @@ from sdbus.dbus_proxy_async_interface_base import DbusExportHandle
 from volant.auth.polkit import Action, Authorizer, BusCaller
 from volant.engine import Engine
 from volant.engine.events import Subscription
-from volant.model import Event, NotFound, Unavailable, VirtualMachine
+from volant.model import Event, NotFound, Unavailable, Usage, VirtualMachine
 
 from .codec import spec_from_dbus, vardict, vm_to_dbus
 from .errors import dbus_errors
@@ -33,6 +33,9 @@ from .interfaces import MANAGER_PATH, SERVICE, ManagerInterface, VarDict
 from .objects import VMObjects
 
 log = logging.getLogger(__name__)
+
+USAGE_REFRESH = 5.0
+"""Seconds between reads of the VMs' usage into their CPUUsageNSec/MemoryCurrent properties."""
 
 
 class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
@@ -128,13 +131,16 @@ class DbusServer:
         self._engine = engine
         self.manager = ManagerObject(bus, engine, authorizer)
         self._handle: DbusExportHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> DbusServer:
         self._handle = self.manager.export_to_dbus(MANAGER_PATH, self._bus)
         try:
             subscription = await self._resync()
-            self._task = asyncio.create_task(self._follow(subscription), name="dbus-events")
+            self._tasks = [
+                asyncio.create_task(self._follow(subscription), name="dbus-events"),
+                asyncio.create_task(self._refresh_usage(), name="dbus-usage"),
+            ]
             try:
                 await self._bus.request_name_async(SERVICE, 0)
             except SdBusBaseError as exc:
@@ -154,10 +160,10 @@ class DbusServer:
         await self._close()
 
     async def _close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         self.manager.vms.close()
         if self._handle is not None:
             self._handle.stop()
@@ -184,6 +190,21 @@ class DbusServer:
                 return  # the engine closed its bus: the daemon is stopping
             log.warning("D-Bus event follower fell behind; resynchronising the VM objects")
             subscription = await self._resync()
+
+    async def _refresh_usage(self) -> None:
+        # sd-bus property getters cannot wait, so the usage they report is read ahead here.
+        while True:
+            for obj in self.manager.vms.objects():
+                if not obj.vm.status.is_active:
+                    obj.set_usage(Usage())
+                    continue
+                try:
+                    obj.set_usage(await self._engine.vm_usage(obj.vm.name))
+                except NotFound:
+                    continue  # deleted meanwhile; its event removes the object
+                except Exception:
+                    log.exception("could not read the usage of %s", obj.vm.name)
+            await asyncio.sleep(USAGE_REFRESH)
 
     async def _on_event(self, event: Event) -> None:
         try:
