@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ async def status(agent: Agent, _request: Request) -> Response:
             "agent": {
                 "version": __version__,
                 "pid": os.getpid(),
+                "hostname": socket.gethostname(),
                 "uptime": round(time.monotonic() - agent.started, 3),
                 "rss_kib": rss_kib(),
             },

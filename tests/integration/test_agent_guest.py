@@ -58,12 +58,12 @@ def hello_manifest(**workload: Any) -> dict[str, Any]:
 
 async def boot(
     netns: Netns, guest_dir: Path, run_dir: Path, manifest: dict[str, Any] | None,
-    disks: tuple[Path, ...] = (),
+    disks: tuple[Path, ...] = (), dhcp: bool = False,
 ) -> Guest:  # fmt: skip
     driver = QemuDriver(machine="auto")
     cmdline = build_cmdline(
-        name="hello1", runtime="hello", plugin="hello", ip=GUEST_IP, gateway=BRIDGE_IP,
-        netmask="255.255.255.0", hypervisor_extras=driver.kernel_extras(),
+        name="hello1", runtime="hello", plugin="hello", ip=None if dhcp else GUEST_IP,
+        gateway=BRIDGE_IP, netmask="255.255.255.0", hypervisor_extras=driver.kernel_extras(),
         manifest=encode_manifest(manifest) if manifest is not None else None,
     )  # fmt: skip
     spec = LaunchSpec(
@@ -88,8 +88,8 @@ async def curl(netns: Netns, *args: str, timeout: float = 5) -> tuple[int, str]:
     return int(code or 0), body
 
 
-async def get_json(netns: Netns, path: str, *args: str) -> tuple[int, Any]:
-    code, body = await curl(netns, *args, AGENT + path)
+async def get_json(netns: Netns, path: str, *args: str, base: str = AGENT) -> tuple[int, Any]:
+    code, body = await curl(netns, *args, base + path)
     try:
         return code, json.loads(body)
     except ValueError:
@@ -97,13 +97,13 @@ async def get_json(netns: Netns, path: str, *args: str) -> tuple[int, Any]:
 
 
 async def wait_for(
-    g: Guest, netns: Netns, path: str, want: str, timeout: float = 120
+    g: Guest, netns: Netns, path: str, want: str, timeout: float = 120, base: str = AGENT
 ) -> tuple[int, Any]:
     """Poll the agent until the JSON at path has health/workload == want."""
     deadline = time.monotonic() + timeout
     last: tuple[int, Any] = (0, None)
     while time.monotonic() < deadline:
-        last = await get_json(netns, path)
+        last = await get_json(netns, path, base=base)
         if isinstance(last[1], dict) and want in (last[1].get("workload"), last[1].get("health")):
             return last
         assert g.proc.returncode is None, f"QEMU exited early:\n{g.console()[-3000:]}"
@@ -195,5 +195,31 @@ async def test_config_disk_unhealthy_workload_and_poweroff_route(
         assert (code, body) == (202, {"status": "powering off"})
         assert await asyncio.wait_for(g.proc.wait(), 60) == 0
         assert "reboot: Power down" in g.console()
+    finally:
+        await stop(g)
+
+
+async def test_dhcp_guest_gets_its_address_and_hostname(
+    netns: Netns, guest_dir: Path, run_dir: Path
+) -> None:
+    # busybox udhcpd on the namespace's bridge; the netns fixture kills it with the namespace.
+    conf = run_dir / "udhcpd.conf"
+    conf.write_text(
+        "start 192.168.127.50\nend 192.168.127.60\ninterface br0\n"
+        f"lease_file {run_dir}/leases\npidfile {run_dir}/udhcpd.pid\n"
+        f"option subnet 255.255.255.0\noption router {BRIDGE_IP}\n"
+        # A fixed lease for the guest's MAC, so the test knows where to find it.
+        "static_lease 02:56:c0:a8:7f:02 192.168.127.50\n"
+    )
+    (run_dir / "leases").touch()
+    subprocess.run(netns.argv("busybox", "udhcpd", str(conf)), check=True)
+    g = await boot(netns, guest_dir, run_dir, hello_manifest(), dhcp=True)
+    try:
+        await g.hv.wait_ready(30)
+        base = "http://192.168.127.50:8080"
+        await wait_for(g, netns, "/healthz", "healthy", base=base)
+        _code, status = await get_json(netns, "/v1/status", base=base)
+        assert status["agent"]["hostname"] == "hello1"
+        assert "udhcpc: lease of 192.168.127.50 obtained" in g.console()
     finally:
         await stop(g)
