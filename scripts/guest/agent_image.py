@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from scripts.guest import python
@@ -121,14 +123,17 @@ def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
     version = kernel.removeprefix("linux-image-")
     tree = Tree()
     modules = _base(tree, roots[1] / "bin" / "busybox", roots[0] / "lib" / "modules" / version)
-    work = cache / "agent-work"
     # The stdlib is cut down to what the agent and the bundled plugins import.
     scripts = [AGENT_PACKAGE / "__main__.py", *sorted(PLUGINS.glob("*/*.py"))]
-    facts = python.add_python(tree, roots[2:], work, scripts, [AGENT_PACKAGE.parent])
-    interpreter = work / "pystage" / "usr" / "bin" / python.PY
-    for path, pyc in python.compile_package(
-        interpreter, AGENT_PACKAGE, "usr/lib/volant-agent", work
-    ).items():
+    # A private work directory: test sessions running side by side may build at the same time.
+    work = Path(tempfile.mkdtemp(dir=cache, prefix=".agent-work-"))
+    try:
+        facts = python.add_python(tree, roots[2:], work, scripts, [AGENT_PACKAGE.parent])
+        interpreter = work / "pystage" / "usr" / "bin" / python.PY
+        agent = python.compile_package(interpreter, AGENT_PACKAGE, "usr/lib/volant-agent", work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for path, pyc in agent.items():
         tree.file(path, pyc)
     tree.file("usr/lib/volant-agent/volant_agent/volant-init.sh", INIT_SCRIPT.read_bytes())
     plugins = _plugins(tree)
