@@ -71,7 +71,12 @@ def main() -> None:
         vb.install({"runtime.start_paused": True})
         created = create_latencies(vb, count)
         floor = curl_floor(vb, count)
-        bare_out = vb.run(str(VENV_BIN / "python"), "-m", "bench.bare_scope", str(count))
+        bare_out = box.run(
+            [str(VENV_BIN / "python"), "-m", "bench.bare_scope", str(count)],
+            check=False,
+            timeout=300,
+            cwd=str(ROOT),
+        )
         if bare_out.returncode != 0:
             raise SystemExit(f"bare scope bench failed: {bare_out.stderr}")
         bare = json.loads(bare_out.stdout)
