@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.qemu_boot import BRIDGE_IP, GUEST, GUEST_IP, TAP, TIMEOUT, setup_netns
-from volant.model import LaunchSpec
-from volant.runtime.cmdline import build_cmdline, encode_manifest
-from volant.runtime.qemu import QemuDriver
+from bench.qemu_boot import GUEST, GUEST_IP, TIMEOUT, guest_in_netns
+from volant.runtime.cmdline import encode_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = json.loads((ROOT / "examples" / "plugins" / "hello" / "manifest.json").read_text())
@@ -50,36 +46,18 @@ async def _until(ns: str, path: str, want: bytes, start: float) -> float:
 
 async def one_boot(machine: str, agent: bool) -> tuple[float, dict[str, Any]]:
     """(seconds from launch to ready, the agent's /v1/status or {} for the bare guest)."""
-    driver = QemuDriver(machine=machine)
-    run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
-    ns = setup_netns()
-    cmdline = build_cmdline(
-        name="bench", runtime="hello", plugin="hello", ip=GUEST_IP, gateway=BRIDGE_IP,
-        netmask="24", hypervisor_extras=driver.kernel_extras(),
-        manifest=encode_manifest(HELLO) if agent else None,
-    )  # fmt: skip
-    image = "agent-initramfs.img" if agent else "initramfs.img"
-    spec = LaunchSpec(
-        name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=GUEST / image,
-        cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
-        console_log=run_dir / "console.log", tap=TAP,
-    )  # fmt: skip
-    hv = driver.for_vm(spec)
-    start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
-    try:
-        if not agent:
+    if not agent:
+        async with guest_in_netns(machine, plugin="hello") as (ns, _spec, start):
             return await _until(ns, "/", b"volant-guest", start), {}
+    image, manifest = "agent-initramfs.img", encode_manifest(HELLO)
+    async with guest_in_netns(machine, image=image, plugin="hello", manifest=manifest) as (
+        ns,
+        _spec,
+        start,
+    ):
         seconds = await _until(ns, "/healthz", b'"workload": "healthy"', start)
         status: dict[str, Any] = json.loads(await _curl(ns, "/v1/status") or b"{}")
         return seconds, status
-    finally:
-        await hv.shutdown(graceful=False, timeout=5)
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        await (await asyncio.create_subprocess_exec("ip", "netns", "del", ns)).wait()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def main() -> None:

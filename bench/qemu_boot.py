@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from volant.model import LaunchSpec
@@ -72,41 +74,33 @@ async def _wait_http(ns: str, start: float) -> float:
     return float("nan")
 
 
-async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
-    """(seconds to the init's ready line on the console, seconds to the first HTTP answer)."""
+@contextlib.asynccontextmanager
+async def guest_in_netns(
+    machine: str,
+    *,
+    image: str = "initramfs.img",
+    plugin: str = "bench",
+    manifest: str | None = None,
+    extra: str = "",
+) -> AsyncIterator[tuple[str, LaunchSpec, float]]:
+    """Launch a guest in a fresh netns; yield (netns, spec, monotonic launch time); clean up."""
     driver = QemuDriver(machine=machine)
     run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
     ns = setup_netns()
     cmdline = build_cmdline(
-        name="bench",
-        runtime="bench",
-        plugin="bench",
-        ip=GUEST_IP,
-        gateway=BRIDGE_IP,
-        netmask="24",
-        hypervisor_extras=driver.kernel_extras(),
-        extra="quiet" if quiet else "",
-    )
+        name="bench", runtime=plugin, plugin=plugin, ip=GUEST_IP, gateway=BRIDGE_IP,
+        netmask="24", hypervisor_extras=driver.kernel_extras(), manifest=manifest, extra=extra,
+    )  # fmt: skip
     spec = LaunchSpec(
-        name="bench",
-        cpus=1,
-        memory_mb=256,
-        kernel=GUEST / "vmlinuz",
-        initramfs=GUEST / "initramfs.img",
-        cmdline=cmdline,
-        mac="02:56:c0:a8:7f:02",
-        run_dir=run_dir,
-        console_log=run_dir / "console.log",
-        tap=TAP,
-    )
+        name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=GUEST / image,
+        cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
+        console_log=run_dir / "console.log", tap=TAP,
+    )  # fmt: skip
     hv = driver.for_vm(spec)
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())
     try:
-        ready, answered = await asyncio.gather(
-            _wait_console(spec.console_log, start), _wait_http(ns, start)
-        )
-        return ready, answered
+        yield ns, spec, start
     finally:
         await hv.shutdown(graceful=False, timeout=5)
         if proc.returncode is None:
@@ -114,6 +108,15 @@ async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
         await proc.wait()
         await (await asyncio.create_subprocess_exec("ip", "netns", "del", ns)).wait()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def one_boot(machine: str, quiet: bool) -> tuple[float, float]:
+    """(seconds to the init's ready line on the console, seconds to the first HTTP answer)."""
+    async with guest_in_netns(machine, extra="quiet" if quiet else "") as (ns, spec, start):
+        ready, answered = await asyncio.gather(
+            _wait_console(spec.console_log, start), _wait_http(ns, start)
+        )
+        return ready, answered
 
 
 async def main() -> None:
