@@ -48,6 +48,7 @@ test: deps
 
 bench: deps
 	@$(PY) -m bench.create_latency
+	@$(PY) -m bench.agent_boot
 
 clean:
 	rm -rf $(VENV) .cache
