@@ -55,8 +55,11 @@ class VolantBox:
             (unit_dir / unit).write_text((ROOT / "units" / unit).read_text())
         dropin = unit_dir / "volantd.service.d"
         dropin.mkdir(parents=True, exist_ok=True)
+        # The hardened unit hides /tmp, /root and /home (PrivateTmp=, ProtectHome=), where a
+        # checkout may live: bind it into the service's namespace, read-only.
         (dropin / "10-checkout.conf").write_text(
-            f"[Service]\nExecStart=\nExecStart={VENV_BIN / 'volantd'}\n{self.service_extra}"
+            f"[Service]\nExecStart=\nExecStart={VENV_BIN / 'volantd'}\n"
+            f"BindReadOnlyPaths={ROOT}\n{self.service_extra}"
         )
         for source, target in PACKAGED.items():
             path = root / target / source.rsplit("/", 1)[1]
