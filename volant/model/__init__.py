@@ -13,9 +13,21 @@ from volant.model.errors import (
     NotFound,
     PermissionDenied,
     PoolExhausted,
+    SignatureInvalid,
     Unavailable,
     VolantError,
     WireForms,
+)
+from volant.model.plugins import (
+    Action,
+    Artifact,
+    HealthCheck,
+    Manifest,
+    Plugin,
+    Resources,
+    RestartPolicy,
+    Workload,
+    WorkloadType,
 )
 from volant.model.types import (
     Event,
@@ -33,6 +45,16 @@ from volant.model.types import (
 __all__ = [
     "ERROR_CLASSES",
     "ERROR_TABLE",
+    "Action",
+    "Artifact",
+    "HealthCheck",
+    "Manifest",
+    "Plugin",
+    "Resources",
+    "RestartPolicy",
+    "SignatureInvalid",
+    "Workload",
+    "WorkloadType",
     "Conflict",
     "ErrorCode",
     "Event",

@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     POOL_EXHAUSTED = "PoolExhausted"
     INVALID_STATE = "InvalidState"
     CONFLICT = "Conflict"
+    SIGNATURE_INVALID = "SignatureInvalid"
     HYPERVISOR_FAILED = "HypervisorFailed"
     UNAVAILABLE = "Unavailable"
     INTERNAL = "Internal"
@@ -36,6 +37,10 @@ _ROWS: dict[ErrorCode, _Row] = {
     ErrorCode.POOL_EXHAUSTED: _Row(409, "IP address pool exhausted"),
     ErrorCode.INVALID_STATE: _Row(409, "Operation not allowed in the current state"),
     ErrorCode.CONFLICT: _Row(409, "Conflict"),
+    # 403, not 400: the request is well formed, but the host's trust policy refuses the content
+    # (unsigned while signatures are required, tampered, or signed by a key it does not trust).
+    # The problem type and D-Bus name tell it apart from PermissionDenied (polkit said no).
+    ErrorCode.SIGNATURE_INVALID: _Row(403, "Plugin signature not accepted"),
     ErrorCode.HYPERVISOR_FAILED: _Row(502, "Hypervisor failed"),
     ErrorCode.UNAVAILABLE: _Row(503, "Service unavailable"),
     ErrorCode.INTERNAL: _Row(500, "Internal error"),
@@ -114,6 +119,12 @@ class InvalidState(Conflict):
     code = ErrorCode.INVALID_STATE
 
 
+class SignatureInvalid(VolantError):
+    """A plugin manifest's signature is missing where required, wrong, or by an untrusted key."""
+
+    code = ErrorCode.SIGNATURE_INVALID
+
+
 class HypervisorFailed(VolantError):
     code = ErrorCode.HYPERVISOR_FAILED
 
@@ -136,6 +147,7 @@ ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
         NameTaken,
         PoolExhausted,
         InvalidState,
+        SignatureInvalid,
         HypervisorFailed,
         Unavailable,
         InternalError,

@@ -64,6 +64,11 @@ class ConflictError(VolantDbusError):
     dbus_error_name = _name(code)
 
 
+class SignatureInvalidError(VolantDbusError):
+    code = ErrorCode.SIGNATURE_INVALID
+    dbus_error_name = _name(code)
+
+
 class HypervisorFailedError(VolantDbusError):
     code = ErrorCode.HYPERVISOR_FAILED
     dbus_error_name = _name(code)
@@ -89,6 +94,7 @@ DBUS_ERRORS: dict[ErrorCode, type[VolantDbusError]] = {
         PoolExhaustedError,
         InvalidStateError,
         ConflictError,
+        SignatureInvalidError,
         HypervisorFailedError,
         UnavailableError,
         InternalDbusError,

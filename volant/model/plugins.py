@@ -1,0 +1,119 @@
+"""Plugins: a validated manifest, and an installed plugin as the store records it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from volant.model.types import NetworkMode
+
+
+class WorkloadType(StrEnum):
+    """What the guest agent runs: an HTTP service it health-checks and proxies, or a process."""
+
+    HTTP = "http"
+    PROCESS = "process"
+
+
+class RestartPolicy(StrEnum):
+    """When the guest agent restarts the workload (agent/README.md)."""
+
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_cores: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str
+    timeout_ms: int = 2000
+    start_period_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    type: WorkloadType
+    entrypoint: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    base_url: str = ""
+    health_check: HealthCheck | None = None
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A boot artifact (kernel, initramfs or root filesystem): a URL or a local path."""
+
+    url: str = ""
+    path: str = ""
+    checksum: str = ""  # "sha256:<64 hex>"; required for a URL
+
+
+@dataclass(frozen=True)
+class Action:
+    """A named HTTP route of the workload that the agent proxies."""
+
+    method: str
+    path: str
+    timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A plugin manifest that passed schema and semantic validation.
+
+    digest is "sha256:<hex>" of canonical_json: the document as parsed, with sorted keys and
+    compact separators, so YAML and JSON spellings of one manifest share a digest.
+    """
+
+    schema_version: int
+    name: str
+    version: str
+    runtime: str
+    resources: Resources
+    workload: Workload
+    network: NetworkMode
+    initramfs: Artifact | None = None
+    rootfs: Artifact | None = None
+    kernel: Artifact | None = None
+    actions: dict[str, Action] = field(default_factory=dict)
+    openapi: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    digest: str = ""
+    canonical_json: str = field(default="", repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """An installed plugin as the store records it."""
+
+    id: int
+    name: str
+    version: str
+    runtime: str
+    manifest_json: str
+    digest: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "runtime": self.runtime,
+            "digest": self.digest,
+            "enabled": self.enabled,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
