@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from volant.cli.output import emit_json, vm_details, vm_table
+from volant.cli.plugins import plugins
 from volant.client import ApiError, VolantClient
 from volant.client.http import DEFAULT_API
 
@@ -130,6 +131,9 @@ _verb("delete", "Delete a VM (kills it if running).", lambda c, vm: c.delete_vm(
 _verb("start", "Start a stopped VM.", lambda c, vm: c.start_vm(vm))
 _verb("stop", "Power a VM off (gracefully, then forcibly).", lambda c, vm: c.stop_vm(vm))
 _verb("restart", "Stop a VM if it runs, then start it.", lambda c, vm: c.restart_vm(vm))
+
+
+cli.add_command(plugins)
 
 
 def main() -> None:
