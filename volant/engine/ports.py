@@ -16,6 +16,7 @@ from volant.model import (
     EventType,
     Launched,
     LaunchSpec,
+    Plugin,
     ScopeLimits,
     Usage,
     VirtualMachine,
@@ -63,6 +64,28 @@ class Store(Protocol):
 
     async def pool_usage(self) -> tuple[int, int]:
         """(leased, total) addresses of the pool."""
+        ...
+
+    async def add_plugin(
+        self,
+        manifest_json: str,
+        name: str,
+        version: str,
+        runtime: str,
+        digest: str,
+        enabled: bool = True,
+    ) -> Plugin:
+        """Record an installed plugin; NameTaken when one of that name exists."""
+        ...
+
+    async def get_plugin(self, name: str) -> Plugin: ...
+
+    async def list_plugins(self) -> list[Plugin]: ...
+
+    async def set_plugin_enabled(self, name: str, enabled: bool) -> Plugin: ...
+
+    async def delete_plugin(self, name: str) -> None:
+        """Delete the plugin; Conflict while a VM uses it (checked in the same transaction)."""
         ...
 
     async def close(self) -> None: ...

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from volant.model import Event, EventType, VirtualMachine, VMStatus
+from volant.model import Event, EventType, Plugin, VirtualMachine, VMStatus
 
 FREE = "free"
 LEASED = "leased"
@@ -109,6 +109,21 @@ class EventRow(_Row):
         table_name = "events"
 
 
+class PluginRow(_Row):
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    version = peewee.TextField()
+    runtime = peewee.TextField()
+    manifest_json = peewee.TextField()
+    digest = peewee.TextField()
+    enabled = peewee.BooleanField()
+    created_at = _Timestamp()
+    updated_at = _Timestamp()
+
+    class Meta:
+        table_name = "plugins"
+
+
 def to_vm(row: VMRow) -> VirtualMachine:
     return VirtualMachine(
         id=row.id,
@@ -131,3 +146,17 @@ def to_vm(row: VMRow) -> VirtualMachine:
 def to_event(row: EventRow) -> Event:
     payload: dict[str, Any] = json.loads(row.payload)
     return Event(id=row.id, ts=row.ts, type=EventType(row.type), vm=row.vm, payload=payload)
+
+
+def to_plugin(row: PluginRow) -> Plugin:
+    return Plugin(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        runtime=row.runtime,
+        manifest_json=row.manifest_json,
+        digest=row.digest,
+        enabled=bool(row.enabled),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

@@ -21,8 +21,16 @@ from typing import Any, Self, TypeVar
 
 import peewee
 
-from volant.model import Event, EventType, InvalidArgument, Unavailable, VirtualMachine, VMSpec
-from volant.store import ops, pool
+from volant.model import (
+    Event,
+    EventType,
+    InvalidArgument,
+    Plugin,
+    Unavailable,
+    VirtualMachine,
+    VMSpec,
+)
+from volant.store import ops, plugins, pool
 from volant.store.migrations import MIGRATIONS, Migration, apply_migrations, check_order
 from volant.store.ops import MacFor
 from volant.store.rows import run_sql
@@ -68,7 +76,10 @@ def _connect(db: peewee.SqliteDatabase, path: Path, migrations: Sequence[Migrati
 
 
 class SqliteStore:
-    """Persistent state of VMs, the IP pool and events. Build it with `await SqliteStore.open()`."""
+    """Persistent state of VMs, the IP pool, plugins and events.
+
+    Build it with `await SqliteStore.open()`.
+    """
 
     def __init__(self, db: peewee.SqliteDatabase, executor: ThreadPoolExecutor, path: Path) -> None:
         self._db = db
@@ -183,3 +194,44 @@ class SqliteStore:
     async def pool_usage(self) -> tuple[int, int]:
         """(leased, total) addresses of the pool."""
         return await self._call(functools.partial(pool.usage, self._db))
+
+    async def add_plugin(
+        self,
+        manifest_json: str,
+        name: str,
+        version: str,
+        runtime: str,
+        digest: str,
+        enabled: bool = True,
+    ) -> Plugin:
+        """Record an installed plugin from its validated manifest; NameTaken if name exists."""
+        return await self._call(
+            functools.partial(
+                plugins.add_plugin,
+                self._db,
+                manifest_json=manifest_json,
+                name=name,
+                version=version,
+                runtime=runtime,
+                digest=digest,
+                enabled=bool(enabled),
+            )
+        )
+
+    async def get_plugin(self, name: str) -> Plugin:
+        """The plugin called name; NotFound when there is none."""
+        return await self._call(functools.partial(plugins.get_plugin, self._db, name))
+
+    async def list_plugins(self) -> list[Plugin]:
+        """Every plugin, ordered by name."""
+        return await self._call(functools.partial(plugins.list_plugins, self._db))
+
+    async def set_plugin_enabled(self, name: str, enabled: bool) -> Plugin:
+        """Enable or disable a plugin; updated_at changes only when the flag does."""
+        return await self._call(
+            functools.partial(plugins.set_plugin_enabled, self._db, name, bool(enabled))
+        )
+
+    async def delete_plugin(self, name: str) -> None:
+        """Delete the plugin; Conflict while any VM uses it, NotFound if absent."""
+        await self._call(functools.partial(plugins.delete_plugin, self._db, name))

@@ -1,0 +1,93 @@
+"""Plugin operations. Plain blocking functions: the store runs them on its own thread."""
+
+from __future__ import annotations
+
+import peewee
+
+from volant.model import Conflict, NameTaken, NotFound, Plugin
+from volant.store.rows import PluginRow, VMRow, to_plugin, utcnow
+
+# How many dependent VMs a refused delete names before it just counts them.
+NAMED_USERS = 5
+
+
+def _row(db: peewee.SqliteDatabase, name: str) -> PluginRow:
+    row: PluginRow | None = PluginRow.select().where(PluginRow.name == name).first(db)
+    if row is None:
+        raise NotFound(f"no plugin named {name!r}", hint="`volar plugins list` shows the plugins")
+    return row
+
+
+def add_plugin(
+    db: peewee.SqliteDatabase,
+    *,
+    manifest_json: str,
+    name: str,
+    version: str,
+    runtime: str,
+    digest: str,
+    enabled: bool,
+) -> Plugin:
+    now = utcnow()
+    values = {
+        "name": name,
+        "version": version,
+        "runtime": runtime,
+        "manifest_json": manifest_json,
+        "digest": digest,
+        "enabled": enabled,
+        "created_at": now,
+        "updated_at": now,
+    }
+    with db.atomic():
+        if PluginRow.select().where(PluginRow.name == name).exists(db):
+            raise NameTaken(f"a plugin named {name!r} is already installed", field="name")
+        try:
+            plugin_id: int = PluginRow.insert(values).execute(db)
+        except peewee.IntegrityError as err:
+            # The table's CHECKs (json_valid) are the last line; callers validate first.
+            raise Conflict(f"cannot record plugin {name!r}: {err}") from err
+    return to_plugin(PluginRow(id=plugin_id, **values))
+
+
+def get_plugin(db: peewee.SqliteDatabase, name: str) -> Plugin:
+    return to_plugin(_row(db, name))
+
+
+def list_plugins(db: peewee.SqliteDatabase) -> list[Plugin]:
+    return [to_plugin(row) for row in PluginRow.select().order_by(PluginRow.name).execute(db)]
+
+
+def set_plugin_enabled(db: peewee.SqliteDatabase, name: str, enabled: bool) -> Plugin:
+    with db.atomic():
+        row = _row(db, name)
+        if bool(row.enabled) != enabled:
+            row.enabled = enabled
+            row.updated_at = utcnow()
+            PluginRow.update(enabled=enabled, updated_at=row.updated_at).where(
+                PluginRow.id == row.id
+            ).execute(db)
+    return to_plugin(row)
+
+
+def delete_plugin(db: peewee.SqliteDatabase, name: str) -> None:
+    # One transaction (taken with BEGIN IMMEDIATE): no VM can start using the plugin between
+    # the check and the delete.
+    with db.atomic():
+        row = _row(db, name)
+        users = [
+            vm.name
+            for vm in VMRow.select(VMRow.name)
+            .where(VMRow.plugin == name)
+            .order_by(VMRow.name)
+            .execute(db)
+        ]
+        if users:
+            shown = ", ".join(users[:NAMED_USERS])
+            extra = len(users) - NAMED_USERS
+            raise Conflict(
+                f"plugin {name!r} is used by VM(s) {shown}"
+                + (f" and {extra} more" if extra > 0 else ""),
+                hint="delete those VMs first, or disable the plugin instead",
+            )
+        PluginRow.delete().where(PluginRow.id == row.id).execute(db)
