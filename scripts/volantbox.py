@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,26 @@ PACKAGED = {
     "polkit/com.volantvm.volant1.policy": "usr/share/polkit-1/actions",
     "polkit/50-volant.rules": "etc/polkit-1/rules.d",
 }
+
+
+def volantd_config(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A volantd.yaml for tests and demos: QEMU on this checkout's guest, then `settings`.
+
+    `settings` use the dotted names of the settings table ("runtime.start_paused": True).
+    """
+    config: dict[str, Any] = {
+        "runtime": {
+            "hypervisor": "qemu",
+            "kernel": str(GUEST / "vmlinuz"),
+            "initramfs": str(GUEST / "initramfs.img"),
+            "stop_timeout": 15,
+        },
+        "vm": {"default_memory_mb": 192},
+    }
+    for key, value in (settings or {}).items():
+        section, _, leaf = key.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[leaf] = value
+    return config
 
 
 @dataclass(frozen=True)
@@ -69,21 +90,9 @@ class VolantBox:
             "systemd-sysusers volant.conf && systemd-tmpfiles --create volant.conf && busctl call"
             " org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig"
         )
-        config: dict[str, Any] = {
-            "runtime": {
-                "hypervisor": "qemu",
-                "kernel": str(GUEST / "vmlinuz"),
-                "initramfs": str(GUEST / "initramfs.img"),
-                "stop_timeout": 15,
-            },
-            "vm": {"default_memory_mb": 192},
-        }
-        for key, value in (settings or {}).items():
-            section, _, leaf = key.rpartition(".")
-            (config.setdefault(section, {}) if section else config)[leaf] = value
         etc = root / "etc/volant"
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "volantd.yaml").write_text(yaml.safe_dump(config))
+        (etc / "volantd.yaml").write_text(yaml.safe_dump(volantd_config(settings)))
         self.sh("systemctl daemon-reload && systemctl start volantd")
         self.wait_healthy()
 

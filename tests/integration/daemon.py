@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from scripts.volantbox import volantd_config
 from volant.client import ApiError, VolantClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,23 +126,16 @@ def start_daemon(
     env: Mapping[str, str] | None = None,
 ) -> Daemon:
     """Start volantd in `ns` with state under `tmp`; returns once /healthz answers."""
-    guest = GUEST_DIR
-    config: dict[str, Any] = {
-        "state_dir": str(tmp / "state"),
-        "runtime_dir": str(tmp / "run"),
-        "api": {"listen": "127.0.0.1:7777", "socket": str(tmp / "run" / "volantd.sock")},
-        "host": {"supervisor": "process"},
-        "runtime": {
-            "hypervisor": "qemu",
-            "kernel": str(guest / "vmlinuz"),
-            "initramfs": str(guest / "initramfs.img"),
-            "stop_timeout": 15,
-        },
-        "vm": {"default_memory_mb": 192},
-    }
-    for key, value in (settings or {}).items():
-        section, _, leaf = key.rpartition(".")
-        (config.setdefault(section, {}) if section else config)[leaf] = value
+    config = volantd_config(
+        {
+            "state_dir": str(tmp / "state"),
+            "runtime_dir": str(tmp / "run"),
+            "api.listen": "127.0.0.1:7777",
+            "api.socket": str(tmp / "run" / "volantd.sock"),
+            "host.supervisor": "process",
+            **(settings or {}),
+        }
+    )
     cfg_path = tmp / "volantd.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     log = tmp / "volantd.log"
