@@ -48,6 +48,8 @@ def test_every_code_has_wire_forms() -> None:
         assert 400 <= wire.http_status < 600
     assert ERROR_TABLE[ErrorCode.NAME_TAKEN].http_status == 409
     assert ERROR_TABLE[ErrorCode.INVALID_ARGUMENT].http_status == 400
+    assert ERROR_TABLE[ErrorCode.DOWNLOAD_FAILED].http_status == 502
+    assert ERROR_TABLE[ErrorCode.DOWNLOAD_FAILED].title == "Download failed"
 
 
 def test_scope_limits() -> None:

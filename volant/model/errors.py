@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "Conflict"
     SIGNATURE_INVALID = "SignatureInvalid"
     HYPERVISOR_FAILED = "HypervisorFailed"
+    DOWNLOAD_FAILED = "DownloadFailed"
     UNAVAILABLE = "Unavailable"
     INTERNAL = "Internal"
 
@@ -42,6 +43,9 @@ _ROWS: dict[ErrorCode, _Row] = {
     # The problem type and D-Bus name tell it apart from PermissionDenied (polkit said no).
     ErrorCode.SIGNATURE_INVALID: _Row(403, "Plugin signature not accepted"),
     ErrorCode.HYPERVISOR_FAILED: _Row(502, "Hypervisor failed"),
+    # 502 like HypervisorFailed: volantd is fine, but a server it fetched from on the caller's
+    # behalf did not deliver (error status, refused connection, timeout).
+    ErrorCode.DOWNLOAD_FAILED: _Row(502, "Download failed"),
     ErrorCode.UNAVAILABLE: _Row(503, "Service unavailable"),
     ErrorCode.INTERNAL: _Row(500, "Internal error"),
 }
@@ -129,6 +133,12 @@ class HypervisorFailed(VolantError):
     code = ErrorCode.HYPERVISOR_FAILED
 
 
+class DownloadFailed(VolantError):
+    """A plugin or artifact download did not complete: HTTP error, connection failure, timeout."""
+
+    code = ErrorCode.DOWNLOAD_FAILED
+
+
 class Unavailable(VolantError):
     code = ErrorCode.UNAVAILABLE
 
@@ -149,6 +159,7 @@ ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
         InvalidState,
         SignatureInvalid,
         HypervisorFailed,
+        DownloadFailed,
         Unavailable,
         InternalError,
     )

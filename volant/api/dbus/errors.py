@@ -74,6 +74,11 @@ class HypervisorFailedError(VolantDbusError):
     dbus_error_name = _name(code)
 
 
+class DownloadFailedError(VolantDbusError):
+    code = ErrorCode.DOWNLOAD_FAILED
+    dbus_error_name = _name(code)
+
+
 class UnavailableError(VolantDbusError):
     code = ErrorCode.UNAVAILABLE
     dbus_error_name = _name(code)
@@ -96,6 +101,7 @@ DBUS_ERRORS: dict[ErrorCode, type[VolantDbusError]] = {
         ConflictError,
         SignatureInvalidError,
         HypervisorFailedError,
+        DownloadFailedError,
         UnavailableError,
         InternalDbusError,
     )
