@@ -1,0 +1,81 @@
+"""The host's config-disk encoder writes exactly what the guest agent reads."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from volant_agent.manifest import encode_config_disk, read_config_disk
+
+from volant.model import InvalidArgument
+from volant.runtime.cmdline import encode_manifest
+from volant.runtime.configdisk import MAX_DOCUMENT, config_disk_image, write_config_disk
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "hello" / "manifest.json"
+
+
+@pytest.fixture
+def manifest() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(EXAMPLE.read_text())
+    # Non-ASCII text and a large action table: what pushes a manifest off the command line.
+    doc["labels"]["greeting"] = "grüß dich"
+    doc["actions"].update(
+        {f"a{i}": {"method": "GET", "path": f"/a/{i}", "timeout_ms": 100} for i in range(200)}
+    )
+    return doc
+
+
+def test_bytes_equal_the_agents_encoder(manifest: dict[str, Any]) -> None:
+    image = config_disk_image(manifest)
+    assert image == encode_config_disk(manifest)
+    assert len(image) % 512 == 0
+    assert image.startswith(b"VOLMANI1")
+
+
+def test_agent_reads_what_the_host_writes(manifest: dict[str, Any], tmp_path: Path) -> None:
+    disk = write_config_disk(tmp_path / "config.img", manifest)
+    assert disk == tmp_path / "config.img"
+    assert stat.S_IMODE(disk.stat().st_mode) == 0o640
+    read = read_config_disk(disk)
+    assert read is not None
+    assert read.raw == manifest
+    assert read.name == "hello"
+    assert {a.name for a in read.actions} >= {"greet", "echo", "a199"}
+    assert read.workload is not None
+    assert read.workload.health_path == "/health"
+    # No temporary file is left beside the disk.
+    assert [p.name for p in tmp_path.iterdir()] == ["config.img"]
+
+
+def test_rewrite_replaces_the_disk(manifest: dict[str, Any], tmp_path: Path) -> None:
+    disk = tmp_path / "config.img"
+    write_config_disk(disk, {"name": "first"})
+    write_config_disk(disk, manifest)
+    read = read_config_disk(disk)
+    assert read is not None
+    assert read.name == "hello"
+
+
+def test_document_is_the_command_lines_json(manifest: dict[str, Any]) -> None:
+    image = config_disk_image(manifest)
+    length = int.from_bytes(image[8:12], "big")
+    value = encode_manifest(manifest)
+    on_cmdline = gzip.decompress(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    assert image[44 : 44 + length] == on_cmdline
+
+
+def test_documents_over_one_mib_are_refused(tmp_path: Path) -> None:
+    huge = {"name": "x", "labels": {"pad": "x" * MAX_DOCUMENT}}
+    with pytest.raises(InvalidArgument, match="at most 1048576") as info:
+        config_disk_image(huge)
+    assert info.value.field == "manifest"
+    with pytest.raises(InvalidArgument):
+        write_config_disk(tmp_path / "config.img", huge)
+    assert list(tmp_path.iterdir()) == []
