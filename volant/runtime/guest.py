@@ -1,0 +1,229 @@
+"""The host's HTTP client for the guest agent (agent/README.md, "HTTP API") on port 8080.
+
+The agent serves one request per connection and answers `Connection: close`, so the session
+never pools connections. Only transport failures raise (Unavailable, naming the guest's address):
+any HTTP answer, a 502 or 504 from a workload behind the agent included, comes back as a
+GuestReply for the caller to pass on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from ipaddress import ip_address
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from volant.model import Unavailable
+
+log = logging.getLogger(__name__)
+
+AGENT_PORT = 8080
+# One /healthz probe: long enough for a TCG guest under load, short enough to poll.
+PROBE_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class GuestReply:
+    """One answer of the agent (or of the workload behind it), as received."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON; ValueError when it is not JSON."""
+        return json.loads(self.body)
+
+
+def _agent_error(address: str, exc: BaseException) -> Unavailable:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        reason = "timed out"
+    return Unavailable(
+        f"the guest agent at {address} did not answer: {reason}",
+        hint="the guest may still be booting, or its agent has stopped; see its console log",
+    )
+
+
+class GuestAgent:
+    """A client for the agents of every guest; use it as an async context manager.
+
+    It owns one aiohttp session, opened on entry and closed on exit.
+    """
+
+    def __init__(self, *, port: int = AGENT_PORT, connect_timeout: float = CONNECT_TIMEOUT):
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        # force_close: the agent closes every connection after one answer anyway.
+        connector = aiohttp.TCPConnector(force_close=True)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("GuestAgent is used outside its `async with` block")
+        return self._session
+
+    def address(self, ip: str) -> str:
+        """host:port of the agent of the guest at ip (IPv6 in brackets)."""
+        host = f"[{ip}]" if ip_address(ip).version == 6 else ip
+        return f"{host}:{self._port}"
+
+    def _url(self, ip: str, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"agent paths start with '/', not {path!r}")
+        return f"http://{self.address(ip)}{path}"
+
+    async def request(
+        self,
+        ip: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        content_type: str = "",
+        timeout: float,
+    ) -> GuestReply:
+        """Send one request to any agent route (path may carry a query) and read the answer.
+
+        timeout bounds the whole exchange. Raises Unavailable when the agent does not answer.
+        """
+        headers = {"Content-Type": content_type} if content_type else {}
+        try:
+            async with self.session.request(
+                method.upper(),
+                self._url(ip, path),
+                data=body or None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                return GuestReply(resp.status, resp.headers.get("Content-Type", ""), data)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _agent_error(self.address(ip), exc) from exc
+
+    async def action(
+        self, ip: str, name: str, *, method: str, body: bytes, content_type: str, timeout: float
+    ) -> GuestReply:
+        """Run the manifest action name through `/v1/actions/<name>`."""
+        return await self.request(
+            ip, method, f"/v1/actions/{name}", body=body, content_type=content_type, timeout=timeout
+        )
+
+    async def _probe(self, ip: str, timeout: float) -> tuple[int, dict[str, Any]] | None:
+        try:
+            reply = await self.request(ip, "GET", "/healthz", timeout=timeout)
+            doc = reply.json()
+        except (Unavailable, ValueError):
+            return None
+        return (reply.status, doc) if isinstance(doc, dict) else None
+
+    async def health(self, ip: str, timeout: float) -> dict[str, Any] | None:
+        """The agent's /healthz document, whether it answered 200 (healthy) or 503 (degraded).
+
+        None when the agent does not answer within timeout, or answers with no JSON object.
+        """
+        probed = await self._probe(ip, timeout)
+        return None if probed is None else probed[1]
+
+    async def wait_healthy(
+        self, ip: str, deadline: float, *, interval: float = 0.25
+    ) -> dict[str, Any]:
+        """Poll /healthz until it answers 200; return that document.
+
+        deadline is the budget in seconds. Raises Unavailable when it runs out, saying what the
+        agent last reported (or that it never answered).
+        """
+        end = time.monotonic() + deadline
+        last: dict[str, Any] | None = None
+        while (left := end - time.monotonic()) > 0:
+            probed = await self._probe(ip, min(PROBE_TIMEOUT, left))
+            if probed is not None:
+                status, last = probed
+                if status == 200:
+                    return last
+            left = end - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(min(interval, left))
+        raise self._never_healthy(ip, deadline, last)
+
+    def _never_healthy(self, ip: str, deadline: float, last: dict[str, Any] | None) -> Unavailable:
+        if last is None:
+            return Unavailable(
+                f"the guest agent never answered at {self.address(ip)} within {deadline:g} s",
+                hint="the guest may have failed to boot or configure its network; "
+                "see its console log",
+            )
+        return Unavailable(
+            f"workload never became healthy within {deadline:g} s "
+            f'(agent says workload "{last.get("workload", "unknown")}")',
+            hint="the agent's log stream (/v1/logs) shows the workload's output",
+        )
+
+    async def stream_logs(self, ip: str) -> AsyncIterator[dict[str, Any]]:
+        """Each log line of `/v1/logs/stream` (its SSE `data:` object) until the stream ends.
+
+        Only connecting is bounded in time; the agent sends a keepalive comment every 15 s.
+        Raises Unavailable when the agent does not answer or refuses the stream.
+        """
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None)
+        address = self.address(ip)
+        try:
+            async with self.session.get(self._url(ip, "/v1/logs/stream"), timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise Unavailable(
+                        f"the guest agent at {address} refused the log stream (HTTP {resp.status})"
+                    )
+                async for event in _sse_data(resp.content):
+                    yield event
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            # The guest went away mid-stream (powered off, killed): the stream has ended.
+            log.debug("log stream from %s ended: %s", address, exc)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _agent_error(address, exc) from exc
+
+
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects in the `data:` fields of a text/event-stream, event by event."""
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if line:
+            field, _, value = line.partition(":")
+            # Comments (": keepalive") have an empty field name; id and event are not needed.
+            if field == "data":
+                data.append(value.removeprefix(" "))
+            continue
+        if not data:
+            continue
+        try:
+            doc = json.loads("\n".join(data))
+        except ValueError:
+            log.debug("skipping a log event that is not JSON: %r", data)
+            doc = None
+        data = []
+        if isinstance(doc, dict):
+            yield doc
