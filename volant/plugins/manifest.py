@@ -140,7 +140,11 @@ def _describe(error: ValidationError) -> str:
         return "; ".join(f"{_dotted([*path, k])}: unknown key" for k in extra)
     if kind == "required" and isinstance(instance, dict):
         missing = [k for k in value if k not in instance]
-        return "; ".join(f"{_dotted([*path, k])}: is required" for k in missing)
+        props: Mapping[str, Any] = schema.get("properties", {})
+        return "; ".join(
+            f"{_dotted([*path, k])}: {props.get(k, {}).get('x-missing', 'is required')}"
+            for k in missing
+        )
     if kind == "dependentRequired" and isinstance(instance, dict):
         return "; ".join(
             f"{_dotted([*path, need])}: is required with {key}"

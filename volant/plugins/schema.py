@@ -2,6 +2,7 @@
 
 `x-message` is an annotation of ours (validators ignore unknown keywords): when a check fails
 inside a subschema that carries one, manifest.py reports it instead of jsonschema's wording.
+`x-missing` on a property likewise replaces "is required" when that property is absent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SHA256 = r"^sha256:[0-9a-f]{64}$"
 HTTP_URL = r"^https?://[^\s/?#]+(/\S*)?$"
 ABS_PATH = r"^/\S*$"
+# A host path, or one relative to where the manifest came from ("hello.cpio", "../x.cpio").
+ARTIFACT_PATH = r"^[^\x00]+$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Labels follow Kubernetes' keys loosely: prefix-free, readable in `volar plugins list`.
 LABEL_KEY = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$"
@@ -27,19 +30,26 @@ _TIMEOUT_MS = {"type": "integer", "minimum": 1, "maximum": 3_600_000}
 _ARTIFACT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
+    # Every artifact is pinned, wherever it comes from: the checksum is what makes a cached copy
+    # trustworthy, and a host file can change between install and boot.
+    "required": ["checksum"],
     "properties": {
         "url": {"type": "string", "pattern": HTTP_URL, "x-message": "must be an http(s) URL"},
-        "path": {"type": "string", "minLength": 1, "x-message": "must be a non-empty path"},
+        "path": {
+            "type": "string",
+            "pattern": ARTIFACT_PATH,
+            "x-message": "must be a non-empty path without NUL characters (absolute, or "
+            "relative to the manifest's location)",
+        },
         "checksum": {
             "type": "string",
             "pattern": SHA256,
             "x-message": "must be 'sha256:' followed by 64 lowercase hex digits",
+            "x-missing": "is required: 'sha256:' followed by the artifact's sha256sum",
         },
     },
     "oneOf": [{"required": ["url"]}, {"required": ["path"]}],
-    # A downloaded artifact is only as trustworthy as its pinned checksum.
-    "dependentRequired": {"url": ["checksum"]},
-    "x-message": "needs exactly one of url or path, and a checksum with a url",
+    "x-message": "needs exactly one of url or path",
 }
 
 _HEALTH_CHECK: dict[str, Any] = {
