@@ -73,14 +73,18 @@ async def fetch_bytes(
     max_bytes: int,
     timeout: float,
     session: aiohttp.ClientSession | None = None,
+    field: str = "url",
 ) -> bytes:
-    """GET url into memory; at most max_bytes, all within timeout seconds."""
+    """GET url into memory; at most max_bytes, all within timeout seconds.
+
+    field names the caller's input in InvalidArgument errors ("url", "initramfs.url", ...).
+    """
     body = bytearray()
 
     async def keep(chunk: bytes) -> None:
         body.extend(chunk)
 
-    await _download(url, keep, max_bytes=max_bytes, timeout=timeout, session=session)
+    await _download(url, keep, max_bytes=max_bytes, timeout=timeout, session=session, field=field)
     return bytes(body)
 
 
@@ -91,14 +95,15 @@ async def fetch_to_file(
     max_bytes: int,
     timeout: float,
     session: aiohttp.ClientSession | None = None,
+    field: str = "url",
 ) -> str:
     """GET url into dest and return "sha256:<hex>" of what was written.
 
     The body streams into a temporary file beside dest while it is hashed and is renamed onto
     dest only once complete, so dest is never a partial download; on any failure the temporary
-    file is removed and dest is left as it was.
+    file is removed and dest is left as it was. field is as for fetch_bytes.
     """
-    check_url(url)
+    check_url(url, field=field)
     fd, name = await asyncio.to_thread(
         tempfile.mkstemp, dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
     )
@@ -114,7 +119,9 @@ async def fetch_to_file(
 
     try:
         with os.fdopen(fd, "wb") as out:
-            await _download(url, spool, max_bytes=max_bytes, timeout=timeout, session=session)
+            await _download(
+                url, spool, max_bytes=max_bytes, timeout=timeout, session=session, field=field
+            )
             await asyncio.to_thread(_finish, out, hasher.update, bytes(pending))
         await asyncio.to_thread(os.replace, part, dest)
     except BaseException:
@@ -145,16 +152,17 @@ async def _download(
     max_bytes: int,
     timeout: float,
     session: aiohttp.ClientSession | None,
+    field: str,
 ) -> None:
     """Feed the body of GET url to sink chunk by chunk, enforcing the size and time limits.
 
     The time limit covers the sink too: a download is done when its bytes are on disk.
     """
-    check_url(url)
+    check_url(url, field=field)
     shown = display_url(url)
     try:
         async with asyncio.timeout(timeout), _session(session) as client:
-            await _stream(client, url, sink, max_bytes=max_bytes, timeout=timeout)
+            await _stream(client, url, sink, max_bytes=max_bytes, timeout=timeout, field=field)
     except TimeoutError as exc:
         raise DownloadFailed(f"GET {shown}: no complete answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
@@ -168,6 +176,7 @@ async def _stream(
     *,
     max_bytes: int,
     timeout: float,
+    field: str,
 ) -> None:
     shown = display_url(url)
     async with client.get(
@@ -182,18 +191,18 @@ async def _stream(
         if not 200 <= resp.status < 300:
             raise DownloadFailed(f"GET {shown}: HTTP {resp.status} {resp.reason or ''}".rstrip())
         if resp.content_length is not None and resp.content_length > max_bytes:
-            raise _too_large(shown, max_bytes)
+            raise _too_large(shown, max_bytes, field)
         received = 0
         async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
             received += len(chunk)
             # Content-Length may be absent or a lie; count what actually arrives.
             if received > max_bytes:
-                raise _too_large(shown, max_bytes)
+                raise _too_large(shown, max_bytes, field)
             await sink(chunk)
 
 
-def _too_large(shown: str, max_bytes: int) -> InvalidArgument:
-    return InvalidArgument(f"url: {shown} is larger than {max_bytes} bytes", field="url")
+def _too_large(shown: str, max_bytes: int, field: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {shown} is larger than {max_bytes} bytes", field=field)
 
 
 def _describe(exc: aiohttp.ClientError) -> str:
