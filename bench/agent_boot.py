@@ -3,9 +3,10 @@
 Usage: .venv/bin/python -m bench.agent_boot [--runs 3] [--machine auto]
 
 Bare: initramfs.img, launch to the first answer of busybox httpd on :8080. Agent:
-agent-initramfs.img with the hello example plugin, launch to `/healthz` reporting the workload
-healthy. The agent's VmRSS comes from its /v1/status. Needs root and a built guest
-(scripts/build_guest.py); each boot gets its own network namespace, deleted afterwards.
+agent-initramfs.img with the hello example plugin's hello.cpio appended, launch to `/healthz`
+reporting the workload healthy. The agent's VmRSS comes from its /v1/status. Needs root and a
+built guest (scripts/build_guest.py); each boot gets its own network namespace, deleted
+afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from bench.qemu_boot import GUEST, GUEST_IP, TIMEOUT, guest_in_netns
 from volant.runtime.cmdline import encode_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-HELLO = json.loads((ROOT / "examples" / "plugins" / "hello" / "manifest.json").read_text())
+HELLO_DIR = ROOT / "examples" / "plugins" / "hello"
+HELLO = json.loads((HELLO_DIR / "manifest.json").read_text())
+# Relative artifact paths in a manifest resolve against the manifest's directory.
+HELLO_CPIO = HELLO_DIR / HELLO["initramfs"]["path"]
 
 
 async def _curl(ns: str, path: str) -> bytes:
@@ -50,11 +54,9 @@ async def one_boot(machine: str, agent: bool) -> tuple[float, dict[str, Any]]:
         async with guest_in_netns(machine, plugin="hello") as (ns, _spec, start):
             return await _until(ns, "/", b"volant-guest", start), {}
     image, manifest = "agent-initramfs.img", encode_manifest(HELLO)
-    async with guest_in_netns(machine, image=image, plugin="hello", manifest=manifest) as (
-        ns,
-        _spec,
-        start,
-    ):
+    async with guest_in_netns(
+        machine, image=image, appended=[HELLO_CPIO], plugin="hello", manifest=manifest
+    ) as (ns, _spec, start):
         seconds = await _until(ns, "/healthz", b'"workload": "healthy"', start)
         status: dict[str, Any] = json.loads(await _curl(ns, "/v1/status") or b"{}")
         return seconds, status
@@ -90,8 +92,11 @@ async def main() -> None:
     if rss:
         print(f"agent VmRSS in the guest: median {statistics.median(rss):.0f} KiB  runs: {rss}")
     agent_mb = (GUEST / "agent-initramfs.img").stat().st_size / 1e6
+    hello_kb = HELLO_CPIO.stat().st_size / 1e3
     bare_mb = (GUEST / "initramfs.img").stat().st_size / 1e6
-    print(f"initramfs size: agent {agent_mb:.1f} MB, bare {bare_mb:.1f} MB")
+    print(
+        f"initramfs size: agent {agent_mb:.1f} MB + hello {hello_kb:.1f} kB, bare {bare_mb:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Print boot-to-HTTP seconds of the test guest under QEMU, per machine type.
 
-Usage: .venv/bin/python bench/qemu_boot.py [--runs 3] [--machines microvm,pc,q35] [--quiet]
+Usage: .venv/bin/python -m bench.qemu_boot [--runs 3] [--machines microvm,pc,q35] [--quiet]
 
 Needs root and a built guest (scripts/build_guest.py). Each run gets its own network namespace
 with a bridge and a tap; the host's root namespace is never touched.
@@ -17,9 +17,10 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from scripts.guest.plugin_image import concat_initramfs
 from volant.model import LaunchSpec
 from volant.runtime.cmdline import build_cmdline
 from volant.runtime.qemu import QemuDriver
@@ -79,20 +80,27 @@ async def guest_in_netns(
     machine: str,
     *,
     image: str = "initramfs.img",
+    appended: Sequence[Path] = (),
     plugin: str = "bench",
     manifest: str | None = None,
     extra: str = "",
 ) -> AsyncIterator[tuple[str, LaunchSpec, float]]:
-    """Launch a guest in a fresh netns; yield (netns, spec, monotonic launch time); clean up."""
+    """Launch a guest in a fresh netns; yield (netns, spec, monotonic launch time); clean up.
+
+    appended: archives (a plugin's cpio) booted after image, concatenated in the run dir.
+    """
     driver = QemuDriver(machine=machine)
     run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
+    initramfs = GUEST / image
+    if appended:
+        initramfs = concat_initramfs(run_dir / "initramfs.img", [initramfs, *appended])
     ns = setup_netns()
     cmdline = build_cmdline(
         name="bench", runtime=plugin, plugin=plugin, ip=GUEST_IP, gateway=BRIDGE_IP,
         netmask="24", hypervisor_extras=driver.kernel_extras(), manifest=manifest, extra=extra,
     )  # fmt: skip
     spec = LaunchSpec(
-        name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=GUEST / image,
+        name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=initramfs,
         cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
         console_log=run_dir / "console.log", tap=TAP,
     )  # fmt: skip

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Build the test guests: Debian's cloud kernel plus two initramfs images.
+"""Build the test guests: Debian's cloud kernel, two initramfs images and the example plugins.
 
 Outputs in --out: vmlinuz; initramfs.img (busybox only: /init serves its name over httpd) with
 guest.json (kernel version, sha256 of every output and of the inputs); agent-initramfs.img (busybox,
-a trimmed python3.11 and the Volant agent as PID 1's child, plus the example plugins) with
-agent-initramfs.json. Both images are gzip newc cpio, byte-for-byte reproducible, and rebuilt only
-when the digest of their inputs changes; every output is written to a temporary file and renamed
-into place. The steps live in scripts/guest/.
+a trimmed python3.11 and the Volant agent as PID 1's child) with agent-initramfs.json. Both images
+are newc cpio (the busybox one gzip'd), byte-for-byte reproducible, and rebuilt only when the
+digest of their inputs changes. Each example plugin examples/plugins/<name>/ gets its own
+<name>.cpio beside its manifest, booted appended to the agent image. Every output is written to a
+temporary file and renamed into place. The steps live in scripts/guest/.
 
 Standard library only: it runs before the virtualenv exists (make deps).
 """
@@ -37,11 +38,13 @@ from scripts.guest.common import (
 )
 from scripts.guest.cpio import Tree, cpio_newc, gzip_bytes
 from scripts.guest.modules import modinfo, module_index, resolve_modules
+from scripts.guest.plugin_image import write_plugin_cpio
 
 __all__ = [
     "BuildError",
     "Tree",
     "build",
+    "build_plugins",
     "cpio_newc",
     "gzip_bytes",
     "main",
@@ -56,6 +59,7 @@ WANTED_MODULES = ("virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "butt
 # Bump when the initramfs layout changes in a way the inputs' hashes do not capture.
 FORMAT_VERSION = 1
 HERE = Path(__file__).resolve().parent
+EXAMPLE_PLUGINS = HERE.parent / "examples" / "plugins"
 INIT_TEMPLATE = HERE / "guest_init.sh"
 SOURCES = (
     Path(__file__).resolve(),
@@ -163,6 +167,23 @@ def build(out: Path, cache: Path) -> dict[str, object]:
     return meta
 
 
+def build_plugins(plugins: Path = EXAMPLE_PLUGINS) -> list[Path]:
+    """Write <dir>/<name>.cpio for every plugin directory (one with a manifest.json) under plugins.
+
+    Says so when the manifest pins another checksum: the manifest must be updated with it.
+    """
+    built = []
+    for manifest in sorted(plugins.glob("*/manifest.json")):
+        archive = write_plugin_cpio(manifest.parent)
+        checksum = "sha256:" + sha256_file(archive)
+        pinned = json.loads(manifest.read_text()).get("initramfs", {}).get("checksum")
+        log(f"plugin {manifest.parent.name}: {archive} {checksum}")
+        if pinned is not None and pinned != checksum:
+            log(f"warning: {manifest} pins {pinned}; update it to {checksum}")
+        built.append(archive)
+    return built
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(".cache/guest"))
@@ -179,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         build(out, cache)
         if not args.no_agent:
             build_agent_image(out, cache)
+        build_plugins()
     except BuildError as exc:
         log(f"error: {exc}")
         return 1

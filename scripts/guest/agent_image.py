@@ -1,10 +1,10 @@
-"""The agent guest: busybox, a lean python3.11, the Volant agent and the example plugins.
+"""The agent guest: busybox, a lean python3.11 and the Volant agent.
 
 Layout in the image: /init is agent/volant_agent/volant-init.sh (modules filled in), the agent is
-compiled under /usr/lib/volant-agent/volant_agent, the example plugins are copied as they are to
-/opt/volant/plugins/<name>/ (so a manifest's entrypoint can name them until plugins ship their
-own images). Output: agent-initramfs.img (newc cpio, not compressed: see build_agent_image) plus
-agent-initramfs.json (inputs digest, sizes).
+compiled under /usr/lib/volant-agent/volant_agent. Plugins are not in it: each ships its own cpio
+(scripts/guest/plugin_image.py) that boots appended to this one. Output: agent-initramfs.img
+(newc cpio, not compressed: see build_agent_image) plus agent-initramfs.json (inputs digest,
+sizes).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parents[2]
 AGENT_PACKAGE = REPO / "agent" / "volant_agent"
 INIT_SCRIPT = AGENT_PACKAGE / "volant-init.sh"
-PLUGINS = REPO / "examples" / "plugins"
 IMAGE = "agent-initramfs.img"
 META = "agent-initramfs.json"
 # virtio_blk carries the config disk; the vsock transport serves vsock mode.
@@ -42,14 +41,20 @@ WANTED_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "virtio_blk", "button", "evdev",
     "vmw_vsock_virtio_transport",
 )  # fmt: skip
+# The standard library promised to plugin workloads that run on the image's python3 (the hello
+# example does); kept with everything they import, on top of what the agent itself needs.
+WORKLOAD_MODULES = (
+    "argparse", "http.client", "http.server", "json", "logging", "os", "signal", "socketserver",
+    "subprocess", "sys", "threading", "urllib.parse", "urllib.request",
+)  # fmt: skip
 # acpid runs this on the power button: PID 1 does the clean power-off (agent, workload, sync).
 POWER_HANDLER = b"#!/bin/sh\necho 'volant-init: power button'\nkill -USR2 1\n"
 
 
-def _sources() -> list[Path]:
+def input_files() -> list[Path]:
+    """The checkout files the image is built from (their bytes go into its inputs digest)."""
     here = Path(__file__).resolve().parent
     files = sorted(here.glob("*.py")) + sorted(AGENT_PACKAGE.rglob("*"))
-    files += sorted(PLUGINS.rglob("*"))
     return [f for f in files if f.is_file() and "__pycache__" not in f.parts]
 
 
@@ -57,7 +62,7 @@ def inputs_key(debs: list[DebInfo]) -> str:
     digest = hashlib.sha256(f"agent-format={FORMAT_VERSION}\n".encode())
     for deb in debs:
         digest.update(f"{deb.package} {deb.version} {deb.sha256}\n".encode())
-    for source in _sources():
+    for source in input_files():
         digest.update(f"{source.relative_to(REPO)}\n".encode() + source.read_bytes())
     return digest.hexdigest()
 
@@ -96,15 +101,11 @@ def _base(tree: Tree, busybox: Path, kernel_modules: Path) -> list[str]:
     return modules
 
 
-def _plugins(tree: Tree) -> list[str]:
-    names = []
-    for plugin in sorted(p for p in PLUGINS.iterdir() if p.is_dir()):
-        names.append(plugin.name)
-        for path in sorted(plugin.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                rel = path.relative_to(PLUGINS).as_posix()
-                tree.file(f"opt/volant/plugins/{rel}", path.read_bytes(), 0o644)
-    return names
+def _workload_script(work: Path) -> Path:
+    """A script that imports WORKLOAD_MODULES: modulefinder's way to keep them and their needs."""
+    script = work / "workload_modules.py"
+    script.write_text("".join(f"import {name}\n" for name in WORKLOAD_MODULES))
+    return script
 
 
 def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
@@ -123,11 +124,11 @@ def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
     version = kernel.removeprefix("linux-image-")
     tree = Tree()
     modules = _base(tree, roots[1] / "bin" / "busybox", roots[0] / "lib" / "modules" / version)
-    # The stdlib is cut down to what the agent and the bundled plugins import.
-    scripts = [AGENT_PACKAGE / "__main__.py", *sorted(PLUGINS.glob("*/*.py"))]
     # A private work directory: test sessions running side by side may build at the same time.
     work = Path(tempfile.mkdtemp(dir=cache, prefix=".agent-work-"))
     try:
+        # The stdlib is cut down to what the agent and the promised workload modules import.
+        scripts = [AGENT_PACKAGE / "__main__.py", _workload_script(work)]
         facts = python.add_python(tree, roots[2:], work, scripts, [AGENT_PACKAGE.parent])
         interpreter = work / "pystage" / "usr" / "bin" / python.PY
         agent = python.compile_package(interpreter, AGENT_PACKAGE, "usr/lib/volant-agent", work)
@@ -136,7 +137,6 @@ def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
     for path, pyc in agent.items():
         tree.file(path, pyc)
     tree.file("usr/lib/volant-agent/volant_agent/volant-init.sh", INIT_SCRIPT.read_bytes())
-    plugins = _plugins(tree)
     # Left uncompressed: under TCG the guest kernel inflates gzip slowly. Measured here, the agent
     # started 2.1-2.3 s after boot from the raw archive against 2.8-3.1 s from the gzip'd one
     # (7.5 MB gzip'd, 18 MB raw); the file is only read into guest RAM and freed after unpacking.
@@ -146,7 +146,7 @@ def build_agent_image(out: Path, cache: Path) -> dict[str, object]:
         "kernel_package": kernel,
         "modules": modules,
         "packages": {deb.package: deb.version for deb in debs},
-        "plugins": plugins,
+        "workload_modules": list(WORKLOAD_MODULES),
         "entries": len(tree.entries),
         "bytes": len(image),
         "gzip_bytes": len(gzip_bytes(image)),

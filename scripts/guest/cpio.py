@@ -1,4 +1,8 @@
-"""Reproducible initramfs archives: a tree of entries written as gzip'd newc cpio."""
+"""Reproducible initramfs archives: a tree of entries written as (gzip'd) newc cpio.
+
+The kernel unpacks several archives laid end to end, in order, skipping zero bytes between them
+(init/initramfs.c); read_newc follows the same rule, so tests can list a concatenated image.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +52,11 @@ class Tree:
         self.entries[path] = Entry(path, S_IFCHR | perm, rdev=(major, minor))
 
 
-def cpio_newc(entries: Iterable[Entry]) -> bytes:
-    """A newc archive with fixed inode numbers, owners and mtimes: equal trees, equal bytes."""
+def cpio_newc(entries: Iterable[Entry], block: int = 4) -> bytes:
+    """A newc archive with fixed inode numbers, owners and mtimes: equal trees, equal bytes.
+
+    Zero-padded to a multiple of block (4, newc's own alignment, or 512 like the cpio tool).
+    """
     out = io.BytesIO()
 
     def record(ino: int, entry: Entry) -> None:
@@ -64,7 +71,42 @@ def cpio_newc(entries: Iterable[Entry]) -> bytes:
     for ino, entry in enumerate(sorted(entries, key=lambda e: e.path), start=1):
         record(ino, entry)
     record(0, Entry("TRAILER!!!", 0))
+    out.write(b"\0" * (-out.tell() % block))
     return out.getvalue()
+
+
+NEWC_MAGIC = b"070701"
+_HEADER = 110  # the magic and 13 fields of 8 hex digits
+
+
+def read_newc(data: bytes) -> list[Entry]:
+    """The entries of one or more concatenated, uncompressed newc archives, in archive order.
+
+    Trailers are left out. Raises ValueError on a malformed archive, or on an entry whose owner
+    or mtime is not 0 (every archive here is written with fixed ones).
+    """
+    entries: list[Entry] = []
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            pos += 1  # padding between concatenated archives
+            continue
+        if pos % 4 or data[pos : pos + 6] != NEWC_MAGIC:
+            raise ValueError(f"no newc header at offset {pos}")
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        _ino, mode, uid, gid, _nlink, mtime, size, _dmaj, _dmin, rmaj, rmin, namesize, _ = fields
+        name_at = pos + _HEADER
+        name = data[name_at : name_at + namesize - 1].decode()
+        body_at = name_at + namesize + (-(name_at + namesize) % 4)
+        body = data[body_at : body_at + size]
+        if len(body) != size:
+            raise ValueError(f"{name}: the archive ends inside its data")
+        if uid or gid or mtime:
+            raise ValueError(f"{name}: owner or mtime is not 0")
+        pos = body_at + size + (-(body_at + size) % 4)
+        if name != "TRAILER!!!":
+            entries.append(Entry(name, mode, body, (rmaj, rmin)))
+    return entries
 
 
 def gzip_bytes(data: bytes) -> bytes:

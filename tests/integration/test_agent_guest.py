@@ -1,9 +1,9 @@
 """The agent guest under QEMU: a real workload supervised, served and powered off in the guest.
 
-Boots agent-initramfs.img (scripts/build_guest.py) with the example plugin `hello`
-(examples/plugins/hello, bundled into the image) inside a private network namespace, as
-test_qemu_guest.py does for the busybox guest. vsock mode is not exercised: this machine has no
-/dev/vhost-vsock.
+Boots agent-initramfs.img (scripts/build_guest.py) with the example plugin `hello`'s own
+hello.cpio appended (examples/plugins/hello; the kernel unpacks both) inside a private network
+namespace, as test_qemu_guest.py does for the busybox guest. vsock mode is not exercised: this
+machine has no /dev/vhost-vsock.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from volant_agent.manifest import encode_config_disk
 
+from scripts.guest.plugin_image import concat_initramfs
 from tests.integration.test_qemu_guest import (
     BRIDGE_IP,
     GUEST_IP,
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.integration
 
 AGENT = f"http://{GUEST_IP}:8080"
 HELLO = ROOT / "examples" / "plugins" / "hello" / "manifest.json"
+# Relative artifact paths in a manifest resolve against the manifest's directory.
+HELLO_CPIO = HELLO.parent / json.loads(HELLO.read_text())["initramfs"]["path"]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +64,9 @@ async def boot(
     disks: tuple[Path, ...] = (), dhcp: bool = False,
 ) -> Guest:  # fmt: skip
     driver = QemuDriver(machine="auto")
+    initramfs = concat_initramfs(
+        run_dir / "initramfs.img", [guest_dir / "agent-initramfs.img", HELLO_CPIO]
+    )
     cmdline = build_cmdline(
         name="hello1", runtime="hello", plugin="hello", ip=None if dhcp else GUEST_IP,
         gateway=BRIDGE_IP, netmask="255.255.255.0", hypervisor_extras=driver.kernel_extras(),
@@ -68,7 +74,7 @@ async def boot(
     )  # fmt: skip
     spec = LaunchSpec(
         name="hello1", cpus=1, memory_mb=256, kernel=guest_dir / "vmlinuz",
-        initramfs=guest_dir / "agent-initramfs.img", cmdline=cmdline, mac="02:56:c0:a8:7f:02",
+        initramfs=initramfs, cmdline=cmdline, mac="02:56:c0:a8:7f:02",
         run_dir=run_dir, console_log=run_dir / "console.log", tap=TAP, disks=disks,
     )  # fmt: skip
     hv = driver.for_vm(spec)

@@ -1,6 +1,7 @@
 """hello: the example plugin's workload, a tiny HTTP app (standard library only).
 
-Bundled into the agent initramfs at /opt/volant/plugins/hello/app.py. Environment:
+Shipped in the plugin's own initramfs, hello.cpio, at /opt/volant/plugins/hello/app.py; it runs
+on the agent image's python3. Environment:
 HELLO_PORT (default 9000), HELLO_NAME (what it greets with), HELLO_UNHEALTHY=1 (its health check
 always fails: a workload that never gets healthy).
 """
