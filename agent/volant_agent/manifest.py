@@ -108,10 +108,10 @@ def _workload(doc: Mapping[str, Any]) -> Workload | None:
     env = _obj(raw, "env", "workload.")
     if not all(isinstance(v, str) for v in env.values()):
         raise ManifestError("workload.env values must be strings")
-    # DESIGN.md puts health_check under workload; the Go agent's manifests had it at the top
-    # level with `endpoint` for the path. Both are read.
-    health = _obj(raw, "health_check", "workload.") or _obj(doc, "health_check", "")
-    path = _str(health, "path", "health_check.") or _str(health, "endpoint", "health_check.")
+    # Only workload.health_check counts: the Go agent's top-level health_check{endpoint} is
+    # refused by the host's schema, so a manifest that reaches a guest never carries one.
+    health = _obj(raw, "health_check", "workload.")
+    path = _str(health, "path", "workload.health_check.")
     try:
         restart = RestartPolicy(raw.get("restart", RestartPolicy.ON_FAILURE))
     except ValueError as exc:
@@ -125,8 +125,8 @@ def _workload(doc: Mapping[str, Any]) -> Workload | None:
         workdir=_str(raw, "workdir", "workload."),
         base_url=base_url,
         health_path=path or None,
-        health_timeout_ms=_int(health, "timeout_ms", "health_check.", 2_000),
-        health_start_period_ms=_int(health, "start_period_ms", "health_check.", 30_000),
+        health_timeout_ms=_int(health, "timeout_ms", "workload.health_check.", 2_000),
+        health_start_period_ms=_int(health, "start_period_ms", "workload.health_check.", 30_000),
         restart=restart,
     )
 

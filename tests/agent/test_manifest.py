@@ -66,15 +66,30 @@ def test_bad_cmdline_values_are_refused() -> None:
         parse({"version": "1"})
 
 
-def test_legacy_top_level_health_check() -> None:
-    doc = {
+def test_only_the_workloads_health_check_counts() -> None:
+    # The Go agent's top-level health_check{endpoint} is not a health check any more.
+    legacy = {
         "name": "x",
         "health_check": {"endpoint": "/ok", "timeout_ms": 100},
         "workload": {"entrypoint": ["a"], "base_url": "http://127.0.0.1:1"},
     }
-    wl = parse(doc).workload
+    wl = parse(legacy).workload
     assert wl is not None
-    assert wl.health_path == "/ok"
+    assert wl.health_path is None
+    assert wl.health_timeout_ms == 2_000
+    nested_endpoint = {
+        "name": "x",
+        "workload": {
+            "entrypoint": ["a"],
+            "base_url": "http://127.0.0.1:1",
+            "health_check": {"endpoint": "/ok"},
+        },
+    }
+    wl = parse(nested_endpoint).workload
+    assert wl is not None
+    assert wl.health_path is None
+    with pytest.raises(ManifestError, match=r"workload\.health_check\.timeout_ms"):
+        parse({"name": "x", "workload": {"entrypoint": ["a"], "health_check": {"timeout_ms": 0}}})
 
 
 def test_config_disk_layout_is_exactly_as_documented(tmp_path: Path) -> None:
