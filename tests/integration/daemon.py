@@ -14,19 +14,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from scripts.testplugin import write_test_plugin
 from scripts.volantbox import volantd_config
 from volant.client import ApiError, VolantClient
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GUEST_DIR = ROOT / ".cache" / "guest"
+PLUGINS = "/api/v1/plugins"
 
 
 def build_guest() -> Path:
@@ -112,6 +114,13 @@ class Daemon:
             time.sleep(0.5)
         raise AssertionError(f"{url} did not answer within {timeout}s: {last}")
 
+    def install_plugin(self, name: str = "demo", **changes: Any) -> dict[str, Any]:
+        """Install a test plugin for the busybox guest (scripts/testplugin.py) over REST."""
+        path = write_test_plugin(self.tmp / "plugins", name, **changes)
+        body = {"manifest": path.read_text(), "origin": path.as_uri()}
+        plugin: dict[str, Any] = self.call(lambda c: c.request("POST", "/api/v1/plugins", body))
+        return plugin
+
     def link_exists(self, ifname: str) -> bool:
         return self.in_ns("ip", "link", "show", ifname).returncode == 0
 
@@ -124,8 +133,10 @@ def start_daemon(
     tmp: Path,
     settings: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    plugins: Sequence[str] = ("demo",),
 ) -> Daemon:
-    """Start volantd in `ns` with state under `tmp`; returns once /healthz answers."""
+    """Start volantd in `ns` with state under `tmp`, install the test `plugins` (unless the
+    state already has them); returns once /healthz answers."""
     config = volantd_config(
         {
             "state_dir": str(tmp / "state"),
@@ -154,6 +165,12 @@ def start_daemon(
             raise AssertionError(f"volantd exited {proc.returncode}:\n{daemon.log_text()}")
         with contextlib.suppress(ApiError, OSError):
             if daemon.call(lambda c: c.request("GET", "/healthz")) == {"status": "ok"}:
+                installed = {
+                    p["name"] for p in daemon.call(lambda c: c.request("GET", PLUGINS))["plugins"]
+                }
+                for name in plugins:
+                    if name not in installed:
+                        daemon.install_plugin(name)
                 return daemon
         time.sleep(0.2)
     proc.kill()

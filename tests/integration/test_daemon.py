@@ -78,16 +78,18 @@ def leased(daemon: Daemon) -> int:
 
 
 BAD_BODIES: list[tuple[Any, str]] = [
-    ({"name": "ok", "colour": "red"}, "unknown field 'colour'"),
+    ({"name": "ok", "plugin": "demo", "colour": "red"}, "unknown field 'colour'"),
     ({"name": "Bad_Name"}, "DNS label"),
     ({"name": "-x"}, "DNS label"),
-    ({"name": "ok", "cpu_cores": 0}, "cpu_cores"),
-    ({"name": "ok", "cpu_cores": 999}, "cpu_cores"),
-    ({"name": "ok", "cpu_cores": "2"}, "cpu_cores"),
-    ({"name": "ok", "memory_mb": 1}, "memory_mb"),
-    ({"name": "ok", "memory_mb": 10**9}, "memory_mb"),
-    ({"name": "ok", "kernel_args": "init=/bin/sh"}, "init"),
+    ({"name": "ok", "plugin": "demo", "cpu_cores": 0}, "cpu_cores"),
+    ({"name": "ok", "plugin": "demo", "cpu_cores": 999}, "cpu_cores"),
+    ({"name": "ok", "plugin": "demo", "cpu_cores": "2"}, "cpu_cores"),
+    ({"name": "ok", "plugin": "demo", "memory_mb": 1}, "memory_mb"),
+    ({"name": "ok", "plugin": "demo", "memory_mb": 10**9}, "memory_mb"),
+    ({"name": "ok", "plugin": "demo", "kernel_args": "init=/bin/sh"}, "init"),
     ({"cpu_cores": 1}, "name"),
+    ({"name": "ok"}, "needs a plugin"),
+    ({"name": "ok", "plugin": "Not_A_Name"}, "invalid plugin name"),
     ([1, 2], "JSON object"),
     (b"{not json", "not valid JSON"),
 ]
@@ -136,7 +138,7 @@ def test_lifecycle_over_rest(daemon: Daemon) -> None:
     assert "web" in answer
     assert "demo" in answer
 
-    status, _, problem = raw(daemon, "POST", "/api/v1/vms", {"name": "web"})
+    status, _, problem = raw(daemon, "POST", "/api/v1/vms", {"name": "web", "plugin": "demo"})
     assert (status, problem["code"]) == (409, "NameTaken")
     status, _, problem = raw(daemon, "POST", "/api/v1/vms/web/start")
     assert (status, problem["code"]) == (409, "InvalidState")
@@ -230,7 +232,7 @@ def test_failed_launch_rolls_everything_back(guest: Path, tmp_path: Path) -> Non
     with netns() as ns:
         d = start_daemon(ns, tmp_path, {"runtime.kernel": str(tmp_path / "missing-vmlinuz")})
         try:
-            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "doomed"})
+            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "doomed", "plugin": "demo"})
             assert status == 502, problem
             assert problem["code"] == "HypervisorFailed"
             assert d.call(lambda c: c.list_vms()) == []
@@ -253,15 +255,20 @@ def test_pool_is_leased_in_numeric_order_and_exhausts(guest: Path, tmp_path: Pat
         d = start_daemon(ns, tmp_path, settings)
         try:
             ips = [
-                d.call(lambda c, n=n: c.create_vm({"name": f"p{n}"}))["ip_address"]
+                d.call(lambda c, n=n: c.create_vm({"name": f"p{n}", "plugin": "demo"}))[
+                    "ip_address"
+                ]
                 for n in range(5)
             ]
             assert ips == [f"10.55.0.{n}" for n in range(2, 7)]
-            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p5"})
+            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p5", "plugin": "demo"})
             assert (status, problem["code"]) == (409, "PoolExhausted")
             assert len(d.call(lambda c: c.list_vms())) == 5
             d.call(lambda c: c.delete_vm("p1"))
-            assert d.call(lambda c: c.create_vm({"name": "again"}))["ip_address"] == "10.55.0.3"
+            assert (
+                d.call(lambda c: c.create_vm({"name": "again", "plugin": "demo"}))["ip_address"]
+                == "10.55.0.3"
+            )
         finally:
             stop_daemon(d)
 
@@ -273,7 +280,7 @@ def test_concurrent_creates_never_share_an_ip(guest: Path, tmp_path: Path) -> No
 
             async def burst(client: VolantClient) -> list[dict[str, Any]]:
                 return await asyncio.gather(
-                    *(client.create_vm({"name": f"c{n}"}) for n in range(10))
+                    *(client.create_vm({"name": f"c{n}", "plugin": "demo"}) for n in range(10))
                 )
 
             vms = d.call(burst)

@@ -40,7 +40,7 @@ def test_poweroff_powers_guests_down_first(sysbox: Sysbox, state_dir: Path) -> N
         build_guest()
     vb = VolantBox(sysbox, service_extra=f"ReadWritePaths={state_dir}\n")
     vb.install({"state_dir": str(state_dir)})
-    vm = vb.api("POST", "/api/v1/vms", {"name": "guest"}).body
+    vm = vb.api("POST", "/api/v1/vms", {"name": "guest", "plugin": "demo"}).body
     assert "guest" in vb.guest_answer(vm["ip_address"])
 
     vb.run("systemctl", "poweroff", "--no-block")

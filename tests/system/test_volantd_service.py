@@ -39,7 +39,7 @@ def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
 def guests(volantd: VolantBox) -> dict[str, dict[str, Any]]:
     vms = {}
     for name in NAMES:
-        reply = volantd.api("POST", "/api/v1/vms", {"name": name, "cpu_cores": 1})
+        reply = volantd.api("POST", "/api/v1/vms", {"name": name, "plugin": "demo", "cpu_cores": 1})
         assert reply.status == 201, reply
         vms[name] = reply.body
     for vm in vms.values():

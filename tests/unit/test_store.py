@@ -50,6 +50,11 @@ async def create(store: SqliteStore, name: str, *, lease_ip: bool = True) -> str
     return vm.ip_address
 
 
+async def add_plugin(store: SqliteStore) -> None:
+    """VMs need an installed plugin; the store does not parse manifests, so any JSON does."""
+    await store.add_plugin("{}", "caddy", "1.0", "caddy", "sha256:" + "0" * 64)
+
+
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
     """Read the file through a separate connection, as an operator's sqlite3 shell would."""
     with sqlite3.connect(path) as conn:
@@ -65,6 +70,7 @@ def db_path(tmp_path: Path) -> Path:
 async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
     store = await SqliteStore.open(db_path)
     await store.ensure_pool(SUBNET, {HOST})
+    await add_plugin(store)
     try:
         yield store
     finally:
@@ -99,7 +105,7 @@ async def test_connection_pragmas(store: SqliteStore) -> None:
 async def test_reopen_applies_nothing(db_path: Path) -> None:
     await (await SqliteStore.open(db_path)).close()
     first = query(db_path, "SELECT version, name, applied_at FROM schema_migrations")
-    assert [row[:2] for row in first] == [(1, "initial schema")]
+    assert [row[:2] for row in first] == [(m.version, m.name) for m in MIGRATIONS]
     await (await SqliteStore.open(db_path)).close()
     assert query(db_path, "SELECT version, name, applied_at FROM schema_migrations") == first
 
@@ -107,19 +113,23 @@ async def test_reopen_applies_nothing(db_path: Path) -> None:
 async def test_new_migration_is_applied_once(db_path: Path) -> None:
     await (await SqliteStore.open(db_path)).close()
     # ALTER TABLE ADD COLUMN fails when run twice, so a second run would raise.
-    extra = (*MIGRATIONS, Migration(2, "vm notes", ("ALTER TABLE vms ADD COLUMN notes TEXT",)))
+    nxt = MIGRATIONS[-1].version + 1
+    extra = (*MIGRATIONS, Migration(nxt, "vm notes", ("ALTER TABLE vms ADD COLUMN notes TEXT",)))
     for _ in range(2):
         await (await SqliteStore.open(db_path, migrations=extra)).close()
-    assert query(db_path, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
+    versions = query(db_path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(m.version,) for m in extra]
     columns = [row[1] for row in query(db_path, "PRAGMA table_info(vms)")]
     assert columns.count("notes") == 1
 
 
 async def test_failed_migration_rolls_back(db_path: Path) -> None:
-    broken = (*MIGRATIONS, Migration(2, "broken", ("CREATE TABLE t (x)", "NOT SQL AT ALL")))
+    nxt = MIGRATIONS[-1].version + 1
+    broken = (*MIGRATIONS, Migration(nxt, "broken", ("CREATE TABLE t (x)", "NOT SQL AT ALL")))
     with pytest.raises(peewee.OperationalError):
         await SqliteStore.open(db_path, migrations=broken)
-    assert query(db_path, "SELECT version FROM schema_migrations") == [(1,)]
+    versions = query(db_path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(m.version,) for m in MIGRATIONS]
     assert query(db_path, "SELECT name FROM sqlite_master WHERE name = 't'") == []
     await (await SqliteStore.open(db_path)).close()
 
@@ -144,6 +154,7 @@ async def test_closed_store_refuses_calls(db_path: Path) -> None:
 async def test_state_survives_reopen(db_path: Path) -> None:
     async with await SqliteStore.open(db_path) as store:
         await store.ensure_pool(SUBNET, {HOST})
+        await add_plugin(store)
         await create(store, "web")
     async with await SqliteStore.open(db_path) as store:
         assert (await store.get_vm("web")).ip_address == "192.168.127.2"
@@ -200,6 +211,7 @@ async def test_oversized_pool_is_refused(store: SqliteStore) -> None:
 async def test_exhaustion_leaves_nothing_behind(db_path: Path) -> None:
     async with await SqliteStore.open(db_path) as store:
         assert await store.ensure_pool(IPv4Network("10.0.0.0/29"), {IPv4Address("10.0.0.1")}) == 5
+        await add_plugin(store)
         for i in range(5):
             await create(store, f"vm{i}")
         with pytest.raises(PoolExhausted) as caught:
@@ -357,6 +369,7 @@ async def test_every_query_runs_on_the_store_thread(
     caplog.set_level(logging.DEBUG, logger="peewee")  # peewee logs each statement it executes
     async with await SqliteStore.open(db_path) as store:
         await store.ensure_pool(SUBNET, {HOST})
+        await add_plugin(store)
         await asyncio.gather(*(create(store, f"vm{i}") for i in range(5)))
         await store.update_vm("vm0", status=VMStatus.RUNNING)
         await store.append_event(EventType.VM_RUNNING, "vm0")

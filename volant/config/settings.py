@@ -67,6 +67,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime.stop_timeout", float, 20.0, "Seconds a guest gets to power off gracefully."),
     Setting("runtime.start_paused", bool, False, "Start guests with their vCPUs paused (tests, "
             "benchmarks)."),
+    Setting("runtime.boot_timeout", float, 60.0, "Seconds a guest gets to boot and report its "
+            "workload healthy (on top of the health check's start period) before the VM is put in "
+            "error."),
     Setting("host.supervisor", str, "auto", "Who holds hypervisor processes: transient systemd "
             "scopes, or plain child processes.", ("auto", "systemd", "process")),
     Setting("vm.default_cpus", int, 1, "vCPUs when a create request names none."),
@@ -74,6 +77,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vm.max_cpus", int, 32, "Largest vCPU count a VM may ask for."),
     Setting("vm.min_memory_mb", int, 64, "Smallest guest RAM in MiB."),
     Setting("vm.max_memory_mb", int, 65536, "Largest guest RAM in MiB."),
+    Setting("plugins.require_signature", bool, False, "Refuse plugin manifests without a valid "
+            "Ed25519 signature by a trusted key (a signature that is present is always checked)."),
+    Setting("plugins.trusted_keys_dir", Path, Path("/etc/volant/trusted-keys.d"), "Directory of "
+            "trusted Ed25519 public keys (*.pub, PEM) for plugin signatures."),
+    Setting("plugins.download_timeout", float, 120.0, "Seconds a manifest or artifact download "
+            "may take."),
+    Setting("plugins.max_artifact_mb", int, 1024, "Largest plugin artifact (kernel, initramfs) "
+            "that is downloaded or cached, in MiB."),
 )  # fmt: skip
 
 
@@ -99,12 +110,22 @@ class Config:
     runtime_ready_timeout: float
     runtime_stop_timeout: float
     runtime_start_paused: bool
+    runtime_boot_timeout: float
     host_supervisor: str
     vm_default_cpus: int
     vm_default_memory_mb: int
     vm_max_cpus: int
     vm_min_memory_mb: int
     vm_max_memory_mb: int
+    plugins_require_signature: bool
+    plugins_trusted_keys_dir: Path
+    plugins_download_timeout: float
+    plugins_max_artifact_mb: int
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Verified plugin artifacts, content-addressed (sha256) under the state directory."""
+        return self.state_dir / "artifacts"
 
     @property
     def db_path(self) -> Path:

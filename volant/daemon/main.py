@@ -23,7 +23,9 @@ from volant.engine import Engine
 from volant.host import MachineRegistry, make_supervisor
 from volant.model import VolantError
 from volant.network import HostNetwork, mac_for
+from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
+from volant.runtime.guest import GuestAgent
 from volant.store import SqliteStore
 
 log = logging.getLogger("volantd")
@@ -57,26 +59,34 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
         supervisor.kind,
         config.state_dir,
     )
+    artifacts = ArtifactCache(
+        config.artifacts_dir,
+        max_bytes=config.plugins_max_artifact_mb * 1024 * 1024,
+        timeout=config.plugins_download_timeout,
+    )
     store = await SqliteStore.open(config.db_path)
     machines = MachineRegistry() if supervisor.kind == "systemd" else None
     try:
         if machines is not None:
             await machines.open()
-        engine = Engine(
-            config,
-            store,
-            driver,
-            supervisor,
-            network,
-            mac_for=mac_for,
-            version=_version(),
-            machines=machines,
-        )
-        await engine.start()
-        try:
-            yield engine
-        finally:
-            await engine.close()
+        async with GuestAgent() as guest:
+            engine = Engine(
+                config,
+                store,
+                driver,
+                supervisor,
+                network,
+                artifacts=artifacts,
+                guest=guest,
+                mac_for=mac_for,
+                version=_version(),
+                machines=machines,
+            )
+            await engine.start()
+            try:
+                yield engine
+            finally:
+                await engine.close()
     finally:
         if machines is not None:
             await machines.close()

@@ -3,35 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
+from volant.engine.boot import Booting
 from volant.engine.events import EventBus
-from volant.engine.ports import HypervisorDriver, MacFor, Machines, Network, Store, Supervisor
+from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
+from volant.engine.plugins import PluginVerbs
+from volant.engine.ports import (
+    Artifacts,
+    Guest,
+    HypervisorDriver,
+    MacFor,
+    Machines,
+    Network,
+    Store,
+    Supervisor,
+)
 from volant.engine.undo import Undo
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
     Event,
     EventType,
     HypervisorFailed,
+    InvalidArgument,
     InvalidState,
     LaunchSpec,
+    NetworkMode,
     ScopeLimits,
     Usage,
     VirtualMachine,
     VMSpec,
     VMStatus,
+    VolantError,
 )
-from volant.model.validate import validate_kernel_args, validate_name, validate_range
-from volant.runtime.cmdline import build_cmdline
+from volant.model.validate import validate_name
+from volant.runtime.configdisk import write_config_disk
 
 log = logging.getLogger(__name__)
 
 STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
+STOPPABLE = (VMStatus.RUNNING, VMStatus.STARTING)
 KILL_WAIT = 10.0
 
 
@@ -48,7 +65,7 @@ class SystemStatus:
     usage: Usage
 
 
-class Engine(Watching):
+class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
     """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
 
     def __init__(
@@ -59,6 +76,8 @@ class Engine(Watching):
         supervisor: Supervisor,
         network: Network,
         *,
+        artifacts: Artifacts,
+        guest: Guest,
         mac_for: MacFor,
         version: str = "",
         machines: Machines | None = None,
@@ -68,6 +87,8 @@ class Engine(Watching):
         self.driver = driver
         self.supervisor = supervisor
         self.network = network
+        self.artifacts = artifacts
+        self.guest = guest
         self.machines = machines
         self.bus = EventBus()
         self._mac_for = mac_for
@@ -143,28 +164,41 @@ class Engine(Watching):
 
     # -- write verbs --------------------------------------------------------------------------
 
-    def validate_spec(self, spec: VMSpec) -> VMSpec:
-        """Domain checks every front-end shares; raises InvalidArgument naming the field."""
-        cfg = self.config
-        validate_name(spec.name)
-        validate_range("cpu_cores", spec.cpu_cores, 1, cfg.vm_max_cpus)
-        validate_range("memory_mb", spec.memory_mb, cfg.vm_min_memory_mb, cfg.vm_max_memory_mb)
-        return replace(spec, kernel_args=validate_kernel_args(spec.kernel_args))
-
     async def create_vm(self, spec: VMSpec) -> VirtualMachine:
-        """Lease, persist, plumb and launch a VM; any failure undoes every step done so far."""
+        """Lease, persist, plumb and launch a VM; any failure undoes every step done so far.
+
+        The VM runs its plugin's manifest as it is now. It is `running` once the hypervisor
+        answers, or, when the manifest has a health check, once the agent reports the workload
+        healthy (until then `starting`; `error` with the reason when that never happens).
+        """
         spec = self.validate_spec(spec)
+        plugin, manifest = await self.plugin_manifest(spec.plugin)
+        if not plugin.enabled:
+            raise InvalidState(
+                f"plugin {plugin.name!r} is disabled",
+                hint=f"`volar plugins enable {plugin.name}`",
+                field="plugin",
+            )
+        if manifest.network is NetworkMode.VSOCK:
+            raise InvalidArgument("vsock networking is not supported yet", field="network.mode")
+        spec = self.validate_spec(spec, manifest)
+        # Fail before anything exists when an artifact is missing or corrupt.
+        await self.boot_artifacts(manifest, plugin.source)
         async with self._lock(spec.name):
             vm = await self.store.create_vm(
-                spec, runtime=self.driver.kind, unit="", mac_for=self._mac_for
+                spec,
+                runtime=self.driver.kind,
+                unit="",
+                mac_for=self._mac_for,
+                lease_ip=manifest.network is NetworkMode.BRIDGED,
+                manifest_json=plugin.manifest_json,
             )
             undo = Undo()
             undo.push("delete VM row and lease", lambda: self.store.delete_vm(spec.name))
             announced = False
             try:
-                vm = await self.store.update_vm(
-                    vm.name, kernel_cmdline=self._kernel_cmdline(vm, spec.kernel_args)
-                )
+                cmdline = self._kernel_cmdline(vm, manifest, spec.kernel_args)
+                vm = await self.store.update_vm(vm.name, kernel_cmdline=cmdline)
                 await self._emit(EventType.VM_CREATED, vm)
                 announced = True
                 return await self._launch(vm, undo)
@@ -184,15 +218,18 @@ class Engine(Watching):
                 return await self._launch(vm, undo)
             except BaseException as exc:
                 await undo.run()
-                vm = await self.store.update_vm(name, status=VMStatus.ERROR, pid=None)
-                await self._emit(EventType.VM_ERROR, vm, reason=str(exc))
+                reason = _reason(exc)
+                vm = await self.store.update_vm(
+                    name, status=VMStatus.ERROR, pid=None, status_reason=reason
+                )
+                await self._emit(EventType.VM_ERROR, vm, reason=reason)
                 raise
 
     async def stop_vm(self, name: str) -> VirtualMachine:
         """Power the guest off gracefully; kill it after runtime.stop_timeout."""
         async with self._lock(validate_name(name)):
             vm = await self.store.get_vm(name)
-            if vm.status != VMStatus.RUNNING:
+            if vm.status not in STOPPABLE:
                 raise InvalidState(f"VM {name!r} is {vm.status}; only a running VM can stop")
             vm = await self.store.update_vm(name, status=VMStatus.STOPPING)
             await self._terminate(vm, graceful=True)
@@ -220,44 +257,18 @@ class Engine(Watching):
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _kernel_cmdline(self, vm: VirtualMachine, extra: str) -> str:
-        return build_cmdline(
-            name=vm.name,
-            ip=vm.ip_address,
-            gateway=str(self._gateway),
-            netmask=str(self._subnet.netmask),
-            runtime=vm.runtime,
-            plugin=vm.plugin,
-            extra=extra,
-            hypervisor_extras=self.driver.kernel_extras(),
-        )
-
-    def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
-        cfg = self.config
-        return LaunchSpec(
-            name=vm.name,
-            cpus=vm.cpu_cores,
-            memory_mb=vm.memory_mb,
-            kernel=cfg.runtime_kernel,
-            initramfs=cfg.runtime_initramfs,
-            cmdline=vm.kernel_cmdline,
-            mac=vm.mac,
-            run_dir=cfg.vm_run_dir(vm.name),
-            console_log=cfg.vm_console_log(vm.name),
-            tap=self.network.tap_name(vm.name),
-            start_paused=cfg.runtime_start_paused,
-        )
-
     async def _launch(self, vm: VirtualMachine, undo: Undo) -> VirtualMachine:
-        """tap, starting, hypervisor in its scope, API answering, running."""
-        spec = self.launch_spec(vm)
+        """tap, starting, hypervisor in its scope, API answering, running (or the health gate)."""
+        spec = await self._boot_files(vm)
         assert spec.tap is not None
         tap = spec.tap
         await self.network.create_tap(tap, vm.name)
         undo.push(f"delete tap {tap}", lambda: self.network.delete_tap(tap))
-        vm = await self.store.update_vm(vm.name, status=VMStatus.STARTING)
+        vm = await self.store.update_vm(vm.name, status=VMStatus.STARTING, status_reason="")
         await self._emit(EventType.VM_STARTING, vm)
         await asyncio.to_thread(_prepare_dirs, spec)
+        for disk in spec.disks:
+            await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
         live = Live(hv=self.driver.for_vm(spec))
         self._live[vm.name] = live
         undo.push("forget process", lambda: self._forget(vm.name, live))
@@ -272,11 +283,16 @@ class Engine(Watching):
         await self._wait_ready(vm.name, live)
         live.launching = False
         undo.clear()
+        if self.machines is not None:
+            await self.machines.register(vm.name, launched.pid, tap)
+        budget = health_budget(self.config, vm_manifest(vm)) if vm.manifest_json else None
+        if budget is not None and vm.ip_address:
+            vm = await self.store.update_vm(vm.name, pid=launched.pid, unit=launched.unit)
+            live.health = self._spawn(self._health_gate(vm, live, budget))
+            return vm
         vm = await self.store.update_vm(
             vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
         )
-        if self.machines is not None:
-            await self.machines.register(vm.name, launched.pid, tap)
         log.info(
             "VM %s running (pid %d)",
             vm.name,
@@ -285,6 +301,31 @@ class Engine(Watching):
         )
         await self._emit(EventType.VM_RUNNING, vm)
         return vm
+
+    async def _health_gate(self, vm: VirtualMachine, live: Live, budget: float) -> None:
+        """starting -> running once the agent reports the workload healthy; error (hypervisor
+        killed, reason recorded) when it does not within budget seconds."""
+        assert vm.ip_address is not None
+        failure: VolantError | None = None
+        try:
+            await self.guest.wait_healthy(vm.ip_address, budget)
+        except VolantError as exc:
+            failure = exc
+        async with self._lock(vm.name):
+            if self._live.get(vm.name) is not live or live.stop_requested:
+                return  # stopped, deleted or crashed meanwhile: that verb had the last word
+            if failure is None:
+                vm = await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
+                log.info("VM %s running: workload healthy", vm.name, extra={"VM": vm.name})
+                await self._emit(EventType.VM_RUNNING, vm)
+                return
+            reason = _reason(failure)
+            log.error("VM %s failed its health gate: %s", vm.name, reason, extra={"VM": vm.name})
+            await self._terminate(vm, graceful=False)
+            vm = await self.store.update_vm(
+                vm.name, status=VMStatus.ERROR, pid=None, status_reason=reason
+            )
+            await self._emit(EventType.VM_ERROR, vm, reason=reason)
 
     async def _wait_ready(self, name: str, live: Live) -> None:
         ready = asyncio.ensure_future(live.hv.wait_ready(self.config.runtime_ready_timeout))
@@ -303,6 +344,7 @@ class Engine(Watching):
         ready.result()
 
     async def _forget(self, name: str, live: Live) -> None:
+        live.cancel_health()
         if self._live.get(name) is live:
             del self._live[name]
 
@@ -331,6 +373,13 @@ class Engine(Watching):
         if self.machines is not None:
             await self.machines.unregister(vm.name)
         await self.network.delete_tap(self.network.tap_name(vm.name))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for status_reason and events."""
+    if isinstance(exc, VolantError):
+        return exc.message
+    return str(exc) or type(exc).__name__
 
 
 def _prepare_dirs(spec: LaunchSpec) -> None:

@@ -6,12 +6,13 @@ Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
 from volant.model import (
+    Artifact,
     Event,
     EventType,
     Launched,
@@ -36,11 +37,19 @@ class Store(Protocol):
     async def ensure_pool(self, network: IPv4Network, exclude: set[IPv4Address]) -> int: ...
 
     async def create_vm(
-        self, spec: VMSpec, *, runtime: str, unit: str, mac_for: MacFor, lease_ip: bool = True
+        self,
+        spec: VMSpec,
+        *,
+        runtime: str,
+        unit: str,
+        mac_for: MacFor,
+        lease_ip: bool = True,
+        manifest_json: str = "",
     ) -> VirtualMachine:
         """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
 
-        Raises NameTaken or PoolExhausted and then leaves nothing behind.
+        Raises NameTaken, PoolExhausted, or NotFound/InvalidState when its plugin is not
+        installed or disabled, and then leaves nothing behind.
         """
         ...
 
@@ -49,7 +58,7 @@ class Store(Protocol):
     async def list_vms(self) -> list[VirtualMachine]: ...
 
     async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
-        """Change status, pid, kernel_cmdline or unit; bumps updated_at."""
+        """Change status, status_reason, pid, kernel_cmdline or unit; bumps updated_at."""
         ...
 
     async def delete_vm(self, name: str) -> None:
@@ -74,8 +83,12 @@ class Store(Protocol):
         runtime: str,
         digest: str,
         enabled: bool = True,
+        *,
+        signer: str = "",
+        source: str = "",
+        replace: bool = False,
     ) -> Plugin:
-        """Record an installed plugin; NameTaken when one of that name exists."""
+        """Record an installed plugin; NameTaken when one of that name exists (unless replace)."""
         ...
 
     async def get_plugin(self, name: str) -> Plugin: ...
@@ -169,3 +182,54 @@ class Network(Protocol):
     async def delete_tap(self, tap: str) -> None: ...
 
     async def tap_exists(self, tap: str) -> bool: ...
+
+
+class Artifacts(Protocol):
+    """Plugin boot artifacts, verified against their sha256 and cached by digest."""
+
+    async def ensure(self, artifact: Artifact, *, base: str = "", field: str = "initramfs") -> Path:
+        """The cached, verified copy; fetched or copied (relative to base) on first use."""
+        ...
+
+    async def concatenated(self, first: Path, second: Path) -> Path:
+        """An initramfs that is first followed by second (cached)."""
+        ...
+
+
+class GuestReplyLike(Protocol):
+    """The agent's (or the workload's) HTTP answer, passed through unchanged."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+class Guest(Protocol):
+    """The agent inside a guest, reached over HTTP at the guest's address."""
+
+    async def wait_healthy(self, ip: str, deadline: float) -> dict[str, Any]:
+        """Return /healthz once the agent reports the workload healthy; Unavailable after
+        deadline seconds, naming the last state seen."""
+        ...
+
+    async def request(
+        self,
+        ip: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        content_type: str = "",
+        timeout: float,
+    ) -> GuestReplyLike: ...
+
+    async def action(
+        self, ip: str, name: str, *, method: str, body: bytes, content_type: str, timeout: float
+    ) -> GuestReplyLike: ...
+
+    def stream_logs(self, ip: str) -> AsyncIterator[dict[str, Any]]: ...

@@ -29,6 +29,12 @@ class Live:
     stop_requested: bool = False
     exit_status: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    health: asyncio.Task[None] | None = None  # the health gate, while one is pending
+
+    def cancel_health(self) -> None:
+        """Stop waiting for the workload's health (unless the gate itself is asking)."""
+        if self.health is not None and self.health is not asyncio.current_task():
+            self.health.cancel()
 
 
 class Watching:
@@ -75,7 +81,11 @@ class Watching:
                 log.info("VM %s stopped: systemd stopped its scope", name, extra={"VM": name})
                 await self._emit(EventType.VM_STOPPED, vm, reason="scope stopped by systemd")
                 return
-            vm = await self.store.update_vm(name, status=VMStatus.CRASHED, pid=None)
+            live.cancel_health()
+            reason = f"hypervisor exited with status {live.exit_status}"
+            vm = await self.store.update_vm(
+                name, status=VMStatus.CRASHED, pid=None, status_reason=reason
+            )
             log.warning(
                 "VM %s crashed: hypervisor exited with status %s",
                 name,
@@ -105,7 +115,12 @@ class Watching:
                 continue
             del self._live[vm.name]
             await self.network.delete_tap(self.network.tap_name(vm.name))
-            crashed = await self.store.update_vm(vm.name, status=VMStatus.CRASHED, pid=None)
+            crashed = await self.store.update_vm(
+                vm.name,
+                status=VMStatus.CRASHED,
+                pid=None,
+                status_reason="hypervisor gone when volantd started",
+            )
             log.warning(
                 "VM %s crashed while volantd was down: %s is gone",
                 vm.name,
@@ -114,10 +129,11 @@ class Watching:
             )
             await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

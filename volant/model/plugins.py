@@ -105,6 +105,8 @@ class Plugin:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    signer: str = ""  # name of the trusted key that signed it; empty when unsigned
+    source: str = ""  # URL the manifest was installed from; relative artifacts resolve there
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +116,24 @@ class Plugin:
             "runtime": self.runtime,
             "digest": self.digest,
             "enabled": self.enabled,
+            "signer": self.signer or None,
+            "source": self.source or None,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """What an install request hands over: manifest text, or a URL to fetch it from.
+
+    origin is where the text came from (a file:// or http(s) URL of the manifest); relative
+    artifact paths in the manifest resolve against it. For a URL install it is the URL itself.
+    signature is the detached Ed25519 signature (base64), None when unsigned; a URL install
+    without one also tries `<url>.sig`.
+    """
+
+    text: bytes = b""
+    url: str = ""
+    signature: str | None = None
+    origin: str = ""

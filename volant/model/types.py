@@ -44,12 +44,16 @@ class NetworkMode(StrEnum):
 
 @dataclass(frozen=True)
 class VMSpec:
-    """What a caller asks for when creating a VM (already validated)."""
+    """What a caller asks for when creating a VM.
+
+    cpu_cores and memory_mb are None when the caller names none: the engine then takes the
+    plugin manifest's resources, and failing those the host's defaults.
+    """
 
     name: str
     plugin: str
-    cpu_cores: int
-    memory_mb: int
+    cpu_cores: int | None = None
+    memory_mb: int | None = None
     kernel_args: str = ""
 
 
@@ -71,12 +75,16 @@ class VirtualMachine:
     unit: str
     created_at: datetime
     updated_at: datetime
+    status_reason: str = ""  # why the VM is in error or crashed; empty otherwise
+    # The plugin manifest (canonical JSON) as it was when the VM was created.
+    manifest_json: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "status": self.status.value,
+            "status_reason": self.status_reason,
             "pid": self.pid,
             "ip_address": self.ip_address,
             "mac_address": self.mac,

@@ -11,11 +11,11 @@ RESERVED_KERNEL_KEYS = ("volant.", "ip=", "init=", "rdinit=")
 CMDLINE_MAX = 2047
 
 
-def validate_name(name: str) -> str:
-    """A VM name is a DNS label: it ends up in unit names, paths and hostnames."""
+def validate_name(name: str, what: str = "VM") -> str:
+    """A VM or plugin name is a DNS label: it ends up in unit names, paths and hostnames."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid VM name {name!r}: must be a DNS label (a-z, 0-9, '-', 1-63 characters, "
+            f"invalid {what} name {name!r}: must be a DNS label (a-z, 0-9, '-', 1-63 characters, "
             "not starting or ending with '-')",
             field="name",
         )

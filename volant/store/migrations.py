@@ -91,7 +91,20 @@ _INITIAL = (
     "CREATE INDEX events_vm ON events(vm)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL),)
+# Why a VM is in error or crashed, shown by every front-end; the manifest a VM was created with
+# (a plugin upgrade applies to new VMs only); who signed a plugin and where it was installed
+# from (relative artifact paths resolve against that location).
+_REASONS_AND_PROVENANCE = (
+    "ALTER TABLE vms ADD COLUMN status_reason TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE vms ADD COLUMN manifest_json TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE plugins ADD COLUMN signer TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE plugins ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _INITIAL),
+    Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
+)
 
 
 def check_order(migrations: Sequence[Migration]) -> None:

@@ -12,6 +12,7 @@ from volant.model import (
     Event,
     EventType,
     InvalidArgument,
+    InvalidState,
     NameTaken,
     NotFound,
     PoolExhausted,
@@ -20,12 +21,12 @@ from volant.model import (
     VMStatus,
 )
 from volant.store import pool
-from volant.store.rows import EventRow, VMRow, to_event, to_vm, utcnow
+from volant.store.rows import EventRow, PluginRow, VMRow, to_event, to_vm, utcnow
 
 MacFor = Callable[[str, str | None], str]
 
 # ip_address is absent on purpose: it changes only with its lease, in create_vm and delete_vm.
-UPDATABLE = frozenset({"status", "pid", "kernel_cmdline", "unit"})
+UPDATABLE = frozenset({"status", "pid", "kernel_cmdline", "unit", "status_reason"})
 
 
 def _row(db: peewee.SqliteDatabase, name: str) -> VMRow:
@@ -43,12 +44,20 @@ def create_vm(
     unit: str,
     mac_for: MacFor,
     lease_ip: bool,
+    manifest_json: str = "",
 ) -> VirtualMachine:
-    """Insert the VM and take its lease in one transaction; on error nothing remains."""
+    """Insert the VM and take its lease in one transaction; on error nothing remains.
+
+    The VM's plugin must be installed and enabled; that is checked in the same transaction, so
+    a plugin cannot be removed between the check and the insert.
+    """
+    if spec.cpu_cores is None or spec.memory_mb is None:
+        raise TypeError("create_vm() needs a spec with cpu_cores and memory_mb resolved")
     now = utcnow()
     with db.atomic():
         if VMRow.select().where(VMRow.name == spec.name).exists(db):
             raise NameTaken(f"a VM named {spec.name!r} already exists", field="name")
+        _check_plugin(db, spec.plugin)
         ip = None
         if lease_ip:
             ip = pool.lowest_free(db)
@@ -71,6 +80,7 @@ def create_vm(
             "runtime": runtime,
             "kernel_cmdline": "",
             "unit": unit,
+            "manifest_json": manifest_json,
             "created_at": now,
             "updated_at": now,
         }
@@ -83,6 +93,20 @@ def create_vm(
         if ip is not None and not pool.lease(db, ip, vm_id, now):
             raise Conflict(f"IP address {ip} was leased concurrently; retry")
     return to_vm(VMRow(id=vm_id, **values))
+
+
+def _check_plugin(db: peewee.SqliteDatabase, name: str) -> None:
+    row: PluginRow | None = PluginRow.select().where(PluginRow.name == name).first(db)
+    if row is None:
+        raise NotFound(
+            f"no plugin named {name!r} is installed",
+            hint="`volar plugins list` shows the plugins; `volar plugins install` adds one",
+            field="plugin",
+        )
+    if not row.enabled:
+        raise InvalidState(
+            f"plugin {name!r} is disabled", hint=f"`volar plugins enable {name}`", field="plugin"
+        )
 
 
 def get_vm(db: peewee.SqliteDatabase, name: str) -> VirtualMachine:

@@ -27,6 +27,9 @@ def add_plugin(
     runtime: str,
     digest: str,
     enabled: bool,
+    signer: str = "",
+    source: str = "",
+    replace: bool = False,
 ) -> Plugin:
     now = utcnow()
     values = {
@@ -36,12 +39,26 @@ def add_plugin(
         "manifest_json": manifest_json,
         "digest": digest,
         "enabled": enabled,
+        "signer": signer,
+        "source": source,
         "created_at": now,
         "updated_at": now,
     }
     with db.atomic():
-        if PluginRow.select().where(PluginRow.name == name).exists(db):
-            raise NameTaken(f"a plugin named {name!r} is already installed", field="name")
+        existing: PluginRow | None = PluginRow.select().where(PluginRow.name == name).first(db)
+        if existing is not None and replace:
+            changes = {k: values[k] for k in ("version", "runtime", "manifest_json", "digest")}
+            changes |= {"signer": signer, "source": source, "updated_at": now}
+            PluginRow.update(changes).where(PluginRow.id == existing.id).execute(db)
+            for key, value in changes.items():
+                setattr(existing, key, value)
+            return to_plugin(existing)
+        if existing is not None:
+            raise NameTaken(
+                f"a plugin named {name!r} is already installed",
+                hint="install with --replace to upgrade it in place",
+                field="name",
+            )
         try:
             plugin_id: int = PluginRow.insert(values).execute(db)
         except peewee.IntegrityError as err:

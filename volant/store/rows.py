@@ -78,6 +78,8 @@ class VMRow(_Row):
     runtime = peewee.TextField()
     kernel_cmdline = peewee.TextField()
     unit = peewee.TextField()
+    status_reason = peewee.TextField(default="")
+    manifest_json = peewee.TextField(default="")
     created_at = _Timestamp()
     updated_at = _Timestamp()
 
@@ -117,6 +119,8 @@ class PluginRow(_Row):
     manifest_json = peewee.TextField()
     digest = peewee.TextField()
     enabled = peewee.BooleanField()
+    signer = peewee.TextField(default="")
+    source = peewee.TextField(default="")
     created_at = _Timestamp()
     updated_at = _Timestamp()
 
@@ -138,6 +142,8 @@ def to_vm(row: VMRow) -> VirtualMachine:
         runtime=row.runtime,
         kernel_cmdline=row.kernel_cmdline,
         unit=row.unit,
+        status_reason=row.status_reason,
+        manifest_json=row.manifest_json,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -157,6 +163,8 @@ def to_plugin(row: PluginRow) -> Plugin:
         manifest_json=row.manifest_json,
         digest=row.digest,
         enabled=bool(row.enabled),
+        signer=row.signer,
+        source=row.source,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

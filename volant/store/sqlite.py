@@ -137,11 +137,19 @@ class SqliteStore:
         return await self._call(functools.partial(pool.ensure_pool, self._db, network, exclude))
 
     async def create_vm(
-        self, spec: VMSpec, *, runtime: str, unit: str, mac_for: MacFor, lease_ip: bool = True
+        self,
+        spec: VMSpec,
+        *,
+        runtime: str,
+        unit: str,
+        mac_for: MacFor,
+        lease_ip: bool = True,
+        manifest_json: str = "",
     ) -> VirtualMachine:
         """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
 
-        Raises NameTaken or PoolExhausted and then leaves nothing behind.
+        Raises NameTaken, PoolExhausted, or NotFound/InvalidState when its plugin is not
+        installed or disabled, and then leaves nothing behind.
         """
         return await self._call(
             functools.partial(
@@ -152,6 +160,7 @@ class SqliteStore:
                 unit=unit,
                 mac_for=mac_for,
                 lease_ip=lease_ip,
+                manifest_json=manifest_json,
             )
         )
 
@@ -203,8 +212,16 @@ class SqliteStore:
         runtime: str,
         digest: str,
         enabled: bool = True,
+        *,
+        signer: str = "",
+        source: str = "",
+        replace: bool = False,
     ) -> Plugin:
-        """Record an installed plugin from its validated manifest; NameTaken if name exists."""
+        """Record an installed plugin from its validated manifest.
+
+        NameTaken if one of that name exists, unless replace: then its manifest, version and
+        provenance change in place and its enabled flag and creation time stay.
+        """
         return await self._call(
             functools.partial(
                 plugins.add_plugin,
@@ -215,6 +232,9 @@ class SqliteStore:
                 runtime=runtime,
                 digest=digest,
                 enabled=bool(enabled),
+                signer=signer,
+                source=source,
+                replace=replace,
             )
         )
 

@@ -1,6 +1,7 @@
 """REST API (aiohttp): thin adapters from HTTP onto engine verbs."""
 
-from volant.api.rest.app import ENGINE, make_app
+from volant.api.rest.app import make_app
+from volant.api.rest.common import ENGINE
 from volant.api.rest.server import RestServer
 
 __all__ = ["ENGINE", "RestServer", "make_app"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -14,12 +13,13 @@ from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 from volant.model import ERROR_TABLE, ErrorCode, InvalidArgument, VMSpec, VolantError
 
+from . import plugins
+from .common import ENGINE, engine_of, read_json
 from .peer import AUTHORIZER, authorize
 from .schemas import CreateVMRequest, parse_body
 
 log = logging.getLogger(__name__)
 
-ENGINE = web.AppKey("engine", Engine)
 PROBLEM = "application/problem+json"
 MAX_BODY = 1024 * 1024
 
@@ -57,19 +57,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return problem(500, ErrorCode.INTERNAL, "internal error; see the volantd journal")
 
 
-async def read_json(request: web.Request) -> Any:
-    if not request.can_read_body:
-        raise InvalidArgument("request body is required")
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-
-
-def engine_of(request: web.Request) -> Engine:
-    return request.app[ENGINE]
-
-
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -88,12 +75,11 @@ async def create_vm(request: web.Request) -> web.Response:
     await authorize(request)
     engine = engine_of(request)
     body = parse_body(CreateVMRequest, await read_json(request))
-    cfg = engine.config
     spec = VMSpec(
         name=body.name,
         plugin=body.plugin,
-        cpu_cores=cfg.vm_default_cpus if body.cpu_cores is None else body.cpu_cores,
-        memory_mb=cfg.vm_default_memory_mb if body.memory_mb is None else body.memory_mb,
+        cpu_cores=body.cpu_cores,
+        memory_mb=body.memory_mb,
         kernel_args=body.kernel_args,
     )
     vm = await engine.create_vm(spec)
@@ -171,4 +157,5 @@ def make_app(engine: Engine, authorizer: Authorizer | None = None) -> web.Applic
     app.router.add_post("/api/v1/vms/{name}/stop", stop_vm)
     app.router.add_post("/api/v1/vms/{name}/restart", restart_vm)
     app.router.add_get("/api/v1/events", list_events)
+    plugins.add_routes(app.router)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from volant.model import InvalidArgument
 
@@ -21,6 +21,18 @@ class CreateVMRequest(BaseModel):
     cpu_cores: StrictInt | None = None
     memory_mb: StrictInt | None = None
     kernel_args: StrictStr = ""
+
+
+class InstallPluginRequest(BaseModel):
+    """POST /api/v1/plugins: the manifest text (JSON or YAML) or a URL to fetch it from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: StrictStr = ""
+    url: StrictStr = ""
+    signature: StrictStr | None = None
+    origin: StrictStr = ""
+    replace: StrictBool = False
 
 
 def parse_body(model: type[M], body: Any) -> M:

@@ -1,0 +1,26 @@
+"""What every route module shares: the typed app key for the engine and JSON body reading."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from volant.engine import Engine
+from volant.model import InvalidArgument
+
+ENGINE = web.AppKey("engine", Engine)
+
+
+def engine_of(request: web.Request) -> Engine:
+    return request.app[ENGINE]
+
+
+async def read_json(request: web.Request) -> Any:
+    if not request.can_read_body:
+        raise InvalidArgument("request body is required")
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc

@@ -1,0 +1,168 @@
+"""REST routes for plugins and for reaching a VM's workload (actions, OpenAPI, logs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from volant.auth.polkit import Action
+from volant.engine.ports import GuestReplyLike
+from volant.model import InvalidArgument, Plugin, PluginSource
+
+from .common import engine_of, read_json
+from .peer import authorize
+from .schemas import InstallPluginRequest, parse_body
+
+SSE_KEEPALIVE = 15.0
+MAX_LOG_LINES = 10_000
+
+
+def _with_manifest(plugin: Plugin) -> dict[str, Any]:
+    return {**plugin.to_dict(), "manifest": json.loads(plugin.manifest_json)}
+
+
+async def list_plugins(request: web.Request) -> web.Response:
+    plugins = await engine_of(request).list_plugins()
+    return web.json_response({"plugins": [p.to_dict() for p in plugins], "total": len(plugins)})
+
+
+async def plugin_schema(request: web.Request) -> web.Response:
+    return web.json_response(engine_of(request).plugin_schema())
+
+
+async def install_plugin(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    body = parse_body(InstallPluginRequest, await read_json(request))
+    source = PluginSource(
+        text=body.manifest.encode("utf-8"),
+        url=body.url,
+        signature=body.signature,
+        origin=body.origin,
+    )
+    plugin = await engine_of(request).install_plugin(source, replace=body.replace)
+    return web.json_response(_with_manifest(plugin), status=201)
+
+
+async def get_plugin(request: web.Request) -> web.Response:
+    plugin = await engine_of(request).get_plugin(request.match_info["plugin"])
+    return web.json_response(_with_manifest(plugin))
+
+
+async def plugin_manifest(request: web.Request) -> web.Response:
+    plugin = await engine_of(request).get_plugin(request.match_info["plugin"])
+    return web.json_response(json.loads(plugin.manifest_json))
+
+
+async def enable_plugin(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    plugin = await engine_of(request).enable_plugin(request.match_info["plugin"])
+    return web.json_response(plugin.to_dict())
+
+
+async def disable_plugin(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    plugin = await engine_of(request).disable_plugin(request.match_info["plugin"])
+    return web.json_response(plugin.to_dict())
+
+
+async def remove_plugin(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    await engine_of(request).remove_plugin(request.match_info["plugin"])
+    return web.Response(status=204)
+
+
+async def plugin_action(request: web.Request) -> web.Response:
+    await authorize(request)
+    reply = await engine_of(request).call_plugin_action(
+        request.match_info["plugin"],
+        request.match_info["action"],
+        body=await request.read(),
+        content_type=request.content_type if request.can_read_body else "",
+    )
+    return _passthrough(reply)
+
+
+async def vm_action(request: web.Request) -> web.Response:
+    await authorize(request)
+    reply = await engine_of(request).call_action(
+        request.match_info["name"],
+        request.match_info["action"],
+        body=await request.read(),
+        content_type=request.content_type if request.can_read_body else "",
+    )
+    return _passthrough(reply)
+
+
+async def vm_openapi(request: web.Request) -> web.Response:
+    content_type, body = await engine_of(request).vm_openapi(request.match_info["name"])
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def vm_logs(request: web.Request) -> web.StreamResponse:
+    """Recent workload output as JSON; with ?follow=true a live Server-Sent Events stream."""
+    engine = engine_of(request)
+    name = request.match_info["name"]
+    if request.query.get("follow", "false").lower() not in ("1", "true", "yes"):
+        limit = _limit(request.query.get("limit", "200"))
+        return web.json_response({"lines": await engine.vm_recent_logs(name, limit)})
+    lines = engine.vm_logs(name)
+    first = await _first(lines)  # errors (no VM, not running) still leave as problem+json
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    pending = [first] if first is not None else []
+    while True:
+        for line in pending:
+            await response.write(f"data: {json.dumps(line, sort_keys=True)}\n\n".encode())
+        try:
+            pending = [await asyncio.wait_for(anext(lines), SSE_KEEPALIVE)]
+        except TimeoutError:
+            await response.write(b": keepalive\n\n")
+            pending = []
+        except StopAsyncIteration:
+            break
+    await response.write_eof()
+    return response
+
+
+async def _first(lines: Any) -> dict[str, Any] | None:
+    """The first line, so that a failure to reach the agent raises before the stream starts."""
+    try:
+        first: dict[str, Any] = await asyncio.wait_for(anext(lines), SSE_KEEPALIVE)
+    except (TimeoutError, StopAsyncIteration):
+        return None
+    return first
+
+
+def _limit(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+        raise InvalidArgument(
+            f"query parameter 'limit' must be an integer from 1 to {MAX_LOG_LINES}", field="limit"
+        )
+    return int(raw)
+
+
+def _passthrough(reply: GuestReplyLike) -> web.Response:
+    """The workload's answer as it gave it (status, type and body)."""
+    headers = {"Content-Type": reply.content_type} if reply.content_type else {}
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/plugins", list_plugins)
+    router.add_post("/api/v1/plugins", install_plugin)
+    # Before /{plugin}: "schema" is not a valid plugin name anyway, but routing order decides.
+    router.add_get("/api/v1/plugins/schema", plugin_schema)
+    router.add_get("/api/v1/plugins/{plugin}", get_plugin)
+    router.add_delete("/api/v1/plugins/{plugin}", remove_plugin)
+    router.add_get("/api/v1/plugins/{plugin}/manifest", plugin_manifest)
+    router.add_post("/api/v1/plugins/{plugin}/enable", enable_plugin)
+    router.add_post("/api/v1/plugins/{plugin}/disable", disable_plugin)
+    router.add_post("/api/v1/plugins/{plugin}/actions/{action}", plugin_action)
+    router.add_post("/api/v1/vms/{name}/actions/{action}", vm_action)
+    router.add_get("/api/v1/vms/{name}/openapi", vm_openapi)
+    router.add_get("/api/v1/vms/{name}/logs", vm_logs)

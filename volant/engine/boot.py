@@ -1,0 +1,154 @@
+"""How a VM boots: its resources, kernel command line, boot files and launch spec.
+
+`Booting` is a base of `Engine`. A VM boots the host's agent image with the plugin's own
+initramfs appended, and its manifest on the command line, or on a config disk when the line
+would pass the x86 limit of 2047 characters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from volant.config import Config
+from volant.engine.guest import vm_manifest
+from volant.engine.ports import Artifacts, HypervisorDriver, Network, Store
+from volant.model import (
+    InvalidArgument,
+    LaunchSpec,
+    Manifest,
+    VirtualMachine,
+    VMSpec,
+)
+from volant.model.validate import validate_kernel_args, validate_name, validate_range
+from volant.runtime.cmdline import build_cmdline, encode_manifest
+
+log = logging.getLogger("volant.engine.engine")
+
+MANIFEST_ARG = "volant.manifest="
+
+
+class Booting:
+    """Resources, command line and boot files of a VM; a base of Engine."""
+
+    config: Config
+    store: Store
+    driver: HypervisorDriver
+    network: Network
+    artifacts: Artifacts
+    _subnet: IPv4Network
+    _gateway: IPv4Address
+
+    async def boot_artifacts(self, manifest: Manifest, origin: str) -> tuple[Path, Path | None]:
+        """(kernel, plugin initramfs) as verified cached files; the kernel is the host's
+        default unless the manifest names one."""
+        if manifest.rootfs is not None:
+            raise InvalidArgument(
+                "plugins that boot from a rootfs disk are not supported yet; ship the workload "
+                "as an initramfs",
+                field="rootfs",
+            )
+        kernel = self.config.runtime_kernel
+        if manifest.kernel is not None:
+            kernel = await self.artifacts.ensure(manifest.kernel, base=origin, field="kernel")
+        initramfs = None
+        if manifest.initramfs is not None:
+            initramfs = await self.artifacts.ensure(
+                manifest.initramfs, base=origin, field="initramfs"
+            )
+        return kernel, initramfs
+
+    def validate_spec(self, spec: VMSpec, manifest: Manifest | None = None) -> VMSpec:
+        """Domain checks every front-end shares; raises InvalidArgument naming the field.
+
+        CPUs and memory the caller left out come from the manifest's resources, then from the
+        host's defaults; either way the host's vm.* limits apply.
+        """
+        cfg = self.config
+        validate_name(spec.name)
+        if not spec.plugin:
+            raise InvalidArgument(
+                "a VM needs a plugin", hint="`volar plugins list` shows them", field="plugin"
+            )
+        validate_name(spec.plugin, "plugin")
+        resources = manifest.resources if manifest is not None else None
+        cpus = spec.cpu_cores
+        if cpus is None:
+            cpus = resources.cpu_cores if resources else cfg.vm_default_cpus
+        memory = spec.memory_mb
+        if memory is None:
+            memory = resources.memory_mb if resources else cfg.vm_default_memory_mb
+        validate_range("cpu_cores", cpus, 1, cfg.vm_max_cpus)
+        validate_range("memory_mb", memory, cfg.vm_min_memory_mb, cfg.vm_max_memory_mb)
+        return replace(
+            spec,
+            cpu_cores=cpus,
+            memory_mb=memory,
+            kernel_args=validate_kernel_args(spec.kernel_args),
+        )
+
+    def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
+        """The guest's command line, with the manifest on it when it fits in 2047 characters;
+        otherwise without, and _launch attaches a config disk that holds it."""
+
+        def line(encoded: str | None) -> str:
+            return build_cmdline(
+                name=vm.name,
+                ip=vm.ip_address,
+                gateway=str(self._gateway),
+                netmask=str(self._subnet.netmask),
+                mode=manifest.network,
+                runtime=manifest.runtime,
+                plugin=vm.plugin,
+                manifest=encoded,
+                extra=extra,
+                hypervisor_extras=self.driver.kernel_extras(),
+            )
+
+        try:
+            return line(encode_manifest(json.loads(vm.manifest_json)))
+        except InvalidArgument:
+            cmdline = line(None)  # still too long: the caller's kernel_args are to blame
+            log.info(
+                "manifest of VM %s does not fit on the kernel command line; "
+                "it goes on a config disk",
+                vm.name,
+                extra={"VM": vm.name},
+            )
+            return cmdline
+
+    async def _boot_files(self, vm: VirtualMachine) -> LaunchSpec:
+        """The launch spec with the plugin's kernel, the agent image plus the plugin's own
+        initramfs, and the config disk when the manifest is not on the command line."""
+        spec = self.launch_spec(vm)
+        if not vm.manifest_json:
+            return spec  # created before VMs carried manifests: boot the host image as it is
+        manifest = vm_manifest(vm)
+        plugin = await self.store.get_plugin(vm.plugin)
+        kernel, extra = await self.boot_artifacts(manifest, plugin.source)
+        initramfs = self.config.runtime_initramfs
+        if extra is not None:
+            initramfs = await self.artifacts.concatenated(initramfs, extra)
+        disks: tuple[Path, ...] = ()
+        if MANIFEST_ARG not in vm.kernel_cmdline:
+            disks = (spec.run_dir / "config.img",)
+        return replace(spec, kernel=kernel, initramfs=initramfs, disks=disks)
+
+    def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
+        cfg = self.config
+        return LaunchSpec(
+            name=vm.name,
+            cpus=vm.cpu_cores,
+            memory_mb=vm.memory_mb,
+            kernel=cfg.runtime_kernel,
+            initramfs=cfg.runtime_initramfs,
+            cmdline=vm.kernel_cmdline,
+            mac=vm.mac,
+            run_dir=cfg.vm_run_dir(vm.name),
+            console_log=cfg.vm_console_log(vm.name),
+            tap=self.network.tap_name(vm.name),
+            start_paused=cfg.runtime_start_paused,
+        )

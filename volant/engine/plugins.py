@@ -1,0 +1,134 @@
+"""Plugin verbs: install (with the host's trust policy), list, show, enable, disable, remove.
+
+`PluginVerbs` is a base of `Engine`. An install checks the signature over the exact bytes the
+author signed, validates the manifest, then fetches and verifies every boot artifact it names,
+so a plugin that is installed can boot without reaching its source again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from volant.config import Config
+from volant.engine.ports import Store
+from volant.model import (
+    DownloadFailed,
+    InvalidArgument,
+    Manifest,
+    Plugin,
+    PluginSource,
+)
+from volant.model.validate import validate_name
+from volant.plugins.fetch import fetch_bytes
+from volant.plugins.manifest import MAX_MANIFEST_BYTES, parse_manifest, validate_document
+from volant.plugins.schema import manifest_schema
+from volant.plugins.signing import verify
+
+log = logging.getLogger("volant.engine.engine")
+
+# A detached signature is one line of base64; anything much larger is not one.
+MAX_SIGNATURE_BYTES = 4096
+
+
+class PluginVerbs:
+    """The plugin catalogue; a base of Engine."""
+
+    config: Config
+    store: Store
+
+    if TYPE_CHECKING:  # provided by Booting
+
+        async def boot_artifacts(
+            self, manifest: Manifest, origin: str
+        ) -> tuple[Path, Path | None]: ...
+
+    def plugin_schema(self) -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) every manifest is validated against."""
+        return manifest_schema()
+
+    async def list_plugins(self) -> list[Plugin]:
+        return await self.store.list_plugins()
+
+    async def get_plugin(self, name: str) -> Plugin:
+        return await self.store.get_plugin(validate_name(name, "plugin"))
+
+    async def enable_plugin(self, name: str) -> Plugin:
+        plugin = await self.store.set_plugin_enabled(validate_name(name, "plugin"), True)
+        log.info("plugin %s enabled", name)
+        return plugin
+
+    async def disable_plugin(self, name: str) -> Plugin:
+        """New VMs can no longer use it; existing VMs keep running and can restart."""
+        plugin = await self.store.set_plugin_enabled(validate_name(name, "plugin"), False)
+        log.info("plugin %s disabled", name)
+        return plugin
+
+    async def remove_plugin(self, name: str) -> None:
+        """Remove the plugin; refused (Conflict) while any VM uses it."""
+        await self.store.delete_plugin(validate_name(name, "plugin"))
+        log.info("plugin %s removed", name)
+
+    async def install_plugin(self, source: PluginSource, *, replace: bool = False) -> Plugin:
+        """Verify, validate and record a plugin, caching its artifacts; nothing is recorded
+        when any step fails. replace upgrades an installed plugin of the same name in place."""
+        text, signature, origin = await self._read_source(source)
+        cfg = self.config
+        signer = verify(
+            text,
+            signature,
+            cfg.plugins_trusted_keys_dir,
+            required=cfg.plugins_require_signature,
+        )
+        manifest = parse_manifest(text)
+        await self.boot_artifacts(manifest, origin)
+        plugin = await self.store.add_plugin(
+            manifest.canonical_json,
+            manifest.name,
+            manifest.version,
+            manifest.runtime,
+            manifest.digest,
+            signer=signer or "",
+            source=origin,
+            replace=replace,
+        )
+        log.info(
+            "plugin %s %s installed (%s, %s)",
+            plugin.name,
+            plugin.version,
+            plugin.digest,
+            f"signed by {signer}" if signer else "unsigned",
+        )
+        return plugin
+
+    async def plugin_manifest(self, name: str) -> tuple[Plugin, Manifest]:
+        """The installed plugin and its manifest, parsed again from what the store holds."""
+        plugin = await self.get_plugin(name)
+        return plugin, validate_document(json.loads(plugin.manifest_json))
+
+    async def _read_source(self, source: PluginSource) -> tuple[bytes, str | None, str]:
+        """(manifest bytes, signature, origin) of an install request."""
+        if bool(source.text) == bool(source.url):
+            raise InvalidArgument("give either the manifest text or a URL to fetch it from")
+        if source.text:
+            if len(source.text) > MAX_MANIFEST_BYTES:
+                raise InvalidArgument(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+            return source.text, source.signature, source.origin
+        timeout = self.config.plugins_download_timeout
+        text = await fetch_bytes(source.url, max_bytes=MAX_MANIFEST_BYTES, timeout=timeout)
+        signature = source.signature
+        if signature is None:
+            signature = await _fetch_optional(source.url + ".sig", timeout)
+        return text, signature, source.url
+
+
+async def _fetch_optional(url: str, timeout: float) -> str | None:
+    """The detached signature next to a manifest URL, None when there is none."""
+    try:
+        raw = await fetch_bytes(url, max_bytes=MAX_SIGNATURE_BYTES, timeout=timeout)
+    except DownloadFailed as exc:
+        log.info("no signature at %s: %s", url, exc)
+        return None
+    return raw.decode("ascii", errors="replace").strip()
