@@ -184,7 +184,9 @@ def test_resolve(tmp_path: Path) -> None:
         return Artifact(checksum=checksum(b""), **kw)
 
     web_base = "https://h.example/p/hello/manifest.json"
-    assert resolve(art(path="/abs/k"), base=web_base, field="kernel") == Path("/abs/k")
+    assert resolve(art(path="/abs/k"), base="/m/manifest.json", field="kernel") == Path("/abs/k")
+    with pytest.raises(InvalidArgument, match="may not name a host file"):
+        resolve(art(path="/etc/shadow"), base=web_base, field="kernel")
     assert (
         resolve(art(path="a?b#c"), base=web_base, field="f")
         == "https://h.example/p/hello/a%3Fb%23c"

@@ -20,6 +20,7 @@ from volant.model import (
     InvalidArgument,
     LaunchSpec,
     Manifest,
+    Unavailable,
     VirtualMachine,
     VMSpec,
 )
@@ -131,7 +132,13 @@ class Booting:
         kernel, extra = await self.boot_artifacts(manifest, plugin.source)
         initramfs = self.config.runtime_initramfs
         if extra is not None:
-            initramfs = await self.artifacts.concatenated(initramfs, extra)
+            try:
+                initramfs = await self.artifacts.concatenated(initramfs, extra)
+            except OSError as exc:
+                raise Unavailable(
+                    f"cannot read the guest image {initramfs}: {exc.strerror}",
+                    hint="check runtime.initramfs in volantd.yaml",
+                ) from exc
         disks: tuple[Path, ...] = ()
         if MANIFEST_ARG not in vm.kernel_cmdline:
             disks = (spec.run_dir / "config.img",)

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from volant.config import Config
 from volant.engine.ports import Store
@@ -120,8 +121,14 @@ class PluginVerbs:
         text = await fetch_bytes(source.url, max_bytes=MAX_MANIFEST_BYTES, timeout=timeout)
         signature = source.signature
         if signature is None:
-            signature = await _fetch_optional(source.url + ".sig", timeout)
+            signature = await _fetch_optional(_signature_url(source.url), timeout)
         return text, signature, source.url
+
+
+def _signature_url(url: str) -> str:
+    """<manifest URL>.sig, with any query string kept after the path."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path + ".sig", fragment=""))
 
 
 async def _fetch_optional(url: str, timeout: float) -> str | None:

@@ -207,6 +207,13 @@ def resolve(artifact: Artifact, *, base: str, field: str) -> Source:
         if "\x00" in ref:
             raise InvalidArgument(f"{key}: must not contain NUL characters", field=key)
         if ref.startswith("/"):
+            if urlsplit(base).scheme in ("http", "https"):
+                # A manifest from the network must not pick files off this host.
+                raise InvalidArgument(
+                    f"{key}: a manifest fetched over http(s) may not name a host file; "
+                    "use a relative path or a URL",
+                    field=key,
+                )
             return Path(ref)
         ref = quote(ref)  # a path, so '?', '#' and '%' are file name characters, not URL syntax
     joined = urljoin(_base_url(base, key), ref)
