@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from scripts.testplugin import write_test_plugin
@@ -190,3 +192,34 @@ def stop_daemon(daemon: Daemon, *, delete_vms: bool = True) -> None:
         except subprocess.TimeoutExpired:
             daemon.proc.kill()
             daemon.proc.wait()
+
+
+async def _raw(daemon: Daemon, method: str, path: str, body: bytes | None = None) -> Any:
+    sock = daemon.api.removeprefix("unix:")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+        session.request(
+            method,
+            f"http://localhost{path}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        return resp.status, resp.content_type, await resp.text()
+
+
+def raw(daemon: Daemon, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    status, ctype, text = asyncio.run(_raw(daemon, method, path, data))
+    return status, ctype, json.loads(text) if text else None
+
+
+def wait_status(daemon: Daemon, name: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    vm: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        vm = daemon.call(lambda c: c.get_vm(name))
+        if vm["status"] == status:
+            return vm
+        time.sleep(0.2)
+    raise AssertionError(f"{name} stayed {vm.get('status')}, wanted {status}")

@@ -6,21 +6,21 @@ import asyncio
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.integration.daemon import (
     Daemon,
     build_guest,
     netns,
+    raw,
     start_daemon,
     stop_daemon,
     volar,
+    wait_status,
 )
 from volant.client import ApiError, VolantClient
 
@@ -40,37 +40,6 @@ def daemon(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Da
             yield d
         finally:
             stop_daemon(d)
-
-
-async def _raw(daemon: Daemon, method: str, path: str, body: bytes | None = None) -> Any:
-    sock = daemon.api.removeprefix("unix:")
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
-        session.request(
-            method,
-            f"http://localhost{path}",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        ) as resp,
-    ):
-        return resp.status, resp.content_type, await resp.text()
-
-
-def raw(daemon: Daemon, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    status, ctype, text = asyncio.run(_raw(daemon, method, path, data))
-    return status, ctype, json.loads(text) if text else None
-
-
-def wait_status(daemon: Daemon, name: str, status: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    vm: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        vm = daemon.call(lambda c: c.get_vm(name))
-        if vm["status"] == status:
-            return vm
-        time.sleep(0.2)
-    raise AssertionError(f"{name} stayed {vm.get('status')}, wanted {status}")
 
 
 def leased(daemon: Daemon) -> int:

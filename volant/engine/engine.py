@@ -171,7 +171,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         answers, or, when the manifest has a health check, once the agent reports the workload
         healthy (until then `starting`; `error` with the reason when that never happens).
         """
-        spec = self.validate_spec(spec)
+        self.validate_spec(spec)  # bad input fails before any lookup; defaults come below
         plugin, manifest = await self.plugin_manifest(spec.plugin)
         if not plugin.enabled:
             raise InvalidState(

@@ -1,0 +1,195 @@
+"""Plugins end to end on real QEMU guests running the agent image: volantd (child-process
+supervisor) in a private netns, signatures required, the signed hello example.
+
+Covers: the signed example installs and its workload answers through the action proxies; a
+tampered or unsigned manifest is refused; the health check gates `running` and a workload that
+never gets healthy ends in `error` with the reason; the agent restarts a crashed workload; a
+manifest too large for the kernel command line travels on the config disk.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.guest.plugin_image import write_plugin_cpio
+from tests.integration.daemon import (
+    GUEST_DIR,
+    ROOT,
+    Daemon,
+    build_guest,
+    netns,
+    raw,
+    start_daemon,
+    stop_daemon,
+    wait_status,
+)
+from volant.plugins.signing import generate_keypair, sign
+
+pytestmark = pytest.mark.integration
+
+HELLO = ROOT / "examples" / "plugins" / "hello"
+BOOT_TIMEOUT = 25.0  # runtime.boot_timeout: bounds how long the never-healthy VM takes
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(trusted keys dir with the example key and a test key, the test key's private half)."""
+    trusted = tmp_path_factory.mktemp("trusted")
+    shutil.copy(ROOT / "examples" / "keys" / "volant-examples.pub", trusted)
+    private, public = generate_keypair(tmp_path_factory.mktemp("author"), "tests")
+    shutil.copy(public, trusted)
+    return trusted, private
+
+
+@pytest.fixture(scope="module")
+def daemon(keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    build_guest()
+    write_plugin_cpio(HELLO)  # make guest builds it; a fresh checkout may not have yet
+    settings = {
+        "runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"),
+        "runtime.boot_timeout": BOOT_TIMEOUT,
+        "plugins.require_signature": True,
+        "plugins.trusted_keys_dir": str(keys[0]),
+    }
+    with netns() as ns:
+        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"), settings, plugins=())
+        try:
+            yield d
+        finally:
+            stop_daemon(d)
+
+
+def install(daemon: Daemon, manifest: Path, signature: str | None) -> tuple[int, Any]:
+    body = {"manifest": manifest.read_text(), "signature": signature, "origin": manifest.as_uri()}
+    status, _, reply = raw(daemon, "POST", "/api/v1/plugins", body)
+    return status, reply
+
+
+def variant(directory: Path, key: Path, name: str, **changes: Any) -> tuple[Path, str]:
+    """The hello manifest renamed and changed, its archive beside it, signed by the test key."""
+    doc = json.loads((HELLO / "manifest.json").read_text())
+    doc.update(name=name, **changes)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HELLO / "hello.cpio", directory / "hello.cpio")
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path, sign(path.read_bytes(), key)
+
+
+def create(daemon: Daemon, name: str, plugin: str) -> dict[str, Any]:
+    status, _, vm = raw(daemon, "POST", "/api/v1/vms", {"name": name, "plugin": plugin})
+    assert status == 201, vm
+    return dict(vm)
+
+
+def action(daemon: Daemon, path: str, body: Any = None) -> tuple[int, Any]:
+    status, _, reply = raw(daemon, "POST", path, body)
+    return status, reply
+
+
+def test_unsigned_and_tampered_manifests_are_refused(daemon: Daemon, tmp_path: Path) -> None:
+    manifest = HELLO / "manifest.json"
+    status, problem = install(daemon, manifest, None)
+    assert (status, problem["code"]) == (403, "SignatureInvalid")
+    assert "not signed" in problem["detail"]
+
+    tampered = tmp_path / "manifest.json"
+    tampered.write_text(manifest.read_text().replace('"0.1.0"', '"0.1.1"'))
+    shutil.copy(HELLO / "hello.cpio", tmp_path / "hello.cpio")
+    signature = (HELLO / "manifest.json.sig").read_text()
+    status, problem = install(daemon, tampered, signature)
+    assert (status, problem["code"]) == (403, "SignatureInvalid")
+    assert "does not match" in problem["detail"]
+    assert daemon.call(lambda c: c.request("GET", "/api/v1/plugins"))["total"] == 0
+
+
+def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> None:
+    status, plugin = install(
+        daemon, HELLO / "manifest.json", (HELLO / "manifest.json.sig").read_text()
+    )
+    assert status == 201, plugin
+    assert (plugin["name"], plugin["signer"], plugin["enabled"]) == (
+        "hello",
+        "volant-examples",
+        True,
+    )
+
+    vm = create(daemon, "hello1", "hello")
+    assert vm["status"] == "starting"  # the health check gates running
+    assert (vm["cpu_cores"], vm["memory_mb"]) == (1, 256)  # from the manifest's resources
+    assert "volant.manifest=" in vm["kernel_cmdline"]
+    wait_status(daemon, "hello1", "running", timeout=90)
+
+    status, greet = action(daemon, "/api/v1/vms/hello1/actions/greet")
+    assert status == 200, greet
+    assert greet["greeting"] == "hello from volant"
+    status, echo = action(daemon, "/api/v1/plugins/hello/actions/echo", {"ping": 1})
+    assert (status, json.loads(echo["echo"])) == (200, {"ping": 1})
+    status, problem = action(daemon, "/api/v1/vms/hello1/actions/nope")
+    assert (status, problem["code"]) == (404, "NotFound")
+    assert "greet" in problem["detail"]
+
+    lines = daemon.call(lambda c: c.request("GET", "/api/v1/vms/hello1/logs"))["lines"]
+    assert any("GET /greet" in line["text"] for line in lines), lines
+    status, _, problem = raw(daemon, "GET", "/api/v1/vms/hello1/openapi")
+    assert status == 404
+    assert "no OpenAPI" in problem["detail"]
+
+    # The agent restarts a crashed workload (restart: always); the proxy answers again.
+    first_pid = greet["pid"]
+    ip = vm["ip_address"]
+    killed = daemon.in_ns("curl", "-sS", "-X", "POST", f"http://{ip}:8080/v1/workload/kill")
+    assert killed.returncode == 0, killed.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, greet = action(daemon, "/api/v1/vms/hello1/actions/greet")
+        if status == 200 and greet["pid"] != first_pid:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the workload was not restarted: {status} {greet}")
+
+    status, problem = raw(daemon, "DELETE", "/api/v1/plugins/hello")[::2]
+    assert (status, problem["code"]) == (409, "Conflict")
+
+
+def test_never_healthy_workload_ends_in_error(
+    daemon: Daemon, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    doc = json.loads((HELLO / "manifest.json").read_text())
+    workload = {**doc["workload"], "health_check": {"path": "/nope", "start_period_ms": 1000}}
+    manifest, signature = variant(tmp_path, keys[1], "sick", workload=workload)
+    status, plugin = install(daemon, manifest, signature)
+    assert (status, plugin["signer"]) == (201, "tests")
+
+    assert create(daemon, "sick1", "sick")["status"] == "starting"
+    vm = wait_status(daemon, "sick1", "error", timeout=BOOT_TIMEOUT + 30)
+    assert "healthy" in vm["status_reason"], vm
+    assert vm["pid"] is None
+    events = daemon.call(lambda c: c.request("GET", "/api/v1/events?vm=sick1"))["events"]
+    assert events[-1]["type"] == "VM_ERROR"
+    assert events[-1]["payload"]["reason"] == vm["status_reason"]
+
+
+def test_large_manifest_travels_on_the_config_disk(
+    daemon: Daemon, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Random label values do not compress: the encoded manifest passes 2047 characters.
+    labels = {f"pad{i}": secrets.token_hex(100) for i in range(16)}
+    manifest, signature = variant(tmp_path, keys[1], "big", labels=labels)
+    assert install(daemon, manifest, signature)[0] == 201
+
+    vm = create(daemon, "big1", "big")
+    assert "volant.manifest=" not in vm["kernel_cmdline"]
+    assert len(vm["kernel_cmdline"]) < 2048
+    wait_status(daemon, "big1", "running", timeout=90)
+    status, greet = action(daemon, "/api/v1/vms/big1/actions/greet")
+    assert (status, greet["greeting"]) == (200, "hello from volant")
