@@ -10,17 +10,20 @@ Set VOLANT_UPDATE_DBUS_XML=1 to rewrite the committed interface XML from the liv
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sdbus import SdBus, sd_bus_open_system
+from sdbus import DbusObjectManagerInterfaceAsync, SdBus, sd_bus_open_system
 from sdbus.sd_bus_internals import SdBusMessage
 
 from tests.integration.daemon import (
@@ -32,8 +35,24 @@ from tests.integration.daemon import (
     start_daemon,
     stop_daemon,
 )
-from volant.api.dbus import MANAGER_PATH, SERVICE, ManagerInterface, VMInterface
-from volant.api.dbus.errors import InvalidArgumentError, InvalidStateError, NotFoundError
+from volant.api.dbus import (
+    MANAGER_PATH,
+    PLUGIN_PATH_PREFIX,
+    SERVICE,
+    ManagerInterface,
+    PluginInterface,
+    VMInterface,
+)
+from volant.api.dbus.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    InvalidStateError,
+    NameTakenError,
+    NotFoundError,
+    SignatureInvalidError,
+)
+from volant.api.dbus.server import REFRESH
+from volant.plugins.signing import generate_keypair, sign
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +69,8 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 """
 VM = "dbx"
 VM_PATH = f"{MANAGER_PATH}/vm/{VM}"
+DEMO_PATH = f"{PLUGIN_PATH_PREFIX}/demo"  # the harness installs plugin "demo"
+KEY = "tester"
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +101,11 @@ def daemon(bus_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if not (GUEST_DIR / "vmlinuz").exists() or not (GUEST_DIR / "initramfs.img").exists():
         build_guest()
     tmp = tmp_path_factory.mktemp("volantd")
+    generate_keypair(tmp / "keys", KEY)  # the daemon trusts keys/*.pub
+    settings = {"dbus.enabled": "yes", "plugins.trusted_keys_dir": str(tmp / "keys")}
     with netns() as ns:
         env = {"DBUS_SYSTEM_BUS_ADDRESS": bus_address}
-        d = start_daemon(ns, tmp, {"dbus.enabled": "yes"}, env=env)
+        d = start_daemon(ns, tmp, settings, env=env)
         try:
             yield d
         finally:
@@ -143,18 +166,30 @@ def created(daemon: Daemon, bus_address: str) -> str:
     return VM_PATH
 
 
+def tree(address: str, wanted: str) -> list[str]:
+    """`busctl tree` once `wanted` is in it: plugins installed over REST (as the harness does)
+    reach D-Bus with the server's next refresh."""
+    deadline = time.monotonic() + REFRESH * 3
+    while True:
+        paths = busctl(address, "tree", "--list", SERVICE).stdout.split()
+        if wanted in paths or time.monotonic() > deadline:
+            return paths
+        time.sleep(0.2)
+
+
 def test_tree_and_introspection_match_the_committed_xml(created: str, bus_address: str) -> None:
-    tree = busctl(bus_address, "tree", "--list", SERVICE).stdout.split()
-    assert MANAGER_PATH in tree
-    assert created in tree
+    paths = tree(bus_address, DEMO_PATH)
+    assert {MANAGER_PATH, created, DEMO_PATH} <= set(paths)
     check_contract(bus_address, MANAGER_PATH, f"{SERVICE}.Manager")
     check_contract(bus_address, created, f"{SERVICE}.VM")
+    check_contract(bus_address, DEMO_PATH, f"{SERVICE}.Plugin")
 
 
 async def test_objects_and_errors_over_the_proxy(created: str, bus: SdBus) -> None:
     manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
     vm = VMInterface.new_proxy(SERVICE, created, bus)
     assert (await vm.name, await vm.status, await vm.memory_mb) == (VM, "running", 128)
+    assert await vm.status_reason == ""
     assert await vm.ip_address == "192.168.127.2"
     assert await vm.pid > 0
     listed = await manager.list_vms()
@@ -172,6 +207,20 @@ async def test_objects_and_errors_over_the_proxy(created: str, bus: SdBus) -> No
     assert status["vms_total"] == ("x", 1)
 
 
+async def test_actions_reach_the_vm_of_the_plugin(created: str, bus: SdBus) -> None:
+    # The busybox guest runs no agent: only what is decided before reaching it is checked here
+    # (tests/integration/test_agent_guest.py drives real actions).
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    with pytest.raises(NotFoundError, match="plugin 'demo' has no action 'nope'"):
+        await manager.call_action(VM, "nope", b"{}", "application/json")
+    with pytest.raises(NotFoundError, match="plugin 'demo' has no action 'nope'"):
+        await manager.call_plugin_action("demo", "nope", b"", "")
+    with pytest.raises(NotFoundError):
+        await manager.call_action("ghost", "nope", b"", "")
+    with pytest.raises(ConflictError):
+        await manager.remove_plugin("demo")  # dbx uses it
+
+
 def test_unprivileged_caller_may_read_but_not_manage(created: str, bus_address: str) -> None:
     nobody = 65534
     iface = f"{SERVICE}.Manager"
@@ -186,6 +235,18 @@ def test_unprivileged_caller_may_read_but_not_manage(created: str, bus_address: 
     )  # fmt: skip
     assert proc.returncode != 0
     assert "com.volantvm.Volant1.Error.PermissionDenied" in proc.stderr
+    plugins = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, "ListPlugins", uid=nobody)
+    assert plugins.returncode == 0, plugins.stderr
+    assert '"demo"' in plugins.stdout
+    for method in ("DisablePlugin", "RemovePlugin"):
+        proc = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, method, "s", "demo",
+                      uid=nobody)  # fmt: skip
+        assert proc.returncode != 0
+        assert "com.volantvm.volant1.manage-plugins" in proc.stderr
+    proc = busctl(bus_address, "call", SERVICE, DEMO_PATH, f"{SERVICE}.Plugin", "Disable",
+                  uid=nobody)  # fmt: skip
+    assert proc.returncode != 0
+    assert "com.volantvm.volant1.manage-plugins" in proc.stderr
 
 
 class Signals:
@@ -248,3 +309,145 @@ async def test_stop_restart_destroy_emit_signals(created: str, bus: SdBus) -> No
     assert removed == [created]
     with pytest.raises(NotFoundError):
         await manager.get_vm(VM)
+
+
+def write_plugin(directory: Path, name: str, **changes: Any) -> Path:
+    """A valid manifest whose initramfs is a small file beside it; returns the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact = directory / f"{name}.img"
+    artifact.write_bytes(f"initramfs of {name}\n".encode())
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    manifest = {
+        "schema_version": 1,
+        "name": name,
+        "version": "1.0.0",
+        "runtime": name,
+        "resources": {"cpu_cores": 1, "memory_mb": 128},
+        "workload": {"type": "process", "entrypoint": ["/bin/true"]},
+        "initramfs": {"path": str(artifact), "checksum": f"sha256:{digest}"},
+        "network": {"mode": "bridged"},
+        **changes,
+    }
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def install_request(path: Path, **extra: tuple[str, Any]) -> dict[str, tuple[str, Any]]:
+    return {"manifest": ("s", path.read_text()), "origin": ("s", path.as_uri()), **extra}
+
+
+async def test_plugin_install_disable_replace_remove(
+    bus_address: str, bus: SdBus, tmp_path: Path
+) -> None:
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    objects = DbusObjectManagerInterfaceAsync.new_proxy(SERVICE, MANAGER_PATH, bus)
+    manager_signals = await Signals(bus, MANAGER_PATH).start()
+    manifest = write_plugin(tmp_path, "dbplug")
+    path = f"{PLUGIN_PATH_PREFIX}/dbplug"
+
+    assert await manager.install_plugin(install_request(manifest)) == path
+    added, interfaces = await manager_signals.next("InterfacesAdded")
+    assert added == path
+    assert interfaces[f"{SERVICE}.Plugin"]["Enabled"] == ("b", True)
+    managed = await objects.get_managed_objects()
+    assert managed[path][f"{SERVICE}.Plugin"]["Version"] == ("s", "1.0.0")
+    assert DEMO_PATH in managed
+    assert path in busctl(bus_address, "tree", "--list", SERVICE).stdout.split()
+
+    plugin = PluginInterface.new_proxy(SERVICE, path, bus)
+    assert (await plugin.name, await plugin.version, await plugin.runtime) == (
+        "dbplug", "1.0.0", "dbplug",
+    )  # fmt: skip
+    assert (await plugin.digest).startswith("sha256:")
+    assert (await plugin.signer, await plugin.source) == ("", manifest.as_uri())
+    shown = await manager.get_plugin("dbplug")
+    assert shown["object_path"] == ("o", path)
+    assert json.loads(shown["manifest_json"][1])["name"] == "dbplug"
+    assert {p["name"][1] for p in await manager.list_plugins()} >= {"demo", "dbplug"}
+
+    plugin_signals = await Signals(bus, path).start()
+    await plugin.disable()
+    _iface, changed, _gone = await plugin_signals.next("PropertiesChanged")
+    assert changed == {"Enabled": ("b", False)}
+    assert await plugin.enabled is False
+    with pytest.raises(InvalidStateError, match="disabled"):
+        await manager.create_vm({"name": ("s", "nope"), "plugin": ("s", "dbplug")})
+    assert (await manager.enable_plugin("dbplug"))["enabled"] == ("b", True)
+    _iface, changed, _gone = await plugin_signals.next("PropertiesChanged")
+    assert changed == {"Enabled": ("b", True)}
+    assert await plugin.enabled is True
+
+    upgrade = write_plugin(tmp_path / "v2", "dbplug", version="1.1.0")
+    with pytest.raises(NameTakenError):
+        await manager.install_plugin(install_request(upgrade))
+    await manager.install_plugin(install_request(upgrade, replace=("b", True)))
+    _iface, changed, _gone = await plugin_signals.next("PropertiesChanged")
+    assert changed["Version"] == ("s", "1.1.0")
+    assert "Digest" in changed
+
+    await plugin.remove()
+    removed, _ifaces = await manager_signals.next("InterfacesRemoved")
+    assert removed == path
+    assert path not in await objects.get_managed_objects()
+    with pytest.raises(NotFoundError):
+        await manager.get_plugin("dbplug")
+
+
+async def test_plugin_changes_over_rest_reach_the_objects(
+    daemon: Daemon, bus: SdBus, tmp_path: Path
+) -> None:
+    """REST changes have no events: the server's periodic refresh picks them up."""
+    manifest = write_plugin(tmp_path, "restplug")
+    body = {"manifest": manifest.read_text(), "origin": manifest.as_uri()}
+    await asyncio.to_thread(daemon.call, lambda c: c.request("POST", "/api/v1/plugins", body))
+    objects = DbusObjectManagerInterfaceAsync.new_proxy(SERVICE, MANAGER_PATH, bus)
+    path = f"{PLUGIN_PATH_PREFIX}/restplug"
+
+    async def exported() -> bool:
+        async with asyncio.timeout(REFRESH * 3):
+            while path not in await objects.get_managed_objects():
+                await asyncio.sleep(0.2)
+        return True
+
+    assert await exported()
+    await asyncio.to_thread(daemon.call, lambda c: c.request("DELETE", "/api/v1/plugins/restplug"))
+    async with asyncio.timeout(REFRESH * 3):
+        while path in await objects.get_managed_objects():
+            await asyncio.sleep(0.2)
+
+
+async def test_plugin_installs_refused_with_their_error(
+    daemon: Daemon, bus: SdBus, tmp_path: Path
+) -> None:
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    schema = json.loads(await manager.get_plugin_schema())
+    assert schema["title"] == "Volant plugin manifest"
+    assert "initramfs" in schema["properties"]
+
+    manifest = write_plugin(tmp_path, "signed")
+    with pytest.raises(InvalidArgumentError, match="unknown key 'force'"):
+        await manager.install_plugin(install_request(manifest, force=("b", True)))
+    with pytest.raises(InvalidArgumentError, match="replace: expected type 'b'"):
+        await manager.install_plugin(install_request(manifest, replace=("s", "yes")))
+    with pytest.raises(InvalidArgumentError, match="either the manifest text or a URL"):
+        await manager.install_plugin({})
+    with pytest.raises(InvalidArgumentError):
+        await manager.install_plugin({"manifest": ("s", '{"schema_version": 1, "name": "x"}')})
+    with pytest.raises(InvalidArgumentError):
+        await manager.install_plugin({"manifest": ("s", "not: [json")})
+
+    # A signature that is given is always checked, whether or not the host requires one.
+    other = sign(manifest.read_bytes() + b" ", daemon.tmp / "keys" / f"{KEY}.key")
+    with pytest.raises(SignatureInvalidError, match="does not match"):
+        await manager.install_plugin(install_request(manifest, signature=("s", other)))
+    with pytest.raises(SignatureInvalidError, match="not base64"):
+        await manager.install_plugin(install_request(manifest, signature=("s", "%%")))
+    with pytest.raises(NotFoundError):
+        await manager.get_plugin("signed")
+
+    good = sign(manifest.read_bytes(), daemon.tmp / "keys" / f"{KEY}.key")
+    path = await manager.install_plugin(install_request(manifest, signature=("s", good)))
+    plugin = PluginInterface.new_proxy(SERVICE, path, bus)
+    assert await plugin.signer == KEY
+    await manager.remove_plugin("signed")

@@ -24,20 +24,48 @@ PARITY = {
     "stop_vm": ("POST /api/v1/vms/{name}/stop", "StopVM"),
     "restart_vm": ("POST /api/v1/vms/{name}/restart", "RestartVM"),
     "vm_usage": ("GET /api/v1/vms/{name}/usage", "GetVMUsage"),
+    "call_action": ("POST /api/v1/vms/{name}/actions/{action}", "CallAction"),
     "list_events": ("GET /api/v1/events", "ListEvents"),
     "system_status": ("GET /api/v1/system/status", "GetSystemStatus"),
+    "plugin_schema": ("GET /api/v1/plugins/schema", "GetPluginSchema"),
+    "list_plugins": ("GET /api/v1/plugins", "ListPlugins"),
+    "get_plugin": ("GET /api/v1/plugins/{plugin}", "GetPlugin"),
+    # GetPlugin carries the manifest too (its "manifest_json" key).
+    "plugin_manifest": ("GET /api/v1/plugins/{plugin}/manifest", "GetPlugin"),
+    "install_plugin": ("POST /api/v1/plugins", "InstallPlugin"),
+    "enable_plugin": ("POST /api/v1/plugins/{plugin}/enable", "EnablePlugin"),
+    "disable_plugin": ("POST /api/v1/plugins/{plugin}/disable", "DisablePlugin"),
+    "remove_plugin": ("DELETE /api/v1/plugins/{plugin}", "RemovePlugin"),
+    "call_plugin_action": ("POST /api/v1/plugins/{plugin}/actions/{action}", "CallPluginAction"),
 }
-# The daemon's own hooks, not verbs a caller may use.
-INTERNAL = {"start", "close", "host_shutting_down", "power_off_all"}
+# REST-only verbs, each with the reason it has no D-Bus method (yet).
+REST_ONLY = {
+    # An OpenAPI document is for HTTP tooling (Swagger UI, code generators) pointed at the VM.
+    "vm_openapi": ("GET /api/v1/vms/{name}/openapi", "an HTTP document for HTTP tools"),
+    # A live log stream needs a D-Bus design of its own (a signal or an fd); not done yet.
+    "vm_logs": ("GET /api/v1/vms/{name}/logs", "a stream (SSE with ?follow=true)"),
+    "vm_recent_logs": ("GET /api/v1/vms/{name}/logs", "served with vm_logs by one route"),
+}
+# The daemon's own hooks and the engine's helpers, not verbs a caller may use.
+INTERNAL = {
+    "start",
+    "close",
+    "host_shutting_down",
+    "power_off_all",
+    "validate_spec",  # part of create_vm
+    "launch_spec",  # part of starting a VM
+    "boot_artifacts",  # part of install_plugin and create_vm
+}
 
 
 def test_table_covers_every_public_engine_verb() -> None:
     verbs = {
         name
-        for name, member in inspect.getmembers(Engine, inspect.iscoroutinefunction)
+        for name, member in inspect.getmembers(Engine, inspect.isfunction)
         if not name.startswith("_")
     }
-    assert verbs - INTERNAL == set(PARITY)
+    assert verbs - INTERNAL == set(PARITY) | set(REST_ONLY)
+    assert not set(PARITY) & set(REST_ONLY)
 
 
 def test_every_verb_has_its_rest_route() -> None:
@@ -47,7 +75,9 @@ def test_every_verb_has_its_rest_route() -> None:
         for route in app.router.routes()
         if route.resource is not None
     }
-    assert {rest for rest, _dbus in PARITY.values()} <= routes
+    wanted = {rest for rest, _dbus in PARITY.values()}
+    wanted |= {rest for rest, _reason in REST_ONLY.values()}
+    assert wanted <= routes
 
 
 def test_every_verb_has_its_dbus_method() -> None:

@@ -9,7 +9,19 @@ from typing import Any
 
 import pytest
 
-from volant.api.dbus.codec import spec_from_dbus, vardict, variant, vm_name_of, vm_path, vm_to_dbus
+from volant.api.dbus.codec import (
+    install_from_dbus,
+    plugin_name_of,
+    plugin_path,
+    plugin_to_dbus,
+    reply_to_dbus,
+    spec_from_dbus,
+    vardict,
+    variant,
+    vm_name_of,
+    vm_path,
+    vm_to_dbus,
+)
 from volant.api.dbus.errors import DBUS_ERRORS, from_dbus, to_dbus
 from volant.auth.polkit import ProcessCaller, process_start_time
 from volant.config import load_config
@@ -19,6 +31,8 @@ from volant.model import (
     ErrorCode,
     InvalidArgument,
     NotFound,
+    Plugin,
+    PluginSource,
     VirtualMachine,
     VMStatus,
 )
@@ -64,8 +78,8 @@ def config(tmp_path: Path) -> Any:
 
 
 def test_spec_defaults_and_integer_types(tmp_path: Path) -> None:
-    spec = spec_from_dbus({"name": ("s", "web"), "cpu_cores": ("u", 2)}, config(tmp_path))
-    assert (spec.name, spec.cpu_cores, spec.memory_mb, spec.plugin) == ("web", 2, 256, "")
+    spec = spec_from_dbus({"name": ("s", "web"), "cpu_cores": ("u", 2)})
+    assert (spec.name, spec.cpu_cores, spec.memory_mb, spec.plugin) == ("web", 2, None, "")
 
 
 @pytest.mark.parametrize(
@@ -81,7 +95,58 @@ def test_bad_specs_are_invalid_arguments(
     spec: dict[str, tuple[str, Any]], message: str, tmp_path: Path
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        spec_from_dbus(spec, config(tmp_path))
+        spec_from_dbus(spec)
+
+
+def test_plugin_paths_and_dict_with_the_manifest_on_request() -> None:
+    assert plugin_path("hello-2") == "/com/volantvm/Volant1/plugin/hello_2d2"
+    assert plugin_name_of("/com/volantvm/Volant1/plugin/hello_2d2") == "hello-2"
+    now = datetime.now(UTC)
+    plugin = Plugin(1, "hello", "0.1.0", "hello", '{"name":"hello"}', "sha256:00", True, now, now)
+    out = plugin_to_dbus(plugin)
+    assert out["enabled"] == ("b", True)
+    assert out["object_path"] == ("o", "/com/volantvm/Volant1/plugin/hello")
+    assert "signer" not in out  # unsigned: null in REST, absent here
+    assert "manifest_json" not in out
+    assert plugin_to_dbus(plugin, manifest=True)["manifest_json"] == ("s", '{"name":"hello"}')
+
+
+def test_install_request_decodes_to_a_source() -> None:
+    source, replace = install_from_dbus(
+        {"manifest": ("s", "{}"), "origin": ("s", "file:///p/m.json"), "replace": ("b", True)}
+    )
+    assert source == PluginSource(text=b"{}", origin="file:///p/m.json")
+    assert replace is True
+    source, replace = install_from_dbus({"url": ("s", "https://x/m.json"), "signature": ("s", "")})
+    assert (source.url, source.signature, replace) == ("https://x/m.json", None, False)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"manifest": ("s", "{}"), "force": ("b", True)}, "unknown key 'force'"),
+        ({"manifest": ("ay", b"{}")}, "manifest: expected type 's'"),
+        ({"url": ("s", "u"), "replace": ("u", 1)}, "replace: expected type 'b'"),
+    ],
+)
+def test_bad_install_requests_are_invalid_arguments(
+    request_: dict[str, tuple[str, Any]], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        install_from_dbus(request_)
+
+
+def test_action_reply_passes_the_workload_answer_through() -> None:
+    class Reply:
+        status = 201
+        content_type = "text/plain"
+        body = b"hi"
+
+    assert reply_to_dbus(Reply()) == {
+        "status": ("u", 201),
+        "content_type": ("s", "text/plain"),
+        "body": ("ay", b"hi"),
+    }
 
 
 def test_one_dbus_error_per_code_named_from_the_table() -> None:

@@ -7,15 +7,16 @@ from typing import Any
 
 from sdbus.sd_bus_internals import decode_object_path, encode_object_path
 
-from volant.config import Config
-from volant.model import Event, InvalidArgument, VirtualMachine, VMSpec
+from volant.engine.ports import GuestReplyLike
+from volant.model import Event, InvalidArgument, Plugin, PluginSource, VirtualMachine, VMSpec
 
-from .interfaces import VM_PATH_PREFIX, VarDict
+from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
 
 INTEGER_TYPES = frozenset("ynqiuxt")
 SCALARS: tuple[tuple[type, str], ...] = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
 SPEC_KEYS = {"name": "s", "plugin": "s", "cpu_cores": "int", "memory_mb": "int",
              "kernel_args": "s"}  # fmt: skip
+INSTALL_KEYS = {"manifest": "s", "url": "s", "signature": "s", "origin": "s", "replace": "b"}
 
 
 def vm_path(name: str) -> str:
@@ -25,6 +26,15 @@ def vm_path(name: str) -> str:
 
 def vm_name_of(path: str) -> str:
     return str(decode_object_path(VM_PATH_PREFIX, path))
+
+
+def plugin_path(name: str) -> str:
+    """`/com/volantvm/Volant1/plugin/<name>`, escaped like the VM paths."""
+    return str(encode_object_path(PLUGIN_PATH_PREFIX, name))
+
+
+def plugin_name_of(path: str) -> str:
+    return str(decode_object_path(PLUGIN_PATH_PREFIX, path))
 
 
 def variant(value: Any) -> tuple[str, Any] | None:
@@ -61,13 +71,32 @@ def event_to_dbus(event: Event) -> VarDict:
     return vardict(event.to_dict())
 
 
-def spec_from_dbus(spec: Mapping[str, tuple[str, Any]], config: Config) -> VMSpec:
-    """CreateVM's a{sv}: unknown keys and wrong variant types are InvalidArgument."""
+def plugin_to_dbus(plugin: Plugin, *, manifest: bool = False) -> VarDict:
+    """The REST representation's fields and the object path; the manifest JSON on request."""
+    out = vardict(plugin.to_dict())
+    out["object_path"] = ("o", plugin_path(plugin.name))
+    if manifest:
+        out["manifest_json"] = ("s", plugin.manifest_json)
+    return out
+
+
+def reply_to_dbus(reply: GuestReplyLike) -> VarDict:
+    """A workload's HTTP answer, passed through: status, content type and body bytes."""
+    return {
+        "status": ("u", reply.status),
+        "content_type": ("s", reply.content_type),
+        "body": ("ay", reply.body),
+    }
+
+
+def _typed(request: Mapping[str, tuple[str, Any]], keys: Mapping[str, str], what: str
+           ) -> dict[str, Any]:  # fmt: skip
+    """The request's values, each checked against its key's expected variant type."""
     values: dict[str, Any] = {}
-    for key, (signature, value) in spec.items():
-        expected = SPEC_KEYS.get(key)
+    for key, (signature, value) in request.items():
+        expected = keys.get(key)
         if expected is None:
-            raise InvalidArgument(f"unknown key {key!r} in the VM spec", field=key)
+            raise InvalidArgument(f"unknown key {key!r} in the {what}", field=key)
         ok = signature in INTEGER_TYPES if expected == "int" else signature == expected
         if not ok:
             want = "an integer" if expected == "int" else f"type {expected!r}"
@@ -75,12 +104,30 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]], config: Config) -> VMSpe
                 f"{key}: expected {want}, got variant type {signature!r}", field=key
             )
         values[key] = value
+    return values
+
+
+def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
+    """CreateVM's a{sv}: unknown keys and wrong variant types are InvalidArgument."""
+    values = _typed(spec, SPEC_KEYS, "VM spec")
     if "name" not in values:
         raise InvalidArgument("the VM spec needs a 'name'", field="name")
     return VMSpec(
         name=values["name"],
         plugin=values.get("plugin", ""),
-        cpu_cores=values.get("cpu_cores", config.vm_default_cpus),
-        memory_mb=values.get("memory_mb", config.vm_default_memory_mb),
+        cpu_cores=values.get("cpu_cores"),
+        memory_mb=values.get("memory_mb"),
         kernel_args=values.get("kernel_args", ""),
     )
+
+
+def install_from_dbus(request: Mapping[str, tuple[str, Any]]) -> tuple[PluginSource, bool]:
+    """InstallPlugin's a{sv} as (source, replace); the engine checks manifest-or-url."""
+    values = _typed(request, INSTALL_KEYS, "install request")
+    source = PluginSource(
+        text=str(values.get("manifest", "")).encode("utf-8"),
+        url=values.get("url", ""),
+        signature=values.get("signature") or None,
+        origin=values.get("origin", ""),
+    )
+    return source, bool(values.get("replace", False))

@@ -4,6 +4,7 @@ manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
 path = await manager.create_vm({"name": ("s", "web"), "plugin": ("s", "caddy")})
 vm = VMInterface.new_proxy(SERVICE, path, bus)
 print(await vm.status)
+plugin = PluginInterface.new_proxy(SERVICE, plugin_path("caddy"), bus)
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from sdbus import (
 SERVICE = "com.volantvm.Volant1"
 MANAGER_PATH = "/com/volantvm/Volant1"
 VM_PATH_PREFIX = "/com/volantvm/Volant1/vm"
+PLUGIN_PATH_PREFIX = "/com/volantvm/Volant1/plugin"
 MANAGER_INTERFACE = "com.volantvm.Volant1.Manager"
 VM_INTERFACE = "com.volantvm.Volant1.VM"
+PLUGIN_INTERFACE = "com.volantvm.Volant1.Plugin"
 
 VarDict = dict[str, tuple[str, Any]]
 CALL = DbusUnprivilegedFlag
@@ -31,7 +34,7 @@ PROP = DbusPropertyEmitsChangeFlag
 
 
 class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFACE):
-    """The VM catalogue: one method per engine verb, and every lifecycle event as a signal."""
+    """The VM and plugin catalogues: one method per engine verb, lifecycle events as signals."""
 
     @dbus_method_async("", "aa{sv}", CALL, ("vms",), method_name="ListVMs")
     async def list_vms(self) -> list[VarDict]:
@@ -75,6 +78,65 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
     async def get_system_status(self) -> VarDict:
         raise NotImplementedError
 
+    @dbus_method_async("", "aa{sv}", CALL, ("plugins",), method_name="ListPlugins")
+    async def list_plugins(self) -> list[VarDict]:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("plugin",), ("name",), method_name="GetPlugin")
+    async def get_plugin(self, name: str) -> VarDict:
+        """The plugin's fields, its object path, and its manifest as JSON ("manifest_json")."""
+        raise NotImplementedError
+
+    @dbus_method_async("", "s", CALL, ("schema_json",), method_name="GetPluginSchema")
+    async def get_plugin_schema(self) -> str:
+        """The JSON Schema (draft 2020-12) of plugin manifests, as JSON text."""
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "a{sv}", "o", CALL, ("plugin_path",), ("request",), method_name="InstallPlugin"
+    )
+    async def install_plugin(self, request: VarDict) -> str:
+        """request: manifest (s, the text) or url (s); signature (s), origin (s), replace (b)."""
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("plugin",), ("name",), method_name="EnablePlugin")
+    async def enable_plugin(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("plugin",), ("name",), method_name="DisablePlugin")
+    async def disable_plugin(self, name: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "", CALL, (), ("name",), method_name="RemovePlugin")
+    async def remove_plugin(self, name: str) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "ssays",
+        "a{sv}",
+        CALL,
+        ("reply",),
+        ("vm", "action", "body", "content_type"),
+        method_name="CallAction",
+    )
+    async def call_action(self, vm: str, action: str, body: bytes, content_type: str) -> VarDict:
+        """The workload's HTTP answer: status (u), content_type (s), body (ay)."""
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "ssays",
+        "a{sv}",
+        CALL,
+        ("reply",),
+        ("plugin", "action", "body", "content_type"),
+        method_name="CallPluginAction",
+    )
+    async def call_plugin_action(
+        self, plugin: str, action: str, body: bytes, content_type: str
+    ) -> VarDict:
+        """CallAction on the first running VM (by name) of the plugin."""
+        raise NotImplementedError
+
     @dbus_signal_async("tssa{sv}", ("id", "type", "vm", "payload"), signal_name="VMEvent")
     def vm_event(self) -> tuple[int, str, str, VarDict]:
         raise NotImplementedError
@@ -89,6 +151,11 @@ class VMInterface(DbusInterfaceCommonAsync, interface_name=VM_INTERFACE):
 
     @dbus_property_async("s", PROP, property_name="Status")
     def status(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="StatusReason")
+    def status_reason(self) -> str:
+        """Why the VM is in error or crashed; empty otherwise."""
         raise NotImplementedError
 
     @dbus_property_async("s", PROP, property_name="IPAddress")
@@ -143,4 +210,50 @@ class VMInterface(DbusInterfaceCommonAsync, interface_name=VM_INTERFACE):
 
     @dbus_method_async("", "", CALL, method_name="Destroy")
     async def destroy(self) -> None:
+        raise NotImplementedError
+
+
+class PluginInterface(DbusInterfaceCommonAsync, interface_name=PLUGIN_INTERFACE):
+    """One installed plugin: its record as properties and its verbs."""
+
+    @dbus_property_async("s", PROP, property_name="Name")
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Version")
+    def version(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Runtime")
+    def runtime(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Digest")
+    def digest(self) -> str:
+        raise NotImplementedError
+
+    @dbus_property_async("b", PROP, property_name="Enabled")
+    def enabled(self) -> bool:
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Signer")
+    def signer(self) -> str:
+        """The trusted key that signed the manifest; empty when unsigned."""
+        raise NotImplementedError
+
+    @dbus_property_async("s", PROP, property_name="Source")
+    def source(self) -> str:
+        """Where the manifest was installed from; empty when unknown."""
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Enable")
+    async def enable(self) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Disable")
+    async def disable(self) -> None:
+        raise NotImplementedError
+
+    @dbus_method_async("", "", CALL, method_name="Remove")
+    async def remove(self) -> None:
         raise NotImplementedError

@@ -1,123 +1,33 @@
-"""The D-Bus front-end: the manager object, its VM objects, and the bus name.
+"""The D-Bus server: exports the manager and its objects, keeps them current, owns the name.
 
-Handlers are thin: authorise the caller with polkit, decode, make one engine call, encode.
 A background task owned by `DbusServer` follows the engine's EventBus: each event becomes a
 VMEvent signal and refreshes (or removes) the VM's object, so PropertiesChanged follows every
-status change.
+status change. Plugins have no events: the manager's own handlers update their objects at
+once, and a periodic refresh from the store catches changes made over REST (or by volar).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict
 from types import TracebackType
 
-from sdbus import (
-    DbusObjectManagerInterfaceAsync,
-    SdBus,
-    SdBusBaseError,
-    dbus_method_async_override,
-    get_current_message,
-)
+from sdbus import SdBus, SdBusBaseError
 from sdbus.dbus_proxy_async_interface_base import DbusExportHandle
 
-from volant.auth.polkit import Action, Authorizer, BusCaller
+from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 from volant.engine.events import Subscription
-from volant.model import Event, NotFound, Unavailable, Usage, VirtualMachine
+from volant.model import Event, NotFound, Unavailable, Usage
 
-from .codec import spec_from_dbus, vardict, vm_to_dbus
-from .errors import dbus_errors
-from .interfaces import MANAGER_PATH, SERVICE, ManagerInterface, VarDict
-from .objects import VMObjects
+from .codec import vardict
+from .interfaces import MANAGER_PATH, SERVICE
+from .manager import ManagerObject
 
 log = logging.getLogger(__name__)
 
-USAGE_REFRESH = 5.0
-"""Seconds between reads of the VMs' usage into their CPUUsageNSec/MemoryCurrent properties."""
-
-
-class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
-    """`/com/volantvm/Volant1`: com.volantvm.Volant1.Manager and the ObjectManager."""
-
-    def __init__(self, bus: SdBus, engine: Engine, authorizer: Authorizer) -> None:
-        super().__init__()
-        self._engine = engine
-        self._authorizer = authorizer
-        self.vms = VMObjects(bus, self, self)
-
-    async def _authorize(self, action: Action) -> None:
-        sender = get_current_message().sender
-        await self._authorizer.check(BusCaller(sender or ""), action)
-
-    @dbus_method_async_override()
-    async def list_vms(self) -> list[VarDict]:
-        with dbus_errors():
-            await self._authorize(Action.READ)
-            return [vm_to_dbus(vm) for vm in await self._engine.list_vms()]
-
-    @dbus_method_async_override()
-    async def get_vm(self, name: str) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.READ)
-            return vm_to_dbus(await self._engine.get_vm(name))
-
-    @dbus_method_async_override()
-    async def get_vm_usage(self, name: str) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.READ)
-            return vardict((await self._engine.vm_usage(name)).to_dict())
-
-    @dbus_method_async_override()
-    async def create_vm(self, spec: VarDict) -> str:
-        with dbus_errors():
-            await self._authorize(Action.MANAGE_VMS)
-            vm = await self._engine.create_vm(spec_from_dbus(spec, self._engine.config))
-            return self.vms.upsert(vm)
-
-    @dbus_method_async_override()
-    async def destroy_vm(self, name: str) -> None:
-        with dbus_errors():
-            await self._authorize(Action.MANAGE_VMS)
-            await self._engine.delete_vm(name)
-            self.vms.remove(name)
-
-    @dbus_method_async_override()
-    async def start_vm(self, name: str) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.MANAGE_VMS)
-            return self._encode(await self._engine.start_vm(name))
-
-    @dbus_method_async_override()
-    async def stop_vm(self, name: str) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.MANAGE_VMS)
-            return self._encode(await self._engine.stop_vm(name))
-
-    @dbus_method_async_override()
-    async def restart_vm(self, name: str) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.MANAGE_VMS)
-            return self._encode(await self._engine.restart_vm(name))
-
-    @dbus_method_async_override()
-    async def list_events(self, after_id: int, limit: int) -> list[VarDict]:
-        with dbus_errors():
-            await self._authorize(Action.READ)
-            events = await self._engine.list_events(after_id, limit or 1000)
-            return [vardict(event.to_dict()) for event in events]
-
-    @dbus_method_async_override()
-    async def get_system_status(self) -> VarDict:
-        with dbus_errors():
-            await self._authorize(Action.READ)
-            return vardict(asdict(await self._engine.system_status()))
-
-    def _encode(self, vm: VirtualMachine) -> VarDict:
-        """Refresh the VM's object before replying, so callers never see it lag."""
-        self.vms.upsert(vm)
-        return vm_to_dbus(vm)
+REFRESH = 5.0
+"""Seconds between reads of the VMs' usage (CPUUsageNSec, MemoryCurrent) and of the plugins."""
 
 
 class DbusServer:
@@ -137,9 +47,10 @@ class DbusServer:
         self._handle = self.manager.export_to_dbus(MANAGER_PATH, self._bus)
         try:
             subscription = await self._resync()
+            await self._refresh_plugins()
             self._tasks = [
                 asyncio.create_task(self._follow(subscription), name="dbus-events"),
-                asyncio.create_task(self._refresh_usage(), name="dbus-usage"),
+                asyncio.create_task(self._refresh(), name="dbus-refresh"),
             ]
             try:
                 await self._bus.request_name_async(SERVICE, 0)
@@ -165,6 +76,7 @@ class DbusServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self.manager.vms.close()
+        self.manager.plugins.close()
         if self._handle is not None:
             self._handle.stop()
             self._handle = None
@@ -191,20 +103,35 @@ class DbusServer:
             log.warning("D-Bus event follower fell behind; resynchronising the VM objects")
             subscription = await self._resync()
 
+    async def _refresh(self) -> None:
+        while True:
+            for step in (self._refresh_usage, self._refresh_plugins):
+                try:
+                    await step()
+                except Exception:
+                    log.exception("D-Bus refresh step %s failed", step.__name__)
+            await asyncio.sleep(REFRESH)
+
+    async def _refresh_plugins(self) -> None:
+        """Export the plugins as the store has them, unless a handler changed one meanwhile."""
+        plugins = self.manager.plugins
+        seen = plugins.generation
+        current = await self._engine.list_plugins()
+        if plugins.generation == seen:
+            plugins.replace_all(current)
+
     async def _refresh_usage(self) -> None:
         # sd-bus property getters cannot wait, so the usage they report is read ahead here.
-        while True:
-            for obj in self.manager.vms.objects():
-                if not obj.vm.status.is_active:
-                    obj.set_usage(Usage())
-                    continue
-                try:
-                    obj.set_usage(await self._engine.vm_usage(obj.vm.name))
-                except NotFound:
-                    continue  # deleted meanwhile; its event removes the object
-                except Exception:
-                    log.exception("could not read the usage of %s", obj.vm.name)
-            await asyncio.sleep(USAGE_REFRESH)
+        for obj in self.manager.vms.objects():
+            if not obj.vm.status.is_active:
+                obj.set_usage(Usage())
+                continue
+            try:
+                obj.set_usage(await self._engine.vm_usage(obj.vm.name))
+            except NotFound:
+                continue  # deleted meanwhile; its event removes the object
+            except Exception:
+                log.exception("could not read the usage of %s", obj.vm.name)
 
     async def _on_event(self, event: Event) -> None:
         try:

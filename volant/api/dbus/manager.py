@@ -1,0 +1,191 @@
+"""The manager object: com.volantvm.Volant1.Manager and the ObjectManager at the root path.
+
+Handlers are thin: authorise the caller with polkit, decode, make one engine call, encode.
+Handlers that change a VM or a plugin update its object before they reply, so a caller never
+sees its object lag behind its own change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from sdbus import (
+    DbusObjectManagerInterfaceAsync,
+    SdBus,
+    dbus_method_async_override,
+    get_current_message,
+)
+
+from volant.auth.polkit import Action, Authorizer, BusCaller
+from volant.engine import Engine
+from volant.model import VirtualMachine
+
+from .codec import (
+    install_from_dbus,
+    plugin_to_dbus,
+    reply_to_dbus,
+    spec_from_dbus,
+    vardict,
+    vm_to_dbus,
+)
+from .errors import dbus_errors
+from .interfaces import ManagerInterface, VarDict
+from .objects import vm_objects
+from .plugin_objects import plugin_objects
+
+
+class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
+    """`/com/volantvm/Volant1`: the verbs, and the VM and plugin objects under it."""
+
+    def __init__(self, bus: SdBus, engine: Engine, authorizer: Authorizer) -> None:
+        super().__init__()
+        self._engine = engine
+        self._authorizer = authorizer
+        self.vms = vm_objects(bus, self, self)
+        self.plugins = plugin_objects(bus, self, self)
+
+    async def _authorize(self, action: Action) -> None:
+        sender = get_current_message().sender
+        await self._authorizer.check(BusCaller(sender or ""), action)
+
+    # -- VMs ------------------------------------------------------------------------------------
+
+    @dbus_method_async_override()
+    async def list_vms(self) -> list[VarDict]:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return [vm_to_dbus(vm) for vm in await self._engine.list_vms()]
+
+    @dbus_method_async_override()
+    async def get_vm(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return vm_to_dbus(await self._engine.get_vm(name))
+
+    @dbus_method_async_override()
+    async def get_vm_usage(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return vardict((await self._engine.vm_usage(name)).to_dict())
+
+    @dbus_method_async_override()
+    async def create_vm(self, spec: VarDict) -> str:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            vm = await self._engine.create_vm(spec_from_dbus(spec))
+            return self.vms.upsert(vm)
+
+    @dbus_method_async_override()
+    async def destroy_vm(self, name: str) -> None:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            await self._engine.delete_vm(name)
+            self.vms.remove(name)
+
+    @dbus_method_async_override()
+    async def start_vm(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            return self._encode(await self._engine.start_vm(name))
+
+    @dbus_method_async_override()
+    async def stop_vm(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            return self._encode(await self._engine.stop_vm(name))
+
+    @dbus_method_async_override()
+    async def restart_vm(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            return self._encode(await self._engine.restart_vm(name))
+
+    @dbus_method_async_override()
+    async def call_action(self, vm: str, action: str, body: bytes, content_type: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            reply = await self._engine.call_action(vm, action, body=body, content_type=content_type)
+            return reply_to_dbus(reply)
+
+    def _encode(self, vm: VirtualMachine) -> VarDict:
+        self.vms.upsert(vm)
+        return vm_to_dbus(vm)
+
+    # -- plugins --------------------------------------------------------------------------------
+
+    @dbus_method_async_override()
+    async def list_plugins(self) -> list[VarDict]:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return [plugin_to_dbus(p) for p in await self._engine.list_plugins()]
+
+    @dbus_method_async_override()
+    async def get_plugin(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            plugin = await self._engine.get_plugin(name)
+            return plugin_to_dbus(plugin, manifest=True)
+
+    @dbus_method_async_override()
+    async def get_plugin_schema(self) -> str:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return json.dumps(self._engine.plugin_schema(), sort_keys=True)
+
+    @dbus_method_async_override()
+    async def install_plugin(self, request: VarDict) -> str:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_PLUGINS)
+            source, replace = install_from_dbus(request)
+            plugin = await self._engine.install_plugin(source, replace=replace)
+            return self.plugins.upsert(plugin)
+
+    @dbus_method_async_override()
+    async def enable_plugin(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_PLUGINS)
+            plugin = await self._engine.enable_plugin(name)
+            self.plugins.upsert(plugin)
+            return plugin_to_dbus(plugin)
+
+    @dbus_method_async_override()
+    async def disable_plugin(self, name: str) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_PLUGINS)
+            plugin = await self._engine.disable_plugin(name)
+            self.plugins.upsert(plugin)
+            return plugin_to_dbus(plugin)
+
+    @dbus_method_async_override()
+    async def remove_plugin(self, name: str) -> None:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_PLUGINS)
+            await self._engine.remove_plugin(name)
+            self.plugins.remove(name)
+
+    @dbus_method_async_override()
+    async def call_plugin_action(
+        self, plugin: str, action: str, body: bytes, content_type: str
+    ) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.MANAGE_VMS)
+            reply = await self._engine.call_plugin_action(
+                plugin, action, body=body, content_type=content_type
+            )
+            return reply_to_dbus(reply)
+
+    # -- events and the host --------------------------------------------------------------------
+
+    @dbus_method_async_override()
+    async def list_events(self, after_id: int, limit: int) -> list[VarDict]:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            events = await self._engine.list_events(after_id, limit or 1000)
+            return [vardict(event.to_dict()) for event in events]
+
+    @dbus_method_async_override()
+    async def get_system_status(self) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return vardict(asdict(await self._engine.system_status()))
