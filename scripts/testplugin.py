@@ -18,7 +18,11 @@ BLOCK = 512
 
 
 def test_manifest(name: str, artifact: Path, **changes: Any) -> dict[str, Any]:
-    """A valid manifest for plugin name whose initramfs is artifact; changes are merged on top."""
+    """A valid manifest for plugin name; changes are merged on top.
+
+    Its initramfs is artifact, named relative to the manifest (which sits beside it), so the
+    plugin installs wherever the two files are seen from: install it with its origin.
+    """
     digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
     manifest: dict[str, Any] = {
         "schema_version": 1,
@@ -27,7 +31,7 @@ def test_manifest(name: str, artifact: Path, **changes: Any) -> dict[str, Any]:
         "runtime": name,
         "resources": {"cpu_cores": 1, "memory_mb": 192},
         "workload": {"type": "process", "entrypoint": ["/bin/true"]},
-        "initramfs": {"path": str(artifact), "checksum": f"sha256:{digest}"},
+        "initramfs": {"path": artifact.name, "checksum": f"sha256:{digest}"},
         "network": {"mode": "bridged"},
         "labels": {"test": "true"},
     }

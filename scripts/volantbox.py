@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from scripts.sysbox import Sysbox
+from scripts.testplugin import write_test_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -68,8 +69,11 @@ class VolantBox:
         self.service_extra = service_extra
         """More [Service] lines for the checkout drop-in (say, Environment= for a test)."""
 
-    def install(self, settings: dict[str, Any] | None = None) -> None:
-        """Copy the units and a config into the overlay; start volantd; wait until active."""
+    def install(
+        self, settings: dict[str, Any] | None = None, plugins: Sequence[str] = ("demo",)
+    ) -> None:
+        """Copy the units and a config into the overlay; start volantd; wait until active;
+        install the test plugins (scripts/testplugin.py) that VMs of the busybox guest use."""
         root = self.box.root
         unit_dir = root / "etc/systemd/system"
         for unit in ("volantd.service", "volant.slice"):
@@ -95,6 +99,19 @@ class VolantBox:
         (etc / "volantd.yaml").write_text(yaml.safe_dump(volantd_config(settings)))
         self.sh("systemctl daemon-reload && systemctl start volantd")
         self.wait_healthy()
+        for name in plugins:
+            self.install_test_plugin(name)
+
+    def install_test_plugin(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Write a test plugin into the box (under /srv/volant-test) and install it over REST."""
+        inside = Path("/srv/volant-test")
+        manifest = write_test_plugin(self.box.root / inside.relative_to("/"), name, **changes)
+        origin = (inside / manifest.name).as_uri()
+        reply = self.api(
+            "POST", "/api/v1/plugins", {"manifest": manifest.read_text(), "origin": origin}
+        )
+        assert reply.status == 201, reply
+        return dict(reply.body)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
