@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from volant.client.sse import SSEEvent, SSEParser
+
 DEFAULT_API = "http://127.0.0.1:7777"
+PROBLEM_JSON = "application/problem+json"
+UNREACHABLE_HINT = "is volantd running? (systemctl status volantd) Set --api or VOLANT_API_BASE"
 
 
 class ApiError(Exception):
     """The daemon answered with a problem+json error, or could not be reached."""
 
-    def __init__(self, status: int, code: str, detail: str, hint: str = "") -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, hint: str = "", field: str = ""
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.hint = hint
+        self.field = field
+
+
+class Reply(NamedTuple):
+    """A workload's answer to an action, passed through by the daemon as it came."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+def _seg(value: str) -> str:
+    """value as one path segment: a name can never climb into another route."""
+    return quote(value, safe="")
 
 
 class VolantClient:
@@ -27,6 +49,7 @@ class VolantClient:
 
     def __init__(self, base: str = DEFAULT_API, *, timeout: float = 120.0) -> None:
         self.base = base
+        self.timeout = timeout
         if base.startswith("unix:"):
             self._connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=base[5:])
             self._root = "http://localhost"
@@ -48,53 +71,230 @@ class VolantClient:
     ) -> None:
         await self._session.close()
 
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        url = self._root + path
+    async def request(
+        self, method: str, path: str, body: Any = None, *, query: Mapping[str, str] | None = None
+    ) -> Any:
+        """The decoded JSON answer (None when empty); ApiError for a problem or no daemon."""
+        reply = await self.raw(
+            method,
+            path,
+            None if body is None else json.dumps(body).encode(),
+            query=query,
+        )
+        if reply.status >= 400:
+            raise _problem(reply.status, reply.body.decode(errors="replace"))
+        return json.loads(reply.body) if reply.body else None
+
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """The answer as it came, whatever its status; ApiError only when there is none."""
+        headers = {"Content-Type": content_type} if data is not None else {}
         try:
-            async with self._session.request(method, url, json=body) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise _problem(resp.status, text)
-                return json.loads(text) if text else None
+            async with self._session.request(
+                method, self._url(path, query), data=data, headers=headers
+            ) as resp:
+                return Reply(resp.status, resp.content_type, await resp.read())
         except aiohttp.ClientConnectionError as exc:
+            raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
             raise ApiError(
                 0,
-                "Unreachable",
-                f"cannot reach volantd at {self.base}: {exc}",
-                hint="is volantd running? (systemctl status volantd) Set --api or VOLANT_API_BASE",
+                "Timeout",
+                f"volantd at {self.base} did not answer {method} {path} within {self.timeout:g}s",
+                hint="the daemon may be busy; `journalctl -u volantd` shows what it is doing",
             ) from exc
+
+    async def events(
+        self, path: str, *, query: Mapping[str, str] | None = None
+    ) -> AsyncIterator[SSEEvent]:
+        """The Server-Sent Events of path until the daemon ends the stream (no time limit)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self._session.get(
+                self._url(path, query), headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status >= 400:
+                    raise _problem(resp.status, await resp.text(errors="replace"))
+                if resp.content_type != "text/event-stream":
+                    raise ApiError(
+                        resp.status,
+                        "BadResponse",
+                        f"{path} answered {resp.content_type}, not an event stream",
+                    )
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for event in parser.feed(chunk):
+                        yield event
+        except aiohttp.ClientConnectionError as exc:
+            raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
+            raise self._unreachable(exc) from exc
+        except (aiohttp.ClientPayloadError, ValueError) as exc:
+            raise ApiError(0, "BadResponse", f"broken event stream from {path}: {exc}") from exc
+
+    def _url(self, path: str, query: Mapping[str, str] | None) -> str:
+        return self._root + path + (f"?{urlencode(query)}" if query else "")
+
+    def _unreachable(self, exc: Exception) -> ApiError:
+        reason = str(exc) or "timed out"
+        return ApiError(
+            0, "Unreachable", f"cannot reach volantd at {self.base}: {reason}", UNREACHABLE_HINT
+        )
+
+    # VMs
 
     async def list_vms(self) -> list[dict[str, Any]]:
         data = await self.request("GET", "/api/v1/vms")
         return list(data["vms"])
 
     async def get_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", f"/api/v1/vms/{name}"))
+        return dict(await self.request("GET", f"/api/v1/vms/{_seg(name)}"))
 
     async def vm_usage(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", f"/api/v1/vms/{name}/usage"))
+        return dict(await self.request("GET", f"/api/v1/vms/{_seg(name)}/usage"))
 
     async def create_vm(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(await self.request("POST", "/api/v1/vms", spec))
 
     async def delete_vm(self, name: str) -> None:
-        await self.request("DELETE", f"/api/v1/vms/{name}")
+        await self.request("DELETE", f"/api/v1/vms/{_seg(name)}")
 
     async def start_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{name}/start"))
+        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/start"))
 
     async def stop_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{name}/stop"))
+        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/stop"))
 
     async def restart_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{name}/restart"))
+        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/restart"))
+
+    async def vm_action(
+        self,
+        name: str,
+        action: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Reply:
+        """Run a plugin action on VM name; the workload's answer, whatever its status."""
+        path = f"/api/v1/vms/{_seg(name)}/actions/{_seg(action)}"
+        return await self._action(path, body, content_type)
+
+    async def vm_openapi(self, name: str) -> str:
+        """The OpenAPI document of the VM's plugin, as text (JSON or YAML)."""
+        reply = await self.raw("GET", f"/api/v1/vms/{_seg(name)}/openapi")
+        if reply.status >= 400:
+            raise _problem(reply.status, reply.body.decode(errors="replace"))
+        return reply.body.decode(errors="replace")
+
+    async def vm_logs(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Recent workload output lines: dicts with seq, ts, stream and line."""
+        query = {"limit": str(limit)} if limit is not None else None
+        data = await self.request("GET", f"/api/v1/vms/{_seg(name)}/logs", query=query)
+        return list(data["lines"])
+
+    async def follow_vm_logs(
+        self, name: str, limit: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Workload output lines as they come, until the daemon ends the stream."""
+        query = {"follow": "true"} | ({"limit": str(limit)} if limit is not None else {})
+        async for event in self.events(f"/api/v1/vms/{_seg(name)}/logs", query=query):
+            yield _json_object(event.data, "log line")
+
+    # Plugins
+
+    async def list_plugins(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/api/v1/plugins"))["plugins"])
+
+    async def get_plugin(self, name: str) -> dict[str, Any]:
+        """The installed plugin, with its manifest under "manifest"."""
+        return dict(await self.request("GET", f"/api/v1/plugins/{_seg(name)}"))
+
+    async def plugin_manifest(self, name: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/api/v1/plugins/{_seg(name)}/manifest"))
+
+    async def plugin_schema(self) -> dict[str, Any]:
+        """The JSON Schema every manifest is validated against."""
+        return dict(await self.request("GET", "/api/v1/plugins/schema"))
+
+    async def install_plugin(
+        self,
+        *,
+        manifest_text: str | None = None,
+        url: str | None = None,
+        signature: str | None = None,
+        origin: str | None = None,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Install from the manifest's text (origin: its file:// URL) or from a URL.
+
+        signature is the detached base64 signature over the manifest's exact bytes; the daemon
+        looks for `<url>.sig` itself when a URL install comes without one.
+        """
+        if (manifest_text is None) == (url is None):
+            raise ValueError("give exactly one of manifest_text and url")
+        body: dict[str, Any] = {"replace": replace}
+        if manifest_text is not None:
+            body |= {"manifest": manifest_text, "signature": signature, "origin": origin}
+        else:
+            body["url"] = url
+            if signature is not None:
+                body["signature"] = signature
+        return dict(await self.request("POST", "/api/v1/plugins", body))
+
+    async def enable_plugin(self, name: str) -> dict[str, Any]:
+        return dict(await self.request("POST", f"/api/v1/plugins/{_seg(name)}/enable"))
+
+    async def disable_plugin(self, name: str) -> dict[str, Any]:
+        return dict(await self.request("POST", f"/api/v1/plugins/{_seg(name)}/disable"))
+
+    async def remove_plugin(self, name: str) -> None:
+        """Remove the plugin; ApiError (409 Conflict) while VMs use it."""
+        await self.request("DELETE", f"/api/v1/plugins/{_seg(name)}")
+
+    async def plugin_action(
+        self,
+        plugin: str,
+        action: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Reply:
+        """Run an action on the plugin's VM (the daemon picks it); the workload's answer."""
+        path = f"/api/v1/plugins/{_seg(plugin)}/actions/{_seg(action)}"
+        return await self._action(path, body, content_type)
+
+    async def _action(self, path: str, body: bytes | None, content_type: str) -> Reply:
+        reply = await self.raw("POST", path, body, content_type=content_type)
+        # The workload's own errors pass through as they are; problem+json is the daemon's.
+        if reply.status >= 400 and reply.content_type == PROBLEM_JSON:
+            raise _problem(reply.status, reply.body.decode(errors="replace"))
+        return reply
+
+    # Events and status
 
     async def list_events(self, after: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
-        query = f"?after={after}" + (f"&vm={vm}" if vm else "")
-        return list((await self.request("GET", f"/api/v1/events{query}"))["events"])
+        query = {"after": str(after)} | ({"vm": vm} if vm else {})
+        return list((await self.request("GET", "/api/v1/events", query=query))["events"])
 
     async def system_status(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/api/v1/system/status"))
+
+
+def _json_object(data: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ApiError(0, "BadResponse", f"volantd sent a {what} that is not a JSON object")
+    return value
 
 
 def _problem(status: int, text: str) -> ApiError:
@@ -108,5 +308,6 @@ def _problem(status: int, text: str) -> ApiError:
         status,
         str(body.get("code", "HTTPError")),
         str(body.get("detail") or body.get("title") or f"HTTP {status}"),
-        str(body.get("hint", "")),
+        str(body.get("hint") or ""),
+        str(body.get("field") or ""),
     )
