@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import click
@@ -20,6 +21,17 @@ VM_COLUMNS = (
     ("PID", "pid"),
     ("UNIT", "unit"),
 )
+PLUGIN_COLUMNS = (
+    ("NAME", "name"),
+    ("VERSION", "version"),
+    ("RUNTIME", "runtime"),
+    ("ENABLED", "enabled"),
+    ("SIGNER", "signer"),
+    ("DIGEST", "digest"),
+)
+# Keys shown only when they say something: an empty status_reason is the normal case.
+QUIET_WHEN_EMPTY = frozenset({"status_reason"})
+SHORT_DIGEST = 12
 
 
 def emit_json(data: Any) -> None:
@@ -31,19 +43,72 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key == "memory_mb":
         return f"{value} MiB"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return str(value)
 
 
-def vm_table(vms: Sequence[dict[str, Any]]) -> None:
+def short_digest(digest: str) -> str:
+    """The first hex digits of "sha256:<hex>", enough to tell plugins apart at a glance."""
+    return digest.removeprefix("sha256:")[:SHORT_DIGEST] or "-"
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) -> None:
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for title, _key in VM_COLUMNS:
+    for title, _key in columns:
         table.add_column(title, no_wrap=True)
-    for vm in vms:
-        table.add_row(*(_cell(key, vm.get(key)) for _title, key in VM_COLUMNS))
+    for row in rows:
+        table.add_row(*row)
     Console(soft_wrap=True).print(table)
 
 
+def vm_table(vms: Sequence[dict[str, Any]]) -> None:
+    _table(VM_COLUMNS, [[_cell(key, vm.get(key)) for _title, key in VM_COLUMNS] for vm in vms])
+
+
+def details(obj: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
+    """One aligned `key: value` line per field; nested values as compact JSON."""
+    shown = {
+        key: value
+        for key, value in obj.items()
+        if key not in skip and not (key in QUIET_WHEN_EMPTY and not value)
+    }
+    width = max((len(key) for key in shown), default=0)
+    for key, value in shown.items():
+        text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else None
+        click.echo(f"{key + ':':<{width + 1}} {text or _cell(key, value)}")
+
+
 def vm_details(vm: dict[str, Any]) -> None:
-    width = max(len(key) for key in vm)
-    for key, value in vm.items():
-        click.echo(f"{key + ':':<{width + 1}} {_cell(key, value)}")
+    details(vm)
+
+
+def plugin_table(plugins: Sequence[dict[str, Any]]) -> None:
+    rows = [
+        [
+            short_digest(str(p.get("digest") or "")) if key == "digest" else _cell(key, p.get(key))
+            for _title, key in PLUGIN_COLUMNS
+        ]
+        for p in plugins
+    ]
+    _table(PLUGIN_COLUMNS, rows)
+
+
+def plugin_details(plugin: dict[str, Any]) -> None:
+    details(plugin, skip=frozenset({"manifest"}))
+    manifest = plugin.get("manifest")
+    if manifest is not None:
+        click.echo("manifest:")
+        for line in json.dumps(manifest, indent=2, sort_keys=True).splitlines():
+            click.echo(f"  {line}")
+
+
+def log_line(line: dict[str, Any]) -> str:
+    """`ts stream line` for one workload output line (ts: local time, milliseconds)."""
+    ts = line.get("ts")
+    if isinstance(ts, int | float):
+        stamp = datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")
+    else:
+        stamp = str(ts or "-")
+    text = line.get("line", line.get("text", ""))
+    return f"{stamp} {line.get('stream') or '-'} {text}"
