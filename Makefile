@@ -30,7 +30,7 @@ $(VENV)/.stamp: pyproject.toml agent/pyproject.toml .cache/apt.stamp
 	@touch $@
 
 guest: $(GUEST)/.stamp
-$(GUEST)/.stamp: scripts/build_guest.py $(wildcard scripts/guest/*.py agent/volant_agent/* examples/plugins/*/*) .cache/apt.stamp $(VENV)/.stamp
+$(GUEST)/.stamp: scripts/build_guest.py $(wildcard scripts/guest/*.py agent/volant_agent/*) $(filter-out %.cpio,$(wildcard examples/plugins/*/*)) .cache/apt.stamp $(VENV)/.stamp
 	@$(PY) scripts/build_guest.py --out $(GUEST)
 	@touch $@
 
@@ -51,4 +51,4 @@ bench: deps
 	@$(PY) -m bench.agent_boot
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache examples/plugins/*/*.cpio

@@ -1,7 +1,9 @@
-"""`make demo`: boot a real microVM under a real systemd and show it answering.
+"""`make demo`: install the signed example plugin, boot its workload in a real microVM under a
+real systemd, call it, show its logs, delete it.
 
 systemd, volantd.service, the bridge, the tap and the QEMU guest all live in a sysbox (fresh
-namespaces over a throw-away overlay of /), so the demo never touches this host's network.
+namespaces over a throw-away overlay of /), so the demo never touches this host's network. The
+host requires signed plugins and trusts the example key (examples/keys/).
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import sys
 import time
 
 from scripts.sysbox import Sysbox
-from scripts.volantbox import GUEST, ROOT, VENV_BIN, VolantBox
+from scripts.volantbox import API, GUEST, ROOT, VENV_BIN, VolantBox
+
+HELLO = ROOT / "examples" / "plugins" / "hello" / "manifest.json"
+SETTINGS = {
+    "runtime.initramfs": str(GUEST / "agent-initramfs.img"),
+    "plugins.require_signature": True,
+    "plugins.trusted_keys_dir": str(ROOT / "examples" / "keys"),
+}
 
 
 def show(vb: VolantBox, argv: list[str], *, shown: str = "") -> str:
@@ -32,20 +41,30 @@ def main() -> None:
     print("Booting systemd in a sandbox (own namespaces, tmpfs overlay of /)...", flush=True)
     with Sysbox() as box:
         vb = VolantBox(box)
-        vb.install()
+        vb.install(SETTINGS, plugins=())
         volar = str(VENV_BIN / "volar")
+
+        def cli(*argv: str) -> str:
+            return show(vb, [volar, *argv], shown=shlex.join(["volar", *argv]))
+
         show(vb, ["systemctl", "status", "--no-pager", "-n", "3", "volantd"])
+        show(vb, [volar, "plugins", "install", str(HELLO)],
+             shown=f"volar plugins install {HELLO.relative_to(ROOT)}")  # fmt: skip
+        cli("plugins", "list")
         started = time.monotonic()
-        show(vb, [volar, "vms", "create", "demo", "--plugin", "hello", "--memory", "256"],
-             shown="volar vms create demo --plugin hello --memory 256")  # fmt: skip
-        show(vb, [volar, "vms", "list"], shown="volar vms list")
-        ip = vb.vm("demo")["ip_address"]
-        print(f"\n$ curl http://{ip}:8080/", flush=True)
-        print(vb.guest_answer(ip).rstrip(), flush=True)
-        print(f"(guest answered {time.monotonic() - started:.1f} s after the create request)")
-        show(vb, ["systemctl", "status", "--no-pager", "-n", "0", "volant-vm-demo.scope"])
-        show(vb, [volar, "vms", "delete", "demo"], shown="volar vms delete demo")
-        show(vb, [volar, "vms", "list"], shown="volar vms list")
+        cli("vms", "create", "web", "--plugin", "hello")
+        print("(waiting for the agent to report the workload healthy...)", flush=True)
+        vb.wait_status("web", "running", timeout=180)
+        print(f"(running {time.monotonic() - started:.1f} s after the create request)")
+        cli("vms", "list")
+        cli("vms", "action", "web", "greet")
+        show(vb, ["curl", "-sS", "-X", "POST", "--data", '{"hello": "volant"}',
+                  f"{API}/api/v1/vms/web/actions/echo"])  # fmt: skip
+        cli("vms", "logs", "web")
+        show(vb, ["systemctl", "status", "--no-pager", "-n", "0", "volant-vm-web.scope"])
+        cli("vms", "delete", "web")
+        cli("plugins", "remove", "hello")
+        cli("vms", "list")
     print("\nDemo done; the sandbox is gone.")
 
 

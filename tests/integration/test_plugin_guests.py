@@ -139,9 +139,9 @@ def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> N
 
     lines = daemon.call(lambda c: c.request("GET", "/api/v1/vms/hello1/logs"))["lines"]
     assert any("GET /greet" in line["text"] for line in lines), lines
-    status, _, problem = raw(daemon, "GET", "/api/v1/vms/hello1/openapi")
-    assert status == 404
-    assert "no OpenAPI" in problem["detail"]
+    status, _, openapi = raw(daemon, "GET", "/api/v1/vms/hello1/openapi")
+    assert status == 200
+    assert set(openapi["paths"]) == {"/greet", "/echo", "/health"}
 
     # The agent restarts a crashed workload (restart: always); the proxy answers again.
     first_pid = greet["pid"]

@@ -16,6 +16,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 NAME = os.environ.get("HELLO_NAME", "hello")
 UNHEALTHY = os.environ.get("HELLO_UNHEALTHY") == "1"
 
+# What the manifest's `openapi: /openapi.json` points at; volantd serves it for each VM.
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {"title": "hello", "version": "0.1.0"},
+    "paths": {
+        "/greet": {"get": {"summary": "A greeting and the workload's pid"}},
+        "/echo": {"post": {"summary": "The request body, echoed"}},
+        "/health": {"get": {"summary": "200 while healthy"}},
+    },
+}
+
 
 class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: dict[str, object]) -> None:
@@ -29,6 +40,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._send(503 if UNHEALTHY else 200, {"healthy": not UNHEALTHY})
+        elif self.path == "/openapi.json":
+            self._send(200, OPENAPI)
         elif self.path.startswith("/greet"):
             self._send(200, {"greeting": f"hello from {NAME}", "pid": os.getpid()})
         else:
