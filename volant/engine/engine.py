@@ -91,6 +91,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         self.guest = guest
         self.machines = machines
         self.bus = EventBus()
+        self.plugins_changed = asyncio.Event()
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)

@@ -110,11 +110,11 @@ class GuestVerbs:
         lines: list[dict[str, Any]] = json.loads(reply.body).get("lines", [])
         return lines
 
-    async def vm_logs(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    async def vm_logs(self, name: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]:
         """The workload's stdout/stderr lines as the agent streams them (recent ones first)."""
         vm = await self.store.get_vm(validate_name(name))
         ip = agent_address(vm)
-        async for line in self.guest.stream_logs(ip):
+        async for line in self.guest.stream_logs(ip, backlog):
             yield line
 
     async def _action(

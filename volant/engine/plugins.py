@@ -7,6 +7,7 @@ so a plugin that is installed can boot without reaching its source again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -39,6 +40,9 @@ class PluginVerbs:
 
     config: Config
     store: Store
+    plugins_changed: asyncio.Event
+    """Set after every install, enable, disable and remove; front-ends that mirror the plugin
+    list (the D-Bus objects) wait on it and clear it."""
 
     if TYPE_CHECKING:  # provided by Booting
 
@@ -58,18 +62,21 @@ class PluginVerbs:
 
     async def enable_plugin(self, name: str) -> Plugin:
         plugin = await self.store.set_plugin_enabled(validate_name(name, "plugin"), True)
+        self.plugins_changed.set()
         log.info("plugin %s enabled", name)
         return plugin
 
     async def disable_plugin(self, name: str) -> Plugin:
         """New VMs can no longer use it; existing VMs keep running and can restart."""
         plugin = await self.store.set_plugin_enabled(validate_name(name, "plugin"), False)
+        self.plugins_changed.set()
         log.info("plugin %s disabled", name)
         return plugin
 
     async def remove_plugin(self, name: str) -> None:
         """Remove the plugin; refused (Conflict) while any VM uses it."""
         await self.store.delete_plugin(validate_name(name, "plugin"))
+        self.plugins_changed.set()
         log.info("plugin %s removed", name)
 
     async def install_plugin(self, source: PluginSource, *, replace: bool = False) -> Plugin:
@@ -95,6 +102,7 @@ class PluginVerbs:
             source=origin,
             replace=replace,
         )
+        self.plugins_changed.set()
         log.info(
             "plugin %s %s installed (%s, %s)",
             plugin.name,

@@ -25,6 +25,7 @@ from volant.model import Unavailable
 log = logging.getLogger(__name__)
 
 AGENT_PORT = 8080
+STREAM_IDLE = 45.0  # three of the agent's 15 s keepalives
 # One /healthz probe: long enough for a TCG guest under load, short enough to poll.
 PROBE_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 5.0
@@ -183,23 +184,32 @@ class GuestAgent:
             hint="the agent's log stream (/v1/logs) shows the workload's output",
         )
 
-    async def stream_logs(self, ip: str) -> AsyncIterator[dict[str, Any]]:
-        """Each log line of `/v1/logs/stream` (its SSE `data:` object) until the stream ends.
+    async def stream_logs(self, ip: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]:
+        """Each log line of `/v1/logs/stream` (its SSE `data:` object) until the stream ends,
+        starting with up to backlog recent lines.
 
-        Only connecting is bounded in time; the agent sends a keepalive comment every 15 s.
+        The agent sends a keepalive comment every 15 s, so a stream silent for STREAM_IDLE
+        seconds belongs to a guest that vanished without closing it: that ends the stream.
         Raises Unavailable when the agent does not answer or refuses the stream.
         """
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._connect_timeout, sock_read=STREAM_IDLE
+        )
         address = self.address(ip)
+        url = self._url(ip, f"/v1/logs/stream?limit={backlog}")
         try:
-            async with self.session.get(self._url(ip, "/v1/logs/stream"), timeout=timeout) as resp:
+            async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise Unavailable(
                         f"the guest agent at {address} refused the log stream (HTTP {resp.status})"
                     )
                 async for event in _sse_data(resp.content):
                     yield event
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ServerTimeoutError,
+        ) as exc:
             # The guest went away mid-stream (powered off, killed): the stream has ended.
             log.debug("log stream from %s ended: %s", address, exc)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -3,12 +3,14 @@
 A background task owned by `DbusServer` follows the engine's EventBus: each event becomes a
 VMEvent signal and refreshes (or removes) the VM's object, so PropertiesChanged follows every
 status change. Plugins have no events: the manager's own handlers update their objects at
-once, and a periodic refresh from the store catches changes made over REST (or by volar).
+once, and the engine's plugins_changed event (or, at the latest, the periodic refresh) brings
+in changes made over REST or by volar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 
@@ -104,13 +106,17 @@ class DbusServer:
             subscription = await self._resync()
 
     async def _refresh(self) -> None:
+        changed = self._engine.plugins_changed
         while True:
+            changed.clear()
             for step in (self._refresh_usage, self._refresh_plugins):
                 try:
                     await step()
                 except Exception:
                     log.exception("D-Bus refresh step %s failed", step.__name__)
-            await asyncio.sleep(REFRESH)
+            # A plugin change made over REST shows at once; usage every REFRESH seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), REFRESH)
 
     async def _refresh_plugins(self) -> None:
         """Export the plugins as the store has them, unless a handler changed one meanwhile."""

@@ -105,10 +105,11 @@ async def vm_logs(request: web.Request) -> web.StreamResponse:
     """Recent workload output as JSON; with ?follow=true a live Server-Sent Events stream."""
     engine = engine_of(request)
     name = request.match_info["name"]
-    if request.query.get("follow", "false").lower() not in ("1", "true", "yes"):
-        limit = _limit(request.query.get("limit", "200"))
+    following = request.query.get("follow", "false").lower() in ("1", "true", "yes")
+    limit = _limit(request.query.get("limit", "50" if following else "200"))
+    if not following:
         return web.json_response({"lines": await engine.vm_recent_logs(name, limit)})
-    lines = engine.vm_logs(name)
+    lines = engine.vm_logs(name, limit)
     first = await _first(lines)  # errors (no VM, not running) still leave as problem+json
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
