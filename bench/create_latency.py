@@ -35,7 +35,9 @@ def create_latencies(vb: VolantBox, count: int) -> list[float]:
     times = []
     for n in range(count):
         started = time.perf_counter()
-        reply = vb.api("POST", "/api/v1/vms", {"name": f"lat{n}", "plugin": "demo", "memory_mb": 96})
+        reply = vb.api(
+            "POST", "/api/v1/vms", {"name": f"lat{n}", "plugin": "demo", "memory_mb": 96}
+        )
         times.append(time.perf_counter() - started)
         assert reply.status == 201, reply
         assert vb.api("DELETE", f"/api/v1/vms/lat{n}").status == 204
@@ -56,7 +58,9 @@ def boot_to_http(vb: VolantBox, count: int) -> list[float]:
     times = []
     for n in range(count):
         started = time.perf_counter()
-        vm = vb.api("POST", "/api/v1/vms", {"name": f"boot{n}", "plugin": "demo", "memory_mb": 192}).body
+        vm = vb.api(
+            "POST", "/api/v1/vms", {"name": f"boot{n}", "plugin": "demo", "memory_mb": 192}
+        ).body
         vb.guest_answer(vm["ip_address"], timeout=120)
         times.append(time.perf_counter() - started)
         vb.api("DELETE", f"/api/v1/vms/boot{n}")

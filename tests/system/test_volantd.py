@@ -81,7 +81,8 @@ def test_two_guests_answer_then_crash_and_delete(volantd: VolantBox) -> None:
 def test_ten_concurrent_creates_never_share_an_ip(volantd: VolantBox) -> None:
     script = (
         "seq 0 9 | xargs -P 10 -I N curl -sS -o /dev/null -w '%{http_code}\\n' "
-        '-H \'Content-Type: application/json\' --data-binary \'{"name":"cN","plugin":"demo","memory_mb":96}\' '
+        "-H 'Content-Type: application/json' "
+        """--data-binary '{"name":"cN","plugin":"demo","memory_mb":96}' """
         "http://127.0.0.1:7777/api/v1/vms"
     )
     codes = volantd.sh(script, timeout=300).split()
