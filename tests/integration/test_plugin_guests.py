@@ -193,3 +193,27 @@ def test_large_manifest_travels_on_the_config_disk(
     wait_status(daemon, "big1", "running", timeout=90)
     status, greet = action(daemon, "/api/v1/vms/big1/actions/greet")
     assert (status, greet["greeting"]) == (200, "hello from volant")
+
+
+def test_health_gate_survives_a_daemon_restart(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A VM still waiting for its workload's health when volantd stops is adopted by the next
+    volantd, which waits again and then marks it running."""
+    settings = {
+        "runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"),
+        "plugins.trusted_keys_dir": str(keys[0]),
+    }
+    with netns() as ns:
+        first = start_daemon(ns, tmp_path, settings, plugins=())
+        try:
+            manifest = HELLO / "manifest.json"
+            assert install(first, manifest, (HELLO / "manifest.json.sig").read_text())[0] == 201
+            assert create(first, "phoenix", "hello")["status"] == "starting"
+        finally:
+            stop_daemon(first, delete_vms=False)
+        second = start_daemon(ns, tmp_path, settings, plugins=())
+        try:
+            # Once when the first daemon launched it, once when the second adopted it.
+            assert second.log_text().count("waiting for its workload to be healthy") == 2
+            wait_status(second, "phoenix", "running", timeout=90)
+        finally:
+            stop_daemon(second)

@@ -286,11 +286,8 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         undo.clear()
         if self.machines is not None:
             await self.machines.register(vm.name, launched.pid, tap)
-        budget = health_budget(self.config, vm_manifest(vm)) if vm.manifest_json else None
-        if budget is not None and vm.ip_address:
-            vm = await self.store.update_vm(vm.name, pid=launched.pid, unit=launched.unit)
-            live.health = self._spawn(self._health_gate(vm, live, budget))
-            return vm
+        if self._resume_health_gate(vm, live):
+            return await self.store.update_vm(vm.name, pid=launched.pid, unit=launched.unit)
         vm = await self.store.update_vm(
             vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
         )
@@ -302,6 +299,14 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         )
         await self._emit(EventType.VM_RUNNING, vm)
         return vm
+
+    def _resume_health_gate(self, vm: VirtualMachine, live: Live) -> bool:
+        budget = health_budget(self.config, vm_manifest(vm)) if vm.manifest_json else None
+        if budget is None or not vm.ip_address:
+            return False
+        log.info("VM %s: waiting for its workload to be healthy", vm.name, extra={"VM": vm.name})
+        live.health = self._spawn(self._health_gate(vm, live, budget))
+        return True
 
     async def _health_gate(self, vm: VirtualMachine, live: Live, budget: float) -> None:
         """starting -> running once the agent reports the workload healthy; error (hypervisor

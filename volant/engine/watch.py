@@ -53,6 +53,11 @@ class Watching:
     def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
         raise NotImplementedError
 
+    def _resume_health_gate(self, vm: VirtualMachine, live: Live) -> bool:
+        """Wait again for the health of an adopted VM that was starting; False when it has
+        no health check (it is running as soon as its hypervisor is)."""
+        return False
+
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
@@ -110,7 +115,7 @@ class Watching:
                     vm.unit or "-",
                     extra={"VM": vm.name, "UNIT": vm.unit},
                 )
-                if vm.status != VMStatus.RUNNING:
+                if vm.status != VMStatus.RUNNING and not self._resume_health_gate(vm, live):
                     await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
                 continue
             del self._live[vm.name]
