@@ -103,13 +103,13 @@ class VolantBox:
             self.install_test_plugin(name)
 
     def install_test_plugin(self, name: str, **changes: Any) -> dict[str, Any]:
-        """Write a test plugin into the box (under /srv/volant-test) and install it over REST."""
+        """Write a test plugin into the box (under /srv/volant-test) and install (or replace) it
+        over REST: a reinstall with new settings keeps the state, and so the plugin."""
         inside = Path("/srv/volant-test")
         manifest = write_test_plugin(self.box.root / inside.relative_to("/"), name, **changes)
         origin = (inside / manifest.name).as_uri()
-        reply = self.api(
-            "POST", "/api/v1/plugins", {"manifest": manifest.read_text(), "origin": origin}
-        )
+        body = {"manifest": manifest.read_text(), "origin": origin, "replace": True}
+        reply = self.api("POST", "/api/v1/plugins", body)
         assert reply.status == 201, reply
         return dict(reply.body)
 
