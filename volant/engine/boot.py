@@ -121,12 +121,13 @@ class Booting:
             )
             return cmdline
 
-    async def _boot_files(self, vm: VirtualMachine) -> LaunchSpec:
+    async def _boot_files(self, vm: VirtualMachine) -> tuple[LaunchSpec, Manifest | None]:
         """The launch spec with the plugin's kernel, the agent image plus the plugin's own
-        initramfs, and the config disk when the manifest is not on the command line."""
+        initramfs, and the config disk when the manifest is not on the command line; and the
+        VM's manifest (None for a VM created before VMs carried one)."""
         spec = self.launch_spec(vm)
         if not vm.manifest_json:
-            return spec  # created before VMs carried manifests: boot the host image as it is
+            return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)
         plugin = await self.store.get_plugin(vm.plugin)
         kernel, extra = await self.boot_artifacts(manifest, plugin.source)
@@ -142,7 +143,7 @@ class Booting:
         disks: tuple[Path, ...] = ()
         if MANIFEST_ARG not in vm.kernel_cmdline:
             disks = (spec.run_dir / "config.img",)
-        return replace(spec, kernel=kernel, initramfs=initramfs, disks=disks)
+        return replace(spec, kernel=kernel, initramfs=initramfs, disks=disks), manifest
 
     def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
         cfg = self.config

@@ -34,6 +34,7 @@ from volant.model import (
     InvalidArgument,
     InvalidState,
     LaunchSpec,
+    Manifest,
     NetworkMode,
     ScopeLimits,
     Usage,
@@ -260,7 +261,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
 
     async def _launch(self, vm: VirtualMachine, undo: Undo) -> VirtualMachine:
         """tap, starting, hypervisor in its scope, API answering, running (or the health gate)."""
-        spec = await self._boot_files(vm)
+        spec, manifest = await self._boot_files(vm)
         assert spec.tap is not None
         tap = spec.tap
         await self.network.create_tap(tap, vm.name)
@@ -286,7 +287,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         undo.clear()
         if self.machines is not None:
             await self.machines.register(vm.name, launched.pid, tap)
-        if self._resume_health_gate(vm, live):
+        if self._gate_health(vm, live, manifest):
             return await self.store.update_vm(vm.name, pid=launched.pid, unit=launched.unit)
         vm = await self.store.update_vm(
             vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
@@ -301,7 +302,12 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         return vm
 
     def _resume_health_gate(self, vm: VirtualMachine, live: Live) -> bool:
-        budget = health_budget(self.config, vm_manifest(vm)) if vm.manifest_json else None
+        return self._gate_health(vm, live, vm_manifest(vm) if vm.manifest_json else None)
+
+    def _gate_health(self, vm: VirtualMachine, live: Live, manifest: Manifest | None) -> bool:
+        """Start the health gate when the manifest has a health check; False when it has none
+        (the VM is running as soon as its hypervisor is)."""
+        budget = health_budget(self.config, manifest) if manifest is not None else None
         if budget is None or not vm.ip_address:
             return False
         log.info("VM %s: waiting for its workload to be healthy", vm.name, extra={"VM": vm.name})
