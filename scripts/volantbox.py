@@ -48,6 +48,8 @@ def volantd_config(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
             "stop_timeout": 15,
         },
         "vm": {"default_memory_mb": 192},
+        # Every answer a test or the demo gets is checked against the OpenAPI document.
+        "api": {"check_openapi": True},
     }
     for key, value in (settings or {}).items():
         section, _, leaf = key.rpartition(".")

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.unit
 
 # engine method -> (REST method and route, D-Bus Manager method)
 PARITY = {
+    # ListVMs is QueryVMs without filters; REST serves both with one route.
     "list_vms": ("GET /api/v1/vms", "ListVMs"),
+    "query_vms": ("GET /api/v1/vms", "QueryVMs"),
     "get_vm": ("GET /api/v1/vms/{name}", "GetVM"),
     "create_vm": ("POST /api/v1/vms", "CreateVM"),
     "delete_vm": ("DELETE /api/v1/vms/{name}", "DestroyVM"),
@@ -27,6 +29,7 @@ PARITY = {
     "call_action": ("POST /api/v1/vms/{name}/actions/{action}", "CallAction"),
     "list_events": ("GET /api/v1/events", "ListEvents"),
     "system_status": ("GET /api/v1/system/status", "GetSystemStatus"),
+    "system_info": ("GET /api/v1/system/info", "GetSystemInfo"),
     "plugin_schema": ("GET /api/v1/plugins/schema", "GetPluginSchema"),
     "list_plugins": ("GET /api/v1/plugins", "ListPlugins"),
     "get_plugin": ("GET /api/v1/plugins/{plugin}", "GetPlugin"),

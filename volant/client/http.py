@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -14,6 +15,7 @@ from volant.client.sse import SSEEvent, SSEParser
 
 DEFAULT_API = "http://127.0.0.1:7777"
 PROBLEM_JSON = "application/problem+json"
+API_KEY_HEADER = "X-Volant-API-Key"
 UNREACHABLE_HINT = "is volantd running? (systemctl status volantd) Set --api or VOLANT_API_BASE"
 
 
@@ -47,9 +49,14 @@ def _seg(value: str) -> str:
 class VolantClient:
     """`base` is http://host:port or unix:/path/to/volantd.sock."""
 
-    def __init__(self, base: str = DEFAULT_API, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, base: str = DEFAULT_API, *, timeout: float = 120.0, api_key: str | None = None
+    ) -> None:
+        """api_key defaults to $VOLANT_API_KEY; it is sent on every request when set."""
         self.base = base
         self.timeout = timeout
+        key = os.environ.get("VOLANT_API_KEY", "") if api_key is None else api_key
+        self.headers = {API_KEY_HEADER: key} if key else {}
         if base.startswith("unix:"):
             self._connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=base[5:])
             self._root = "http://localhost"
@@ -57,7 +64,9 @@ class VolantClient:
             self._connector = aiohttp.TCPConnector()
             self._root = base.rstrip("/")
         self._session = aiohttp.ClientSession(
-            connector=self._connector, timeout=aiohttp.ClientTimeout(total=timeout)
+            connector=self._connector,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers=self.headers,
         )
 
     async def __aenter__(self) -> VolantClient:

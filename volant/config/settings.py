@@ -50,6 +50,25 @@ SETTINGS: tuple[Setting, ...] = (
             "empty disables TCP."),
     Setting("api.socket", Path, None, "Unix socket of the REST API. Default: "
             "<runtime_dir>/volantd.sock."),
+    Setting("api.key", str, "", "Secret every REST caller must give (X-Volant-API-Key header or "
+            "api_key query parameter); empty: no key. Not needed for /healthz."),
+    Setting("api.allow_cidr", str, "", "Comma-separated networks (CIDR) TCP callers may come "
+            "from; empty: any. The unix socket is guarded by its file mode."),
+    Setting("api.socket_group", str, "volant", "Group given read/write on the unix socket "
+            "(mode 0660, owner root); the socket is 0600 when the group does not exist."),
+    Setting("api.max_body_kb", int, 1024, "Largest request body in KiB."),
+    Setting("api.request_timeout", float, 300.0, "Seconds a request may take before it is cut "
+            "(streams are exempt: events, logs, console)."),
+    Setting("api.check_openapi", bool, False, "Check every REST answer against the OpenAPI "
+            "document and turn a mismatch into a 500 (for tests and development)."),
+    Setting("events.retention_days", float, 30.0, "Days events are kept in the event log; 0 "
+            "keeps them forever."),
+    Setting("events.max_rows", int, 100_000, "Most events kept; the oldest go first; 0: no "
+            "limit."),
+    Setting("events.heartbeat_seconds", float, 15.0, "Seconds between heartbeats on an idle "
+            "event stream."),
+    Setting("events.queue_size", int, 1024, "Events a subscriber may fall behind before it is "
+            "dropped."),
     Setting("dbus.enabled", str, "auto", "Serve the D-Bus API (com.volantvm.Volant1) on the system "
             "bus; auto = when the system bus is there.", ("auto", "yes", "no")),
     Setting("network.bridge", str, "vbr0", "Bridge that VM taps are attached to."),
@@ -97,6 +116,16 @@ class Config:
     log_level: str
     api_listen: str
     api_socket: Path
+    api_key: str
+    api_allow_cidr: str
+    api_socket_group: str
+    api_max_body_kb: int
+    api_request_timeout: float
+    api_check_openapi: bool
+    events_retention_days: float
+    events_max_rows: int
+    events_heartbeat_seconds: float
+    events_queue_size: int
     dbus_enabled: str
     network_bridge: str
     network_subnet: str
@@ -133,6 +162,11 @@ class Config:
 
     def vm_run_dir(self, name: str) -> Path:
         return self.runtime_dir / "vms" / name
+
+    @property
+    def allowed_networks(self) -> tuple[str, ...]:
+        """api.allow_cidr split into its networks; empty when any address may call."""
+        return tuple(filter(None, (n.strip() for n in self.api_allow_cidr.split(","))))
 
     def vm_console_log(self, name: str) -> Path:
         return self.state_dir / "consoles" / f"{name}.log"
@@ -232,7 +266,7 @@ def load_config(
 
 
 def _check(config: Config) -> None:
-    from ipaddress import IPv4Address, IPv4Network
+    from ipaddress import IPv4Address, IPv4Network, ip_network
 
     try:
         subnet = IPv4Network(config.network_subnet)
@@ -243,6 +277,11 @@ def _check(config: Config) -> None:
         raise InvalidArgument(
             f"network.host_ip {host} is not a host address of network.subnet {subnet}"
         )
+    try:
+        for net in config.allowed_networks:
+            ip_network(net, strict=False)
+    except ValueError as exc:
+        raise InvalidArgument(f"api.allow_cidr: {exc}", field="api.allow_cidr") from exc
     if config.vm_min_memory_mb > config.vm_max_memory_mb:
         raise InvalidArgument("vm.min_memory_mb is larger than vm.max_memory_mb")
 

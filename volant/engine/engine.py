@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
-from collections import Counter
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
@@ -25,6 +24,7 @@ from volant.engine.ports import (
     Store,
     Supervisor,
 )
+from volant.engine.system import SystemVerbs
 from volant.engine.undo import Undo
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
@@ -39,6 +39,7 @@ from volant.model import (
     ScopeLimits,
     Usage,
     VirtualMachine,
+    VMQuery,
     VMSpec,
     VMStatus,
     VolantError,
@@ -51,22 +52,10 @@ log = logging.getLogger(__name__)
 STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
 STOPPABLE = (VMStatus.RUNNING, VMStatus.STARTING)
 KILL_WAIT = 10.0
+PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
-@dataclass(frozen=True)
-class SystemStatus:
-    version: str
-    supervisor: str
-    hypervisor: str
-    vms_total: int
-    vms_by_status: dict[str, int]
-    ip_pool_leased: int
-    ip_pool_total: int
-    event_subscribers: int
-    usage: Usage
-
-
-class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
+class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
     """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
 
     def __init__(
@@ -135,6 +124,14 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
     async def list_vms(self) -> list[VirtualMachine]:
         return await self.store.list_vms()
 
+    async def query_vms(self, query: VMQuery) -> tuple[list[VirtualMachine], int]:
+        """A filtered, ordered window of the VMs and how many match in all."""
+        if query.prefix and not PREFIX.fullmatch(query.prefix):
+            raise InvalidArgument(
+                f"name prefix {query.prefix!r} can match no VM name", field="prefix"
+            )
+        return await self.store.query_vms(query)
+
     async def get_vm(self, name: str) -> VirtualMachine:
         return await self.store.get_vm(validate_name(name))
 
@@ -147,22 +144,6 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs):
         if not vm.status.is_active:
             return Usage()
         return await self.supervisor.usage(vm.name)
-
-    async def system_status(self) -> SystemStatus:
-        vms = await self.store.list_vms()
-        usages = [await self.supervisor.usage(vm.name) for vm in vms if vm.status.is_active]
-        leased, total = await self.store.pool_usage()
-        return SystemStatus(
-            version=self._version,
-            supervisor=self.supervisor.kind,
-            hypervisor=self.driver.kind,
-            vms_total=len(vms),
-            vms_by_status=dict(Counter(vm.status.value for vm in vms)),
-            ip_pool_leased=leased,
-            ip_pool_total=total,
-            event_subscribers=self.bus.subscriber_count,
-            usage=_total(usages),
-        )
 
     # -- write verbs --------------------------------------------------------------------------
 
@@ -399,12 +380,3 @@ def _prepare_dirs(spec: LaunchSpec) -> None:
     spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     for stale in (spec.api_socket, spec.serial_socket):
         stale.unlink(missing_ok=True)
-
-
-def _total(usages: list[Usage]) -> Usage:
-    """Sum of the known values; None when no VM reported one."""
-    cpu = [u.cpu_seconds for u in usages if u.cpu_seconds is not None]
-    memory = [u.memory_bytes for u in usages if u.memory_bytes is not None]
-    return Usage(
-        cpu_seconds=sum(cpu) if cpu else None, memory_bytes=sum(memory) if memory else None
-    )

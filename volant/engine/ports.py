@@ -21,6 +21,7 @@ from volant.model import (
     ScopeLimits,
     Usage,
     VirtualMachine,
+    VMQuery,
     VMSpec,
 )
 
@@ -56,6 +57,10 @@ class Store(Protocol):
     async def get_vm(self, name: str) -> VirtualMachine: ...
 
     async def list_vms(self) -> list[VirtualMachine]: ...
+
+    async def query_vms(self, query: VMQuery) -> tuple[list[VirtualMachine], int]:
+        """The VMs matching query, in its order and window, and the count before the window."""
+        ...
 
     async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
         """Change status, status_reason, pid, kernel_cmdline or unit; bumps updated_at."""

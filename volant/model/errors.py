@@ -13,6 +13,8 @@ class ErrorCode(StrEnum):
     INVALID_ARGUMENT = "InvalidArgument"
     NOT_FOUND = "NotFound"
     PERMISSION_DENIED = "PermissionDenied"
+    UNAUTHENTICATED = "Unauthenticated"
+    TOO_LARGE = "TooLarge"
     NAME_TAKEN = "NameTaken"
     POOL_EXHAUSTED = "PoolExhausted"
     INVALID_STATE = "InvalidState"
@@ -34,6 +36,9 @@ _ROWS: dict[ErrorCode, _Row] = {
     ErrorCode.INVALID_ARGUMENT: _Row(400, "Invalid argument"),
     ErrorCode.NOT_FOUND: _Row(404, "Not found"),
     ErrorCode.PERMISSION_DENIED: _Row(403, "Permission denied"),
+    # The REST API's key is missing or wrong (D-Bus callers are judged by polkit instead).
+    ErrorCode.UNAUTHENTICATED: _Row(401, "API key required"),
+    ErrorCode.TOO_LARGE: _Row(413, "Request too large"),
     ErrorCode.NAME_TAKEN: _Row(409, "Name already taken"),
     ErrorCode.POOL_EXHAUSTED: _Row(409, "IP address pool exhausted"),
     ErrorCode.INVALID_STATE: _Row(409, "Operation not allowed in the current state"),
@@ -107,6 +112,16 @@ class PermissionDenied(VolantError):
     code = ErrorCode.PERMISSION_DENIED
 
 
+class Unauthenticated(VolantError):
+    """The REST caller gave no API key, or a wrong one."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class TooLarge(VolantError):
+    code = ErrorCode.TOO_LARGE
+
+
 class Conflict(VolantError):
     code = ErrorCode.CONFLICT
 
@@ -153,6 +168,8 @@ ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
         InvalidArgument,
         NotFound,
         PermissionDenied,
+        Unauthenticated,
+        TooLarge,
         Conflict,
         NameTaken,
         PoolExhausted,

@@ -182,3 +182,40 @@ class Usage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"cpu_seconds": self.cpu_seconds, "memory_bytes": self.memory_bytes}
+
+
+class VMSortKey(StrEnum):
+    """Columns a VM list can be ordered by."""
+
+    NAME = "name"
+    STATUS = "status"
+    PLUGIN = "plugin"
+    CPU_CORES = "cpu_cores"
+    MEMORY_MB = "memory_mb"
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+
+
+@dataclass(frozen=True)
+class VMQuery:
+    """Filters, order and window of a VM list; total counts matches before the window."""
+
+    status: VMStatus | None = None
+    plugin: str | None = None
+    prefix: str = ""
+    sort: VMSortKey = VMSortKey.NAME
+    descending: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """The host's CPU, memory and load as the kernel reports them."""
+
+    cpus: int
+    cpu_percent: float
+    load_average: tuple[float, float, float]
+    memory_total_bytes: int
+    memory_available_bytes: int
+    uptime_seconds: float

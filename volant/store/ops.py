@@ -17,6 +17,8 @@ from volant.model import (
     NotFound,
     PoolExhausted,
     VirtualMachine,
+    VMQuery,
+    VMSortKey,
     VMSpec,
     VMStatus,
 )
@@ -115,6 +117,36 @@ def get_vm(db: peewee.SqliteDatabase, name: str) -> VirtualMachine:
 
 def list_vms(db: peewee.SqliteDatabase) -> list[VirtualMachine]:
     return [to_vm(row) for row in VMRow.select().order_by(VMRow.name).execute(db)]
+
+
+_SORT_COLUMNS: dict[VMSortKey, Any] = {
+    VMSortKey.NAME: VMRow.name,
+    VMSortKey.STATUS: VMRow.status,
+    VMSortKey.PLUGIN: VMRow.plugin,
+    VMSortKey.CPU_CORES: VMRow.cpu_cores,
+    VMSortKey.MEMORY_MB: VMRow.memory_mb,
+    VMSortKey.CREATED_AT: VMRow.created_at,
+    VMSortKey.UPDATED_AT: VMRow.updated_at,
+}
+
+
+def query_vms(db: peewee.SqliteDatabase, query: VMQuery) -> tuple[list[VirtualMachine], int]:
+    """The VMs matching query's filters, in its order and window, and how many matched."""
+    select = VMRow.select()
+    if query.status is not None:
+        select = select.where(VMRow.status == query.status.value)
+    if query.plugin is not None:
+        select = select.where(VMRow.plugin == query.plugin)
+    if query.prefix:
+        # substr rather than LIKE: no wildcard in a prefix can ever match more than it says.
+        select = select.where(peewee.fn.substr(VMRow.name, 1, len(query.prefix)) == query.prefix)
+    total = select.count(db)
+    column = _SORT_COLUMNS[query.sort]
+    order = column.desc() if query.descending else column.asc()
+    select = select.order_by(order, VMRow.name).offset(query.offset)
+    if query.limit is not None:
+        select = select.limit(query.limit)
+    return [to_vm(row) for row in select.execute(db)], total
 
 
 def check_update(fields: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from volant.model import (
     Plugin,
     Unavailable,
     VirtualMachine,
+    VMQuery,
     VMSpec,
 )
 from volant.store import ops, plugins, pool
@@ -171,6 +172,9 @@ class SqliteStore:
     async def list_vms(self) -> list[VirtualMachine]:
         """Every VM, ordered by name."""
         return await self._call(functools.partial(ops.list_vms, self._db))
+
+    async def query_vms(self, query: VMQuery) -> tuple[list[VirtualMachine], int]:
+        return await self._call(functools.partial(ops.query_vms, self._db, query))
 
     async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
         """Change status, pid, kernel_cmdline or unit; bumps updated_at.

@@ -8,7 +8,17 @@ from typing import Any
 from sdbus.sd_bus_internals import decode_object_path, encode_object_path
 
 from volant.engine.ports import GuestReplyLike
-from volant.model import Event, InvalidArgument, Plugin, PluginSource, VirtualMachine, VMSpec
+from volant.model import (
+    Event,
+    InvalidArgument,
+    Plugin,
+    PluginSource,
+    VirtualMachine,
+    VMQuery,
+    VMSortKey,
+    VMSpec,
+    VMStatus,
+)
 
 from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
 
@@ -16,6 +26,8 @@ INTEGER_TYPES = frozenset("ynqiuxt")
 SCALARS: tuple[tuple[type, str], ...] = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
 SPEC_KEYS = {"name": "s", "plugin": "s", "cpu_cores": "int", "memory_mb": "int",
              "kernel_args": "s"}  # fmt: skip
+QUERY_KEYS = {"status": "s", "plugin": "s", "prefix": "s", "sort": "s", "descending": "b",
+              "limit": "int", "offset": "int"}  # fmt: skip
 INSTALL_KEYS = {"manifest": "s", "url": "s", "signature": "s", "origin": "s", "replace": "b"}
 
 
@@ -118,6 +130,28 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
         cpu_cores=values.get("cpu_cores"),
         memory_mb=values.get("memory_mb"),
         kernel_args=values.get("kernel_args", ""),
+    )
+
+
+def query_from_dbus(filters: Mapping[str, tuple[str, Any]]) -> VMQuery:
+    """QueryVMs's a{sv}: status, plugin, prefix, sort, descending, limit (0: all), offset."""
+    values = _typed(filters, QUERY_KEYS, "VM query")
+    try:
+        status = VMStatus(values["status"]) if values.get("status") else None
+        sort = VMSortKey(values.get("sort") or VMSortKey.NAME)
+    except ValueError as exc:
+        raise InvalidArgument(f"VM query: {exc}") from exc
+    limit, offset = int(values.get("limit", 0)), int(values.get("offset", 0))
+    if limit < 0 or offset < 0:
+        raise InvalidArgument("VM query: limit and offset must not be negative")
+    return VMQuery(
+        status=status,
+        plugin=values.get("plugin") or None,
+        prefix=values.get("prefix", ""),
+        sort=sort,
+        descending=bool(values.get("descending", False)),
+        limit=limit or None,
+        offset=offset,
     )
 
 

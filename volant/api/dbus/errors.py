@@ -44,6 +44,16 @@ class PermissionDeniedError(VolantDbusError):
     dbus_error_name = _name(code)
 
 
+class UnauthenticatedError(VolantDbusError):
+    code = ErrorCode.UNAUTHENTICATED
+    dbus_error_name = _name(code)
+
+
+class TooLargeError(VolantDbusError):
+    code = ErrorCode.TOO_LARGE
+    dbus_error_name = _name(code)
+
+
 class NameTakenError(VolantDbusError):
     code = ErrorCode.NAME_TAKEN
     dbus_error_name = _name(code)
@@ -95,6 +105,8 @@ DBUS_ERRORS: dict[ErrorCode, type[VolantDbusError]] = {
         InvalidArgumentError,
         NotFoundError,
         PermissionDeniedError,
+        UnauthenticatedError,
+        TooLargeError,
         NameTakenError,
         PoolExhaustedError,
         InvalidStateError,

@@ -40,6 +40,14 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
     async def list_vms(self) -> list[VarDict]:
         raise NotImplementedError
 
+    @dbus_method_async(
+        "a{sv}", "aa{sv}t", CALL, ("vms", "total"), ("filters",), method_name="QueryVMs"
+    )
+    async def query_vms(self, filters: VarDict) -> tuple[list[VarDict], int]:
+        """VMs matching filters (status, plugin, prefix, sort, descending, limit, offset) and
+        how many match before limit and offset."""
+        raise NotImplementedError
+
     @dbus_method_async("s", "a{sv}", CALL, ("vm",), ("name",), method_name="GetVM")
     async def get_vm(self, name: str) -> VarDict:
         raise NotImplementedError
@@ -76,6 +84,10 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
 
     @dbus_method_async("", "a{sv}", CALL, ("status",), method_name="GetSystemStatus")
     async def get_system_status(self) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("", "a{sv}", CALL, ("info",), method_name="GetSystemInfo")
+    async def get_system_info(self) -> VarDict:
         raise NotImplementedError
 
     @dbus_method_async("", "aa{sv}", CALL, ("plugins",), method_name="ListPlugins")

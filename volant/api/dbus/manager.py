@@ -24,6 +24,7 @@ from volant.model import VirtualMachine
 from .codec import (
     install_from_dbus,
     plugin_to_dbus,
+    query_from_dbus,
     reply_to_dbus,
     spec_from_dbus,
     vardict,
@@ -56,6 +57,13 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
         with dbus_errors():
             await self._authorize(Action.READ)
             return [vm_to_dbus(vm) for vm in await self._engine.list_vms()]
+
+    @dbus_method_async_override()
+    async def query_vms(self, filters: VarDict) -> tuple[list[VarDict], int]:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            vms, total = await self._engine.query_vms(query_from_dbus(filters))
+            return [vm_to_dbus(vm) for vm in vms], total
 
     @dbus_method_async_override()
     async def get_vm(self, name: str) -> VarDict:
@@ -189,3 +197,9 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
         with dbus_errors():
             await self._authorize(Action.READ)
             return vardict(asdict(await self._engine.system_status()))
+
+    @dbus_method_async_override()
+    async def get_system_info(self) -> VarDict:
+        with dbus_errors():
+            await self._authorize(Action.READ)
+            return vardict(asdict(await self._engine.system_info()))

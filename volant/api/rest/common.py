@@ -1,4 +1,4 @@
-"""What every route module shares: the typed app key for the engine and JSON body reading."""
+"""What every route module shares: typed app keys and JSON body reading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from aiohttp import web
 from volant.engine import Engine
 from volant.model import InvalidArgument
 
+from .spec import Api
+
 ENGINE = web.AppKey("engine", Engine)
+API = web.AppKey("api", Api)
 
 
 def engine_of(request: web.Request) -> Engine:

@@ -10,14 +10,18 @@ from aiohttp import web
 
 from volant.auth.polkit import Action
 from volant.engine.ports import GuestReplyLike
-from volant.model import InvalidArgument, Plugin, PluginSource
+from volant.model import Plugin, PluginSource
 
+from . import replies as r
 from .common import engine_of, read_json
 from .peer import authorize
-from .schemas import InstallPluginRequest, parse_body
+from .replies import free_json
+from .schemas import InstallPluginRequest, LogsQuery, parse_body, parse_query
+from .spec import Api, Body
+
+TAG = "plugins"
 
 SSE_KEEPALIVE = 15.0
-MAX_LOG_LINES = 10_000
 
 
 def _with_manifest(plugin: Plugin) -> dict[str, Any]:
@@ -105,8 +109,9 @@ async def vm_logs(request: web.Request) -> web.StreamResponse:
     """Recent workload output as JSON; with ?follow=true a live Server-Sent Events stream."""
     engine = engine_of(request)
     name = request.match_info["name"]
-    following = request.query.get("follow", "false").lower() in ("1", "true", "yes")
-    limit = _limit(request.query.get("limit", "50" if following else "200"))
+    query = parse_query(LogsQuery, request.query)
+    following = query.follow
+    limit = query.limit or (50 if following else 200)
     if not following:
         return web.json_response({"lines": await engine.vm_recent_logs(name, limit)})
     lines = engine.vm_logs(name, limit)
@@ -139,31 +144,133 @@ async def _first(lines: Any) -> dict[str, Any] | None:
     return first
 
 
-def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
-        raise InvalidArgument(
-            f"query parameter 'limit' must be an integer from 1 to {MAX_LOG_LINES}", field="limit"
-        )
-    return int(raw)
-
-
 def _passthrough(reply: GuestReplyLike) -> web.Response:
     """The workload's answer as it gave it (status, type and body)."""
     headers = {"Content-Type": reply.content_type} if reply.content_type else {}
     return web.Response(status=reply.status, body=reply.body, headers=headers)
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/api/v1/plugins", list_plugins)
-    router.add_post("/api/v1/plugins", install_plugin)
+def add_routes(api: Api) -> None:
+    plugin = Body(r.Plugin)
+    full = Body(r.PluginWithManifest)
+    one = "/api/v1/plugins/{plugin}"
+    anything = Body(media="*/*", schema=free_json("The workload's own answer"))
+    api.add(
+        "GET",
+        "/api/v1/plugins",
+        list_plugins,
+        summary="List plugins",
+        tag=TAG,
+        ok={200: ("Installed plugins", Body(r.PluginList))},
+    )
+    api.add(
+        "POST",
+        "/api/v1/plugins",
+        install_plugin,
+        summary="Install a plugin",
+        tag=TAG,
+        body=InstallPluginRequest,
+        ok={201: ("Installed", full)},
+        errors=(400, 403, 409, 502),
+    )
     # Before /{plugin}: "schema" is not a valid plugin name anyway, but routing order decides.
-    router.add_get("/api/v1/plugins/schema", plugin_schema)
-    router.add_get("/api/v1/plugins/{plugin}", get_plugin)
-    router.add_delete("/api/v1/plugins/{plugin}", remove_plugin)
-    router.add_get("/api/v1/plugins/{plugin}/manifest", plugin_manifest)
-    router.add_post("/api/v1/plugins/{plugin}/enable", enable_plugin)
-    router.add_post("/api/v1/plugins/{plugin}/disable", disable_plugin)
-    router.add_post("/api/v1/plugins/{plugin}/actions/{action}", plugin_action)
-    router.add_post("/api/v1/vms/{name}/actions/{action}", vm_action)
-    router.add_get("/api/v1/vms/{name}/openapi", vm_openapi)
-    router.add_get("/api/v1/vms/{name}/logs", vm_logs)
+    api.add(
+        "GET",
+        "/api/v1/plugins/schema",
+        plugin_schema,
+        summary="Manifest JSON Schema",
+        tag=TAG,
+        ok={200: ("JSON Schema 2020-12", Body(schema={"type": "object"}))},
+    )
+    api.add(
+        "GET",
+        one,
+        get_plugin,
+        summary="Get a plugin and its manifest",
+        tag=TAG,
+        ok={200: ("The plugin", full)},
+        errors=(404,),
+    )
+    api.add(
+        "DELETE",
+        one,
+        remove_plugin,
+        summary="Remove a plugin no VM uses",
+        tag=TAG,
+        ok={204: ("Removed", None)},
+        errors=(404, 409),
+    )
+    api.add(
+        "GET",
+        f"{one}/manifest",
+        plugin_manifest,
+        summary="A plugin's manifest",
+        tag=TAG,
+        ok={200: ("The manifest", Body(schema={"type": "object"}))},
+        errors=(404,),
+    )
+    api.add(
+        "POST",
+        f"{one}/enable",
+        enable_plugin,
+        summary="Let new VMs use a plugin",
+        tag=TAG,
+        ok={200: ("The plugin", plugin)},
+        errors=(404,),
+    )
+    api.add(
+        "POST",
+        f"{one}/disable",
+        disable_plugin,
+        summary="Stop new VMs using a plugin",
+        tag=TAG,
+        ok={200: ("The plugin", plugin)},
+        errors=(404,),
+    )
+    api.add(
+        "POST",
+        f"{one}/actions/{{action}}",
+        plugin_action,
+        tag=TAG,
+        summary="Run an action on the first running VM of a plugin",
+        body_media=("*/*",),
+        ok={},
+        default=("The workload's answer, passed through", anything),
+        errors=(404, 409, 502, 504),
+    )
+    api.add(
+        "POST",
+        "/api/v1/vms/{name}/actions/{action}",
+        vm_action,
+        tag="vms",
+        summary="Run a plugin action on a VM",
+        body_media=("*/*",),
+        ok={},
+        default=("The workload's answer, passed through", anything),
+        errors=(404, 409, 502, 504),
+    )
+    api.add(
+        "GET",
+        "/api/v1/vms/{name}/openapi",
+        vm_openapi,
+        tag="vms",
+        summary="The OpenAPI document of a VM's workload",
+        ok={200: ("The document, JSON or YAML", anything)},
+        errors=(404, 409, 502),
+    )
+    api.add(
+        "GET",
+        "/api/v1/vms/{name}/logs",
+        vm_logs,
+        tag="vms",
+        stream=True,
+        summary="Recent workload output, or a live stream with ?follow=true",
+        query=LogsQuery,
+        ok={
+            200: (
+                "Lines as JSON, or Server-Sent Events when following",
+                (Body(r.LogLines), Body(media="text/event-stream", schema={})),
+            )
+        },
+        errors=(404, 409, 502),
+    )

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
-from volant.model import InvalidArgument
+from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,6 +30,60 @@ class CreateVMRequest(BaseModel):
     cpu_cores: StrictInt | None = None
     memory_mb: StrictInt | None = None
     kernel_args: StrictStr = ""
+
+
+SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"
+# Query parameters every route ignores: access control reads them before the handler runs.
+ACCESS_PARAMS = frozenset({"api_key"})
+
+
+class ListVMsQuery(BaseModel):
+    """GET /api/v1/vms: filters, order and window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: VMStatus | None = Field(None, description="Only VMs in this status")
+    plugin: str | None = Field(None, max_length=63, description="Only VMs of this plugin")
+    prefix: str = Field("", max_length=63, description="Only VMs whose name starts with this")
+    sort: str = Field(
+        "name", pattern=SORT_PATTERN, description="Order by a column; a leading - reverses it"
+    )
+    limit: int | None = Field(None, ge=1, le=10_000, description="At most this many VMs")
+    offset: int = Field(0, ge=0, le=1_000_000, description="Skip this many matches first")
+
+    def to_query(self) -> VMQuery:
+        descending = self.sort.startswith("-")
+        return VMQuery(
+            status=self.status,
+            plugin=self.plugin,
+            prefix=self.prefix,
+            sort=VMSortKey(self.sort.removeprefix("-")),
+            descending=descending,
+            limit=self.limit,
+            offset=self.offset,
+        )
+
+
+class EventsQuery(BaseModel):
+    """GET /api/v1/events: persisted events after an id, oldest first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after: int = Field(0, ge=0, description="Only events with a larger id")
+    limit: int = Field(1000, ge=1, le=10_000, description="At most this many events")
+    vm: str | None = Field(None, max_length=63, description="Only events of this VM")
+    type: EventType | None = Field(None, description="Only events of this type")
+
+
+class LogsQuery(BaseModel):
+    """GET /api/v1/vms/{name}/logs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    follow: bool = Field(False, description="Stream new lines as Server-Sent Events")
+    limit: int | None = Field(
+        None, ge=1, le=10_000, description="Recent lines first (default 200, or 50 when following)"
+    )
 
 
 class InstallPluginRequest(BaseModel):
@@ -49,3 +112,11 @@ def parse_body(model: type[M], body: Any) -> M:
         else:
             message = f"{where}: {first['msg']}"
         raise InvalidArgument(message, field=where) from exc
+
+
+def parse_query(model: type[M], query: Mapping[str, str]) -> M:
+    """Validate query parameters (strings, converted by the model); same errors as bodies."""
+    keys = [key for key in query if key not in ACCESS_PARAMS]
+    if len(keys) != len(set(keys)):
+        raise InvalidArgument("a query parameter is given more than once")
+    return parse_body(model, {key: query[key] for key in keys})
