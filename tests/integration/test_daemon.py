@@ -57,7 +57,7 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"name": "ok", "plugin": "demo", "memory_mb": 10**9}, "memory_mb"),
     ({"name": "ok", "plugin": "demo", "kernel_args": "init=/bin/sh"}, "init"),
     ({"cpu_cores": 1}, "name"),
-    ({"name": "ok"}, "needs a plugin"),
+    ({"name": "ok"}, "plugin: Field required"),
     ({"name": "ok", "plugin": "Not_A_Name"}, "invalid plugin name"),
     ([1, 2], "JSON object"),
     (b"{not json", "not valid JSON"),

@@ -48,6 +48,8 @@ REST_ONLY = {
     # A live log stream needs a D-Bus design of its own (a signal or an fd); not done yet.
     "vm_logs": ("GET /api/v1/vms/{name}/logs", "a stream (SSE with ?follow=true)"),
     "vm_recent_logs": ("GET /api/v1/vms/{name}/logs", "served with vm_logs by one route"),
+    # Prometheus scrapes HTTP; the numbers behind it are in GetSystemStatus.
+    "metrics": ("GET /metrics", "a Prometheus scrape target"),
 }
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {

@@ -105,8 +105,13 @@ async def serve(config: Config) -> None:
         build_engine(config) as engine,
         serve_dbus(config, engine) as authorizer,
     ):
-        app = make_app(engine, authorizer)
-        async with RestServer(app, listen=config.api_listen, socket_path=config.api_socket):
+        app = make_app(engine, authorizer, max_body=config.api_max_body_kb * 1024)
+        async with RestServer(
+            app,
+            listen=config.api_listen,
+            socket_path=config.api_socket,
+            socket_group=config.api_socket_group,
+        ):
             vms = await engine.list_vms()
             notifier.ready(f"Serving; {len(vms)} VMs")
             log.info("ready")

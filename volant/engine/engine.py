@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
@@ -25,6 +26,7 @@ from volant.engine.ports import (
     Supervisor,
 )
 from volant.engine.system import SystemVerbs
+from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
 STOPPABLE = (VMStatus.RUNNING, VMStatus.STARTING)
 KILL_WAIT = 10.0
-PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+PREFIX = re.compile(r"[a-z0-9-]{0,63}")
 
 
 class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
@@ -81,6 +83,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
         self.guest = guest
         self.machines = machines
         self.bus = EventBus()
+        self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
         self._mac_for = mac_for
         self._version = version
@@ -126,9 +129,9 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
 
     async def query_vms(self, query: VMQuery) -> tuple[list[VirtualMachine], int]:
         """A filtered, ordered window of the VMs and how many match in all."""
-        if query.prefix and not PREFIX.fullmatch(query.prefix):
+        if not PREFIX.fullmatch(query.prefix):
             raise InvalidArgument(
-                f"name prefix {query.prefix!r} can match no VM name", field="prefix"
+                f"name prefix {query.prefix!r} has characters no VM name has", field="prefix"
             )
         return await self.store.query_vms(query)
 
@@ -154,6 +157,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
         answers, or, when the manifest has a health check, once the agent reports the workload
         healthy (until then `starting`; `error` with the reason when that never happens).
         """
+        started = time.monotonic()
         self.validate_spec(spec)  # bad input fails before any lookup; defaults come below
         plugin, manifest = await self.plugin_manifest(spec.plugin)
         if not plugin.enabled:
@@ -184,7 +188,9 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
                 vm = await self.store.update_vm(vm.name, kernel_cmdline=cmdline)
                 await self._emit(EventType.VM_CREATED, vm)
                 announced = True
-                return await self._launch(vm, undo)
+                vm = await self._launch(vm, undo)
+                self.telemetry.create_seconds.observe(time.monotonic() - started)
+                return vm
             except BaseException as exc:
                 await undo.run()
                 if announced:

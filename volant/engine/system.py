@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from volant.config import Config
 from volant.engine.events import EventBus
 from volant.engine.ports import HypervisorDriver, Store, Supervisor
+from volant.engine.telemetry import Telemetry
 from volant.host.stats import host_stats
 from volant.model import HostStats, Usage
 
@@ -58,6 +59,7 @@ class SystemVerbs:
     driver: HypervisorDriver
     supervisor: Supervisor
     bus: EventBus
+    telemetry: Telemetry
     _version: str
 
     @property
@@ -82,6 +84,17 @@ class SystemVerbs:
             usage=_total(usages),
             host=await asyncio.to_thread(host_stats),
         )
+
+    async def metrics(self) -> tuple[str, bytes]:
+        """(content type, body) of the Prometheus text exposition of this engine."""
+        status = await self.system_status()
+        body = self.telemetry.render(
+            status.vms_by_status,
+            status.event_subscribers,
+            status.ip_pool_leased,
+            status.ip_pool_total,
+        )
+        return self.telemetry.content_type, body
 
     async def system_info(self) -> SystemInfo:
         """Version, host name and kernel, and the configuration callers need to know."""

@@ -165,6 +165,9 @@ async def _download(
             await _stream(client, url, sink, max_bytes=max_bytes, timeout=timeout, field=field)
     except TimeoutError as exc:
         raise DownloadFailed(f"GET {shown}: no complete answer within {timeout:g} s") from exc
+    except aiohttp.InvalidURL as exc:
+        # Not the server's fault: the URL itself is unusable (aiohttp's parser is stricter).
+        raise InvalidArgument(f"{field}: {_describe(exc)}", field=field) from exc
     except aiohttp.ClientError as exc:
         raise DownloadFailed(f"GET {shown}: {_describe(exc)}") from exc
 

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from sdbus import DbusFailedError
 
+from volant.engine.telemetry import Telemetry
 from volant.model import ERROR_CLASSES, ERROR_TABLE, ErrorCode, VolantError
 
 log = logging.getLogger(__name__)
@@ -134,14 +135,19 @@ def from_dbus(exc: VolantDbusError) -> VolantError:
 
 
 @contextlib.contextmanager
-def dbus_errors() -> Iterator[None]:
-    """Turn domain errors into their D-Bus errors; anything unexpected into Internal."""
+def dbus_errors(telemetry: Telemetry | None = None) -> Iterator[None]:
+    """Turn domain errors into their D-Bus errors; anything unexpected into Internal. Each is
+    counted in telemetry (the volant_api_errors metric) when given."""
     try:
         yield
     except VolantError as exc:
+        if telemetry is not None:
+            telemetry.error("dbus", exc.code.value)
         raise to_dbus(exc) from exc
     except DbusFailedError:
         raise
     except Exception as exc:
+        if telemetry is not None:
+            telemetry.error("dbus", ErrorCode.INTERNAL.value)
         log.exception("unhandled error in a D-Bus call")
         raise InternalDbusError("internal error; see the volantd journal") from exc

@@ -54,64 +54,64 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def list_vms(self) -> list[VarDict]:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return [vm_to_dbus(vm) for vm in await self._engine.list_vms()]
 
     @dbus_method_async_override()
     async def query_vms(self, filters: VarDict) -> tuple[list[VarDict], int]:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             vms, total = await self._engine.query_vms(query_from_dbus(filters))
             return [vm_to_dbus(vm) for vm in vms], total
 
     @dbus_method_async_override()
     async def get_vm(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return vm_to_dbus(await self._engine.get_vm(name))
 
     @dbus_method_async_override()
     async def get_vm_usage(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return vardict((await self._engine.vm_usage(name)).to_dict())
 
     @dbus_method_async_override()
     async def create_vm(self, spec: VarDict) -> str:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             vm = await self._engine.create_vm(spec_from_dbus(spec))
             return self.vms.upsert(vm)
 
     @dbus_method_async_override()
     async def destroy_vm(self, name: str) -> None:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             await self._engine.delete_vm(name)
             self.vms.remove(name)
 
     @dbus_method_async_override()
     async def start_vm(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             return self._encode(await self._engine.start_vm(name))
 
     @dbus_method_async_override()
     async def stop_vm(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             return self._encode(await self._engine.stop_vm(name))
 
     @dbus_method_async_override()
     async def restart_vm(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             return self._encode(await self._engine.restart_vm(name))
 
     @dbus_method_async_override()
     async def call_action(self, vm: str, action: str, body: bytes, content_type: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             reply = await self._engine.call_action(vm, action, body=body, content_type=content_type)
             return reply_to_dbus(reply)
@@ -124,26 +124,26 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def list_plugins(self) -> list[VarDict]:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return [plugin_to_dbus(p) for p in await self._engine.list_plugins()]
 
     @dbus_method_async_override()
     async def get_plugin(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             plugin = await self._engine.get_plugin(name)
             return plugin_to_dbus(plugin, manifest=True)
 
     @dbus_method_async_override()
     async def get_plugin_schema(self) -> str:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return json.dumps(self._engine.plugin_schema(), sort_keys=True)
 
     @dbus_method_async_override()
     async def install_plugin(self, request: VarDict) -> str:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_PLUGINS)
             source, replace = install_from_dbus(request)
             plugin = await self._engine.install_plugin(source, replace=replace)
@@ -151,7 +151,7 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def enable_plugin(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_PLUGINS)
             plugin = await self._engine.enable_plugin(name)
             self.plugins.upsert(plugin)
@@ -159,7 +159,7 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def disable_plugin(self, name: str) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_PLUGINS)
             plugin = await self._engine.disable_plugin(name)
             self.plugins.upsert(plugin)
@@ -167,7 +167,7 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def remove_plugin(self, name: str) -> None:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_PLUGINS)
             await self._engine.remove_plugin(name)
             self.plugins.remove(name)
@@ -176,7 +176,7 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
     async def call_plugin_action(
         self, plugin: str, action: str, body: bytes, content_type: str
     ) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.MANAGE_VMS)
             reply = await self._engine.call_plugin_action(
                 plugin, action, body=body, content_type=content_type
@@ -187,19 +187,19 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
 
     @dbus_method_async_override()
     async def list_events(self, after_id: int, limit: int) -> list[VarDict]:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             events = await self._engine.list_events(after_id, limit or 1000)
             return [vardict(event.to_dict()) for event in events]
 
     @dbus_method_async_override()
     async def get_system_status(self) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return vardict(asdict(await self._engine.system_status()))
 
     @dbus_method_async_override()
     async def get_system_info(self) -> VarDict:
-        with dbus_errors():
+        with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
             return vardict(asdict(await self._engine.system_info()))

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from volant.model import ERROR_TABLE, ErrorCode, VolantError
 
+from .common import ENGINE
 from .spec import PROBLEM, Handler
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,29 @@ def problem(status: int, code: ErrorCode, detail: str, **extra: Any) -> web.Resp
     return web.json_response(body, status=status, content_type=PROBLEM)
 
 
+def count(request: web.Request, code: ErrorCode) -> None:
+    request.app[ENGINE].telemetry.error("rest", code.value)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except VolantError as exc:
         wire = exc.wire
+        count(request, exc.code)
         return problem(wire.http_status, exc.code, exc.message, field=exc.field, hint=exc.hint)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_CODES.get(exc.status, ErrorCode.INVALID_ARGUMENT)
+        count(request, code)
         detail = exc.text if exc.status == 413 and exc.text else exc.reason
-        return problem(exc.status, code, detail)
+        answer = problem(exc.status, code, detail)
+        if "Allow" in exc.headers:  # a 405 names the methods that would work (RFC 9110)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
+        count(request, ErrorCode.INTERNAL)
         return problem(500, ErrorCode.INTERNAL, "internal error; see the volantd journal")

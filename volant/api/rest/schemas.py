@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -20,16 +21,36 @@ from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatu
 M = TypeVar("M", bound=BaseModel)
 
 
+DNS_LABEL = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# The pattern is documented, not enforced by pydantic: the engine's own check answers with
+# what a DNS label is, and both say the same thing.
+Label = Annotated[StrictStr, Field(json_schema_extra={"pattern": DNS_LABEL})]
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; so does the API (but never "2" or true)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[StrictInt, BeforeValidator(_whole)]
+
+
 class CreateVMRequest(BaseModel):
-    """POST /api/v1/vms."""
+    """POST /api/v1/vms. CPUs and memory default to the plugin's resources, then the host's
+    vm.default_* settings; both must be within the host's vm.* limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: StrictStr
-    plugin: StrictStr = ""
-    cpu_cores: StrictInt | None = None
-    memory_mb: StrictInt | None = None
-    kernel_args: StrictStr = ""
+    name: Label = Field(description="VM name, a DNS label")
+    plugin: Label = Field(description="Installed, enabled plugin the VM runs")
+    cpu_cores: Whole | None = Field(None, ge=1, description="vCPUs")
+    memory_mb: Whole | None = Field(None, ge=1, description="Guest RAM in MiB")
+    kernel_args: StrictStr = Field(
+        "",
+        max_length=1024,
+        description="Extra kernel arguments, printable ASCII (no volant.*, ip= or init=)",
+        json_schema_extra={"pattern": "^[\\x20-\\x7e]*$"},
+    )
 
 
 SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"
@@ -43,8 +64,10 @@ class ListVMsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: VMStatus | None = Field(None, description="Only VMs in this status")
-    plugin: str | None = Field(None, max_length=63, description="Only VMs of this plugin")
-    prefix: str = Field("", max_length=63, description="Only VMs whose name starts with this")
+    plugin: str | None = Field(None, pattern=DNS_LABEL, description="Only VMs of this plugin")
+    prefix: str = Field(
+        "", pattern="^[a-z0-9-]{0,63}$", description="Only VMs whose name starts with this"
+    )
     sort: str = Field(
         "name", pattern=SORT_PATTERN, description="Order by a column; a leading - reverses it"
     )
@@ -69,7 +92,7 @@ class EventsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    after: int = Field(0, ge=0, description="Only events with a larger id")
+    after: int = Field(0, ge=0, le=2**63 - 1, description="Only events with a larger id")
     limit: int = Field(1000, ge=1, le=10_000, description="At most this many events")
     vm: str | None = Field(None, max_length=63, description="Only events of this VM")
     type: EventType | None = Field(None, description="Only events of this type")
@@ -89,10 +112,24 @@ class LogsQuery(BaseModel):
 class InstallPluginRequest(BaseModel):
     """POST /api/v1/plugins: the manifest text (JSON or YAML) or a URL to fetch it from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        # Exactly one of the two; the engine says so in words when neither or both come.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["manifest"], "properties": {"manifest": {"minLength": 1}}},
+                {"required": ["url"], "properties": {"url": {"minLength": 1}}},
+            ]
+        },
+    )
 
-    manifest: StrictStr = ""
-    url: StrictStr = ""
+    manifest: StrictStr = Field("", description="Manifest text, JSON or YAML")
+    url: StrictStr = Field(
+        "",
+        description="http(s) URL of the manifest",
+        json_schema_extra={"pattern": "^(https?://.+)?$"},
+    )
     signature: StrictStr | None = None
     origin: StrictStr = ""
     replace: StrictBool = False

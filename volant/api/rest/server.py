@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 from pathlib import Path
@@ -22,13 +23,37 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def restrict_socket(path: Path, group: str) -> None:
+    """Only the owner (root) and `group` may connect: the socket skips the API key, so its
+    mode is the gate; polkit still judges every change a member of the group asks for.
+
+    volantd.service lists the group in SupplementaryGroups=, which lets it hand the socket to
+    the group without CAP_CHOWN. Without the group the socket stays the owner's alone."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+    except (KeyError, PermissionError) as exc:
+        os.chmod(path, 0o600)
+        log.warning("REST socket %s is for its owner only: group %r: %s", path, group, exc)
+        return
+    os.chmod(path, 0o660)
+
+
 class RestServer:
     """Async context manager owning the aiohttp runner and its sites."""
 
-    def __init__(self, app: web.Application, *, listen: str, socket_path: Path | None) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        listen: str,
+        socket_path: Path | None,
+        socket_group: str = "volant",
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         self._listen = listen
         self._socket_path = socket_path
+        self._socket_group = socket_group
         self.addresses: list[str] = []
 
     async def __aenter__(self) -> RestServer:
@@ -44,9 +69,7 @@ class RestServer:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 await web.UnixSite(self._runner, str(path)).start()
-                # Anyone may connect: reads are open to all (polkit action "read"), and every
-                # mutating route asks polkit about the peer (SO_PEERCRED) before it acts.
-                os.chmod(path, 0o666)  # noqa: S103 (see above)
+                restrict_socket(path, self._socket_group)
                 self.addresses.append(f"unix:{path}")
         except BaseException:
             await self._runner.cleanup()

@@ -238,14 +238,13 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     if op.query is not None:
         schema = op.query.model_json_schema(ref_template=REF)
         required = set(schema.get("required", ()))
-        for name, prop in schema.get("properties", {}).items():
+        for name, raw in schema.get("properties", {}).items():
             param: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
-            description = prop.pop("description", None)
-            prop.pop("title", None)
-            prop = _not_null(prop)
+            description = raw.pop("description", None)
+            raw.pop("title", None)
             if description:
                 param["description"] = description
-            param["schema"] = prop
+            param["schema"] = _not_null(raw)
             params.append(param)
     return params
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 
 from aiohttp import web
@@ -29,10 +30,23 @@ async def system_info(request: web.Request) -> web.Response:
     return web.json_response({**asdict(info), "api_version": API_VERSION})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition: VMs by status, create latency, subscribers, errors."""
+    content_type, body = await engine_of(request).metrics()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document of every route this app serves."""
+    """The OpenAPI 3.1 document of every route this app serves, with this host's VM limits."""
     engine = engine_of(request)
-    return web.json_response(request.app[API].openapi(version=engine.version))
+    document = copy.deepcopy(request.app[API].openapi(version=engine.version))
+    create = document["components"]["schemas"]["CreateVMRequest"]["properties"]
+    config = engine.config
+    create["cpu_cores"]["anyOf"][0].update(minimum=1, maximum=config.vm_max_cpus)
+    create["memory_mb"]["anyOf"][0].update(
+        minimum=config.vm_min_memory_mb, maximum=config.vm_max_memory_mb
+    )
+    return web.json_response(document)
 
 
 def add_routes(api: Api) -> None:
@@ -60,6 +74,14 @@ def add_routes(api: Api) -> None:
         summary="Version and configuration",
         tag=TAG,
         ok={200: ("Info", Body(r.SystemInfo))},
+    )
+    api.add(
+        "GET",
+        "/metrics",
+        metrics,
+        summary="Prometheus metrics",
+        tag=TAG,
+        ok={200: ("Text exposition format 0.0.4", Body(media="text/plain", schema={}))},
     )
     api.add(
         "GET",
