@@ -153,7 +153,7 @@ def parse_body(model: type[M], body: Any) -> M:
 
 def parse_query(model: type[M], query: Mapping[str, str]) -> M:
     """Validate query parameters (strings, converted by the model); same errors as bodies."""
-    keys = [key for key in query if key not in ACCESS_PARAMS]
+    keys = [key for key, _value in query.items() if key not in ACCESS_PARAMS]
     if len(keys) != len(set(keys)):
         raise InvalidArgument("a query parameter is given more than once")
     return parse_body(model, {key: query[key] for key in keys})
