@@ -49,6 +49,7 @@ test: deps
 bench: deps
 	@$(PY) -m bench.create_latency
 	@$(PY) -m bench.agent_boot
+	@$(PY) -m bench.api_list
 
 clean:
 	rm -rf $(VENV) .cache examples/plugins/*/*.cpio
