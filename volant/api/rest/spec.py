@@ -112,14 +112,16 @@ class Api:
         errors: tuple[int, ...] = (),
         public: bool = False,
         stream: bool = False,
+        operation_id: str = "",
     ) -> None:
         """Declare one route. `ok` maps success statuses to (description, body or None);
-        `errors` lists the problem+json statuses the route itself can answer with."""
+        `errors` lists the problem+json statuses the route itself can answer with.
+        The operation id is the handler's name unless one handler serves several routes."""
         op = Operation(
             method=method.upper(),
             path=path,
             handler=handler,
-            operation_id=handler.__name__,
+            operation_id=operation_id or handler.__name__,
             summary=summary,
             tag=tag,
             query=query,
@@ -238,14 +240,13 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     if op.query is not None:
         schema = op.query.model_json_schema(ref_template=REF)
         required = set(schema.get("required", ()))
-        for name, prop in schema.get("properties", {}).items():
+        for name, raw in schema.get("properties", {}).items():
             param: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
-            description = prop.pop("description", None)
-            prop.pop("title", None)
-            prop = _not_null(prop)
+            description = raw.pop("description", None)
+            raw.pop("title", None)
             if description:
                 param["description"] = description
-            param["schema"] = prop
+            param["schema"] = _not_null(raw)
             params.append(param)
     return params
 
