@@ -10,6 +10,7 @@ streamed as it comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
@@ -30,6 +31,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HOP_BY_HOP = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
 # How often a stream checks that its client is still there while nothing is being written.
 DISCONNECT_POLL = 0.5
+# How long an application whose client left may take to finish before it is cancelled.
+WIND_DOWN = 5.0
 
 
 def scope_of(request: web.Request, extra: Mapping[str, Any]) -> Scope:
@@ -159,8 +162,18 @@ async def serve_asgi(
     """Answer `request` with `app`; `extra` goes into the scope (how the app learns who called)."""
     body = await request.read()  # over the app's client_max_size: 413 before the app runs
     exchange = Exchange(request, body)
+    task = asyncio.ensure_future(
+        app(scope_of(request, extra or {}), exchange.receive, exchange.send)
+    )
     try:
-        await app(scope_of(request, extra or {}), exchange.receive, exchange.send)
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler of a client that left (handler_cancellation=True); an
+        # ASGI application expects to hear http.disconnect instead and to wind down itself.
+        exchange.close()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, WIND_DOWN)
+        raise
     except Exception:
         if not exchange.streaming:
             raise
