@@ -2,7 +2,7 @@
 
 Run inside the daemon's network namespace (the endpoint listens on its loopback):
     ip netns exec NS python tests/integration/mcp_client.py URL [--key KEY] < steps.json
-or import `session_steps` and run it against the unix socket. Steps are JSON objects:
+or against its unix socket with --uds PATH (or import `session_steps`). Steps are JSON objects:
 {"op": "list_tools"}, {"op": "call_tool", "name": ..., "arguments": {...}},
 {"op": "list_resources"}, {"op": "list_resource_templates"}, {"op": "read_resource", "uri": ...}.
 Prints {"initialize": ..., "results": [...]} or, when the session fails, {"failure": ...}.
@@ -75,9 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
     parser.add_argument("--key", default="")
+    parser.add_argument("--uds", help="connect to this unix socket instead")
     args = parser.parse_args()
     steps = json.load(sys.stdin)
-    print(json.dumps(asyncio.run(session_steps(args.url, steps, key=args.key))))
+    report = asyncio.run(session_steps(args.url, steps, key=args.key, uds=args.uds))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
