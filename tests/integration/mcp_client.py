@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx2
-from mcp import ClientSession, MCPError
+from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import BaseModel
 
@@ -30,7 +30,7 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return result
 
 
-async def step(session: ClientSession, op: dict[str, Any]) -> dict[str, Any]:
+async def step(session: ClientSession | Client, op: dict[str, Any]) -> dict[str, Any]:
     """One step's result, or {"error": ...} for a JSON-RPC error answer."""
     try:
         match op["op"]:
@@ -51,24 +51,45 @@ async def step(session: ClientSession, op: dict[str, Any]) -> dict[str, Any]:
 
 
 async def session_steps(
-    url: str, steps: Sequence[dict[str, Any]], *, key: str = "", uds: str | None = None
+    url: str,
+    steps: Sequence[dict[str, Any]],
+    *,
+    key: str = "",
+    uds: str | None = None,
+    modern: bool = False,
 ) -> dict[str, Any]:
-    """Initialize a session, run the steps, and report; a transport failure is reported too."""
+    """Open a session, run the steps, and report; a transport failure is reported too.
+
+    By default a ClientSession with the initialize handshake (protocol 2025-11-25); with
+    `modern`, the SDK's high-level Client, which probes for and speaks 2026-07-28.
+    """
     headers = {KEY_HEADER: key} if key else {}
     transport = httpx2.AsyncHTTPTransport(uds=uds) if uds else None
     timeout = httpx2.Timeout(30.0, read=180.0)
     http = httpx2.AsyncClient(headers=headers, transport=transport, timeout=timeout)
     try:
-        async with (
-            http,
-            streamable_http_client(url, http_client=http) as (read, write),
-            ClientSession(read, write) as session,
-        ):
-            init = await session.initialize()
-            results = [await step(session, op) for op in steps]
-            return {"initialize": dump(init), "results": results}
+        async with http:
+            if modern:
+                return await _modern(streamable_http_client(url, http_client=http), steps)
+            async with (
+                streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                init = await session.initialize()
+                results = [await step(session, op) for op in steps]
+                return {"initialize": dump(init), "results": results}
     except Exception as exc:  # the point: report how the SDK client failed
         return {"failure": f"{type(exc).__name__}: {exc}", "detail": repr(exc)}
+
+
+async def _modern(transport: Any, steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    async with Client(transport) as client:
+        info = client.server_info
+        init = {
+            "protocolVersion": client.protocol_version,
+            "serverInfo": dump(info) if info is not None else None,
+        }
+        return {"initialize": init, "results": [await step(client, op) for op in steps]}
 
 
 def main() -> None:
@@ -76,9 +97,12 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--key", default="")
     parser.add_argument("--uds", help="connect to this unix socket instead")
+    parser.add_argument("--modern", action="store_true", help="protocol 2026-07-28 (Client)")
     args = parser.parse_args()
     steps = json.load(sys.stdin)
-    report = asyncio.run(session_steps(args.url, steps, key=args.key, uds=args.uds))
+    report = asyncio.run(
+        session_steps(args.url, steps, key=args.key, uds=args.uds, modern=args.modern)
+    )
     print(json.dumps(report))
 
 

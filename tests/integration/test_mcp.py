@@ -57,10 +57,12 @@ def daemon() -> Iterator[Daemon]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def over_tcp(daemon: Daemon, steps: Sequence[dict[str, Any]], key: str = KEY) -> dict[str, Any]:
+def over_tcp(
+    daemon: Daemon, steps: Sequence[dict[str, Any]], key: str = KEY, *, modern: bool = False
+) -> dict[str, Any]:
     """The SDK client in the daemon's network namespace, on its TCP port."""
     argv = ["ip", "netns", "exec", daemon.ns, sys.executable, str(CLIENT), URL, "--key", key]
-    return _client(argv, steps)
+    return _client([*argv, "--modern"] if modern else argv, steps)
 
 
 def as_nobody(daemon: Daemon, steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def tool_error(result: dict[str, Any]) -> dict[str, Any]:
 def test_initialize_and_tools(daemon: Daemon) -> None:
     report = over_tcp(daemon, [{"op": "list_tools"}])
     init = report["initialize"]
+    assert init["protocolVersion"] == "2025-11-25"
     assert init["serverInfo"]["name"] == "volant"
     assert set(init["capabilities"]) >= {"tools", "resources"}
     tools = {tool["name"]: tool for tool in results(report)[0]["tools"]}
@@ -151,6 +154,26 @@ def test_vm_lifecycle(daemon: Daemon) -> None:
     assert ok(deleted) == {"deleted": "mcp1"}
     assert ok(after) == {"vms": [], "total": 0}
     assert daemon.call(lambda c: c.list_vms()) == []
+
+
+def test_the_2026_protocol_of_the_high_level_client(daemon: Daemon) -> None:
+    """The SDK's `Client` probes with server/discover and speaks the per-request envelope."""
+    steps = [
+        {"op": "list_tools"},
+        call("create_vm", name="modern1", plugin="demo"),
+        call("create_vm", name="modern1", plugin="demo"),
+        call("delete_vm", name="modern1"),
+        {"op": "read_resource", "uri": "volant://plugins/demo/manifest"},
+    ]
+    report = over_tcp(daemon, steps, modern=True)
+    assert report["initialize"]["protocolVersion"] == "2026-07-28"
+    assert report["initialize"]["serverInfo"]["name"] == "volant"
+    listed, created, again, deleted, read = results(report)
+    assert {tool["name"] for tool in listed["tools"]} == TOOLS
+    assert ok(created)["status"] == "running"
+    assert tool_error(again)["code"] == "NameTaken"
+    assert ok(deleted) == {"deleted": "modern1"}
+    assert json.loads(read["contents"][0]["text"])["name"] == "demo"
 
 
 def test_plugins_and_their_manifests(daemon: Daemon) -> None:
