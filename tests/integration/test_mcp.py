@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def daemon() -> Iterator[Daemon]:
             try:
                 yield d
                 assert "broke the OpenAPI document" not in d.log_text()
+                assert "Traceback" not in d.log_text()
             finally:
                 stop_daemon(d)
     finally:
@@ -65,12 +67,15 @@ def over_tcp(
     return _client([*argv, "--modern"] if modern else argv, steps)
 
 
-def as_nobody(daemon: Daemon, steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def as_nobody(
+    daemon: Daemon, steps: Sequence[dict[str, Any]], *, modern: bool = False
+) -> dict[str, Any]:
     """The SDK client as an unprivileged user, on the unix socket."""
     sock = daemon.api.removeprefix("unix:")
     ids = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     argv = ["setpriv", *ids, sys.executable, str(CLIENT), "http://localhost/api/v1/mcp"]
-    return _client([*argv, "--uds", sock], steps)
+    argv += ["--uds", sock, *(["--modern"] if modern else [])]
+    return _client(argv, steps)
 
 
 def _client(argv: list[str], steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -308,10 +313,35 @@ def test_unix_socket_callers_are_judged_like_rest(daemon: Daemon) -> None:
     created, listed = results(over_unix(daemon, steps))
     assert ok(created)["name"] == "sock1"
     assert ok(listed)["total"] == 1
-    denied, read = results(
-        as_nobody(daemon, [call("delete_vm", name="sock1"), call("get_vm", name="sock1")])
-    )
-    assert tool_error(denied)["code"] == "PermissionDenied"
-    assert ok(read)["name"] == "sock1"
+    for modern in (False, True):
+        steps = [call("delete_vm", name="sock1"), call("get_vm", name="sock1")]
+        denied, read = results(as_nobody(daemon, steps, modern=modern))
+        assert tool_error(denied)["code"] == "PermissionDenied"
+        assert ok(read)["name"] == "sock1"
     [deleted] = results(over_unix(daemon, [call("delete_vm", name="sock1")]))
     assert ok(deleted) == {"deleted": "sock1"}
+
+
+def test_a_tool_call_is_cut_at_the_request_timeout(tmp_path: Path) -> None:
+    """api.request_timeout bounds a tool call as it bounds a REST request, as a tool error."""
+    settings = {
+        "api.key": KEY,
+        "api.request_timeout": 1.0,
+        "runtime.start_paused": True,  # a paused guest ignores the power button...
+        "runtime.stop_timeout": 60.0,  # ...so a graceful stop would wait this long
+    }
+    with netns() as ns:
+        daemon = start_daemon(ns, tmp_path, settings)
+        try:
+            steps = [call("create_vm", name="slow", plugin="demo"), call("stop_vm", name="slow")]
+            started = time.monotonic()
+            created, stopped = results(over_tcp(daemon, steps))
+            assert time.monotonic() - started < 30
+            assert ok(created)["status"] == "running"
+            error = tool_error(stopped)
+            assert error["code"] == "Unavailable"
+            assert "stop_vm took longer than 1s" in error["message"]
+            assert "api.request_timeout" in error["hint"]
+            assert "Traceback" not in daemon.log_text()
+        finally:
+            stop_daemon(daemon)

@@ -10,7 +10,6 @@ control afresh. The tools need no server-to-client requests, which only sessions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from volant.model import ErrorCode, PermissionDenied, Unavailable, VolantError
 
 from . import resources
 from .asgi import serve_asgi
+from .lifespan import in_own_task
 from .tools import TOOLS, ToolDef, failure, success
 
 log = logging.getLogger(__name__)
@@ -93,37 +93,9 @@ class McpEndpoint:
         return await serve_asgi(self._manager.handle_request, request, {PEER: peer})
 
     async def cleanup_ctx(self, _app: web.Application) -> AsyncIterator[None]:
-        """Run the SDK's task group while the app runs (aiohttp `cleanup_ctx`).
-
-        It runs in a task of its own: anyio wants its task group entered and left by one task,
-        and aiohttp promises nothing about which task starts and cleans up an app.
-        """
-        ready = asyncio.Event()
-        stop = asyncio.Event()
-
-        async def run() -> None:
-            async with self._manager.run():
-                ready.set()
-                await stop.wait()
-
-        task = asyncio.create_task(run(), name="mcp-session-manager")
-        started = asyncio.create_task(ready.wait())
-        try:
-            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            started.cancel()
-        if task.done():
-            await task  # it failed to start: say why
-        try:
+        """Run the SDK's task group while the app runs (aiohttp `cleanup_ctx`)."""
+        async with in_own_task(self._manager.run, name="mcp-session-manager"):
             yield
-        finally:
-            stop.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 5.0)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     # -- MCP handlers -------------------------------------------------------------------------
 

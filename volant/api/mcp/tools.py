@@ -125,7 +125,7 @@ class ToolDef(Generic[A]):
     idempotent: bool = True
 
     def describe(self) -> types.Tool:
-        schema = self.arguments.model_json_schema()
+        schema = inline_refs(self.arguments.model_json_schema())
         schema.pop("title", None)
         return types.Tool(
             name=self.name,
@@ -148,6 +148,26 @@ class ToolDef(Generic[A]):
         if self.action is not None:
             await authorize(self.action)
         return await self.run(engine, parse_arguments(self.arguments, arguments))
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its `$defs` written out where they are used: some MCP clients hand tool
+    schemas to models that do not follow `$ref`. (The argument models are not recursive.)"""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            return {**walk(defs[ref.removeprefix("#/$defs/")]), **walk(rest)}
+        return {key: walk(value) for key, value in node.items()}
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
 
 
 def parse_arguments(model: type[A], arguments: Mapping[str, Any]) -> A:
