@@ -4,7 +4,9 @@ The request body is read whole before the application runs, so aiohttp's body li
 an oversized request before the application sees any of it. An answer of declared length
 (Content-Length) comes back as a plain `web.Response`, so the middlewares around the handler
 (the OpenAPI check) still see and may replace it; any other answer (Server-Sent Events) is
-streamed as it comes.
+streamed as it comes. As under an ASGI server, a client that leaves is heard as
+`http.disconnect` (and as failing writes), never as a cancellation in the middle of the
+application, even where aiohttp cancels the handler.
 """
 
 from __future__ import annotations

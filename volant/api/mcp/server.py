@@ -10,7 +10,6 @@ control afresh. The tools need no server-to-client requests, which only sessions
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +30,6 @@ from . import resources
 from .asgi import serve_asgi
 from .lifespan import in_own_task
 from .tools import TOOLS, ToolDef, failure, success
-
-log = logging.getLogger(__name__)
 
 PATH = "/api/v1/mcp"
 METHODS = ("POST", "GET", "DELETE")
