@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,6 +35,7 @@ POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 DBUS_SERVICE = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 NO_INTERACTION = 0
+_UCRED = struct.Struct("3i")
 
 
 class Action(StrEnum):
@@ -101,6 +104,15 @@ class ProcessCaller:
 
 
 Caller = BusCaller | ProcessCaller
+
+
+def socket_peer(sock: socket.socket | None) -> ProcessCaller | None:
+    """The process at the other end of a unix socket (SO_PEERCRED); None for other sockets."""
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _gid = _UCRED.unpack(raw)
+    return ProcessCaller.from_peercred(pid, uid)
 
 
 def process_start_time(pid: int) -> int:

@@ -43,6 +43,7 @@ def setup_logging(level: str) -> str:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         where = "stderr"
-    for noisy in ("aiohttp.access", "pyroute2", "qemu.qmp"):
+    # mcp logs every stateless request at INFO ("Terminating session: None").
+    for noisy in ("aiohttp.access", "mcp", "pyroute2", "qemu.qmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return where

@@ -13,7 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
-from volant.api.rest import RestServer, make_app
+from volant.api import mcp
+from volant.api.rest import Mount, RestServer, make_app
 from volant.config import Config, load_config
 from volant.daemon.bus import serve_dbus
 from volant.daemon.lifecycle import status_lines, stop, watchdog
@@ -105,7 +106,17 @@ async def serve(config: Config) -> None:
         build_engine(config) as engine,
         serve_dbus(config, engine) as authorizer,
     ):
-        app = make_app(engine, authorizer, max_body=config.api_max_body_kb * 1024)
+        endpoint = mcp.McpEndpoint(engine, authorizer)
+        mount = Mount(
+            path=mcp.PATH,
+            handler=endpoint.handle,
+            summary="Model Context Protocol (Streamable HTTP, JSON-RPC 2.0) for AI agents",
+            tag="mcp",
+            methods=mcp.METHODS,
+            media=mcp.MEDIA,
+            cleanup_ctx=endpoint.cleanup_ctx,
+        )
+        app = make_app(engine, authorizer, max_body=config.api_max_body_kb * 1024, mounts=[mount])
         async with RestServer(
             app,
             listen=config.api_listen,

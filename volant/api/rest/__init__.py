@@ -2,6 +2,7 @@
 
 from volant.api.rest.app import make_app
 from volant.api.rest.common import ENGINE
+from volant.api.rest.mount import Mount
 from volant.api.rest.server import RestServer
 
-__all__ = ["ENGINE", "RestServer", "make_app"]
+__all__ = ["ENGINE", "Mount", "RestServer", "make_app"]

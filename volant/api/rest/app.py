@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -13,6 +14,7 @@ from . import events, plugins, system, vms
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
+from .mount import Mount
 from .peer import AUTHORIZER
 from .problem import errors_middleware
 from .spec import Api
@@ -36,9 +38,14 @@ def declare(api: Api) -> None:
 
 
 def make_app(
-    engine: Engine, authorizer: Authorizer | None = None, *, max_body: int = MAX_BODY
+    engine: Engine,
+    authorizer: Authorizer | None = None,
+    *,
+    max_body: int = MAX_BODY,
+    mounts: Sequence[Mount] = (),
 ) -> web.Application:
-    """The REST app; without an authorizer, unix-socket callers are judged by uid alone."""
+    """The REST app; without an authorizer, unix-socket callers are judged by uid alone.
+    `mounts` are other front-ends it serves (the daemon mounts the MCP endpoint)."""
     app = web.Application(
         middlewares=[
             # Outermost first: the check sees the final answer, errors included.
@@ -51,6 +58,9 @@ def make_app(
     )
     api = Api(title="Volant", description=DESCRIPTION)
     declare(api)
+    for mount in mounts:
+        mount.declare(api)
+        mount.attach(app)
     api.register(app.router)
     app[ENGINE] = engine
     app[API] = api

@@ -112,14 +112,16 @@ class Api:
         errors: tuple[int, ...] = (),
         public: bool = False,
         stream: bool = False,
+        operation_id: str = "",
     ) -> None:
         """Declare one route. `ok` maps success statuses to (description, body or None);
-        `errors` lists the problem+json statuses the route itself can answer with."""
+        `errors` lists the problem+json statuses the route itself can answer with.
+        The operation id is the handler's name unless one handler serves several routes."""
         op = Operation(
             method=method.upper(),
             path=path,
             handler=handler,
-            operation_id=handler.__name__,
+            operation_id=operation_id or handler.__name__,
             summary=summary,
             tag=tag,
             query=query,
