@@ -48,8 +48,8 @@ def leased(daemon: Daemon) -> int:
 
 BAD_BODIES: list[tuple[Any, str]] = [
     ({"name": "ok", "plugin": "demo", "colour": "red"}, "unknown field 'colour'"),
-    ({"name": "Bad_Name"}, "DNS label"),
-    ({"name": "-x"}, "DNS label"),
+    ({"name": "Bad_Name", "plugin": "demo"}, "DNS label"),
+    ({"name": "-x", "plugin": "demo"}, "DNS label"),
     ({"name": "ok", "plugin": "demo", "cpu_cores": 0}, "cpu_cores"),
     ({"name": "ok", "plugin": "demo", "cpu_cores": 999}, "cpu_cores"),
     ({"name": "ok", "plugin": "demo", "cpu_cores": "2"}, "cpu_cores"),
