@@ -9,7 +9,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import events, plugins, system, vms
+from . import console, events, plugins, system, vms
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -33,6 +33,7 @@ def declare(api: Api) -> None:
     vms.add_routes(api)
     events.add_routes(api)
     plugins.add_routes(api)
+    console.add_routes(api)
 
 
 def make_app(
@@ -55,4 +56,6 @@ def make_app(
     app[ENGINE] = engine
     app[API] = api
     app[AUTHORIZER] = authorizer or Authorizer(None)
+    app[console.SOCKETS] = set()
+    app.on_shutdown.append(console.close_consoles)
     return app
