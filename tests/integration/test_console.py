@@ -35,9 +35,10 @@ pytestmark = pytest.mark.integration
 VM = "con"
 KEY = "console-test-key"
 TCP = "http://127.0.0.1:7777"
-# The shell computes the marker, so the terminal's echo of the command never matches it.
+# The shell computes the marker, so neither the terminal's echo of the command nor a "not
+# found" for a command garbled while the shell was starting matches the answer's line.
 ASK = b"echo mark-$((6*7))\n"
-ANSWER = b"mark-42"
+ANSWER = b"\nmark-42\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         d = start_daemon(ns, tmp_path_factory.mktemp("volantd"), {"api.key": KEY})
         try:
             d.call(lambda c: c.create_vm({"name": VM, "plugin": "demo"}))
+            d.call(until_the_shell_answers)
             yield d
         finally:
             stop_daemon(d)
@@ -69,17 +71,18 @@ async def converse(stream: ConsoleStream, ask: bytes, answer: bytes, timeout: fl
     return seen
 
 
-def test_console_bridges_both_ways(daemon: Daemon) -> None:
-    async def attach(client: VolantClient) -> bytes:
-        async with client.console(VM) as stream:
-            return await converse(stream, ASK, ANSWER)
+async def until_the_shell_answers(client: VolantClient, name: str = VM) -> bytes:
+    async with client.console(name) as stream:
+        return await converse(stream, ASK, ANSWER)
 
-    seen = daemon.call(attach)
+
+def test_console_bridges_both_ways(daemon: Daemon) -> None:
+    seen = daemon.call(until_the_shell_answers)
     assert b"echo mark-$((6*7))" in seen  # the guest's terminal echoes what it was sent
     log = daemon.call(lambda c: c.console_log(VM, 10_000)).decode()
     assert "Linux version" in log
     assert "volant-init: ready name=con plugin=demo" in log
-    assert "mark-42" in log
+    assert "\nmark-42\r\n" in log
     assert daemon.call(lambda c: c.console_log(VM, 1)).count(b"\n") <= 1
 
 
@@ -89,15 +92,22 @@ def test_tcp_callers_need_the_key_and_may_send_text_frames(daemon: Daemon) -> No
             with pytest.raises(ApiError) as refused:
                 async with client.console(VM):
                     pass
+        # Another site's page in the operator's browser must not reach a root shell.
+        headers = {"Origin": "http://evil.example", "X-Volant-API-Key": KEY}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as cross_site:
+                await session.ws_connect(f"{TCP}/ws/v1/vms/{VM}/console")
+        assert cross_site.value.status == 403
         async with VolantClient(TCP, api_key=KEY) as client, client.console(VM) as stream:
-            by_client = await converse(stream, b"echo tcp-$((6*7))\n", b"tcp-42")
-        # A browser can neither set headers nor avoid text frames: the key goes in the query.
+            by_client = await converse(stream, b"echo tcp-$((6*7))\n", b"\ntcp-42\r\n")
+        # A page served from volantd's own origin may attach; a browser cannot set headers (the
+        # key goes in the query) and may send text frames.
         seen = b""
         url = f"{TCP}/ws/v1/vms/{VM}/console?api_key={KEY}"
-        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, origin=TCP) as ws:
             await ws.send_str("echo text-$((6*7))\n")
             async with asyncio.timeout(30):
-                while b"text-42" not in seen:
+                while b"\ntext-42\r\n" not in seen:
                     message = await ws.receive()
                     assert message.type is aiohttp.WSMsgType.BINARY, message
                     seen += message.data
@@ -105,8 +115,8 @@ def test_tcp_callers_need_the_key_and_may_send_text_frames(daemon: Daemon) -> No
 
     refused, by_client, by_browser = asyncio.run(run_in_netns(daemon.ns, over_tcp))
     assert (refused.status, refused.code) == (401, "Unauthenticated")
-    assert b"tcp-42" in by_client
-    assert b"text-42" in by_browser
+    assert b"\ntcp-42\r\n" in by_client
+    assert b"\ntext-42\r\n" in by_browser
 
 
 def test_second_client_is_refused_unless_it_forces(daemon: Daemon) -> None:
@@ -183,18 +193,18 @@ def test_volar_console_in_a_terminal(daemon: Daemon) -> None:
 
 def test_volar_console_with_a_pipe_and_the_log(daemon: Daemon) -> None:
     proc = subprocess.run(
-        [str(BIN / "volar"), "--api", daemon.api, "vms", "console", VM, "--linger", "3"],
+        [str(BIN / "volar"), "--api", daemon.api, "vms", "console", VM, "--linger", "2"],
         input=b"echo pipe-$((6*7))\n",
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert b"pipe-42" in proc.stdout
+    assert b"\npipe-42\r\n" in proc.stdout
     assert proc.stderr == b"Connected to con\n"
     log = daemon.volar("vms", "console", VM, "--log", "-n", "50")
     assert log.returncode == 0
-    assert "pipe-42" in log.stdout
+    assert "\npipe-42\n" in log.stdout  # text mode: \r\n read as \n
 
 
 def test_console_closes_when_the_vm_stops(daemon: Daemon) -> None:
@@ -258,7 +268,7 @@ def test_console_log_survives_a_daemon_restart(tmp_path: Path) -> None:
             assert second.call(lambda c: c.get_vm("keep"))["status"] == "running"
             assert b"volant-init: ready name=keep" in second.call(lambda c: c.console_log("keep"))
 
-            async def attach() -> bytes:
+            async def attach_with_a_short_timeout() -> bytes:
                 # A console outlives the client's time limit for requests.
                 async with (
                     VolantClient(second.api, timeout=1) as client,
@@ -267,8 +277,8 @@ def test_console_log_survives_a_daemon_restart(tmp_path: Path) -> None:
                     await asyncio.sleep(1.5)
                     return await converse(stream, ASK, ANSWER)
 
-            assert ANSWER in asyncio.run(attach())
-            assert b"mark-42" in second.call(lambda c: c.console_log("keep"))
+            assert ANSWER in asyncio.run(attach_with_a_short_timeout())
+            assert ANSWER in second.call(lambda c: c.console_log("keep"))
         finally:
             stop_daemon(second)
     assert not log_file.exists()  # deleting the VM deletes its log

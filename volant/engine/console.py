@@ -142,7 +142,7 @@ class ConsoleVerbs:
             await console.close()
             if self._consoles.get(vm.name) is console:
                 del self._consoles[vm.name]
-            log.info("console of VM %s: %s", vm.name, console.ended, extra={"VM": vm.name})
+            log.info("console of VM %s ended: %s", vm.name, console.ended, extra={"VM": vm.name})
 
     async def console_log(self, name: str, lines: int = 100) -> bytes:
         """The last `lines` lines the VM wrote to its serial console (at most its last MiB),

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from aiohttp import WSMsgType, web
 
 from volant.engine import Console, ConsoleEnd
-from volant.model import InvalidArgument
+from volant.model import InvalidArgument, PermissionDenied
 
 from .common import engine_of
 from .peer import authorize
@@ -45,6 +45,7 @@ async def vm_console(request: web.Request) -> web.StreamResponse:
             "the console is a WebSocket: send a GET with Upgrade: websocket",
             hint="`volar vms console NAME` attaches from a terminal",
         )
+    _same_origin(request)
     name = request.match_info["name"]
     async with engine_of(request).attach_console(name, force=query.force) as console:
         await ws.prepare(request)
@@ -54,6 +55,15 @@ async def vm_console(request: web.Request) -> web.StreamResponse:
         finally:
             request.app[SOCKETS].discard(ws)
     return ws
+
+
+def _same_origin(request: web.Request) -> None:
+    """Refuse a browser page from another origin: browsers let any page open a WebSocket to
+    any address (no CORS), and this one is a root shell. Clients other than browsers send no
+    Origin."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise PermissionDenied(f"a console WebSocket from origin {origin!r} is refused")
 
 
 async def vm_console_log(request: web.Request) -> web.Response:
