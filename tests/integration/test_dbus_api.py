@@ -221,6 +221,20 @@ async def test_actions_reach_the_vm_of_the_plugin(created: str, bus: SdBus) -> N
         await manager.remove_plugin("demo")  # dbx uses it
 
 
+async def test_console_log(created: str, bus: SdBus) -> None:
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    deadline = time.monotonic() + 60
+    while b"Linux version" not in await manager.get_console_log(VM, 10_000):
+        assert time.monotonic() < deadline, "the guest never printed its kernel banner"
+        await asyncio.sleep(0.5)
+    assert (await manager.get_console_log(VM, 1)).count(b"\n") <= 1
+    assert await manager.get_console_log(VM, 0)  # 0 asks for the default
+    with pytest.raises(InvalidArgumentError, match="lines must be 1 to 10000"):
+        await manager.get_console_log(VM, 10_001)
+    with pytest.raises(NotFoundError):
+        await manager.get_console_log("ghost", 10)
+
+
 def test_unprivileged_caller_may_read_but_not_manage(created: str, bus_address: str) -> None:
     nobody = 65534
     iface = f"{SERVICE}.Manager"
@@ -235,6 +249,11 @@ def test_unprivileged_caller_may_read_but_not_manage(created: str, bus_address: 
     )  # fmt: skip
     assert proc.returncode != 0
     assert "com.volantvm.Volant1.Error.PermissionDenied" in proc.stderr
+    # What a guest prints on its console may be secret: reading it is managing the VM.
+    log = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, "GetConsoleLog", "su", VM,
+                 "5", uid=nobody)  # fmt: skip
+    assert log.returncode != 0
+    assert "com.volantvm.volant1.manage-vms" in log.stderr
     plugins = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, "ListPlugins", uid=nobody)
     assert plugins.returncode == 0, plugins.stderr
     assert '"demo"' in plugins.stdout

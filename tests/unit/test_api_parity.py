@@ -40,6 +40,7 @@ PARITY = {
     "disable_plugin": ("POST /api/v1/plugins/{plugin}/disable", "DisablePlugin"),
     "remove_plugin": ("DELETE /api/v1/plugins/{plugin}", "RemovePlugin"),
     "call_plugin_action": ("POST /api/v1/plugins/{plugin}/actions/{action}", "CallPluginAction"),
+    "console_log": ("GET /api/v1/vms/{name}/console/log", "GetConsoleLog"),
 }
 # REST-only verbs, each with the reason it has no D-Bus method (yet).
 REST_ONLY = {
@@ -50,6 +51,9 @@ REST_ONLY = {
     "vm_recent_logs": ("GET /api/v1/vms/{name}/logs", "served with vm_logs by one route"),
     # Prometheus scrapes HTTP; the numbers behind it are in GetSystemStatus.
     "metrics": ("GET /metrics", "a Prometheus scrape target"),
+    # A byte stream both ways; over D-Bus it would be a socket passed as an fd (machined's
+    # OpenMachinePTY does that), not designed yet.
+    "attach_console": ("GET /ws/v1/vms/{name}/console", "a WebSocket bridged to the serial port"),
 }
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {

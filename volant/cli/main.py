@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from volant.cli.console import console
 from volant.cli.context import Context
 from volant.cli.plugins import plugins
 from volant.cli.vms import vms
@@ -25,6 +26,7 @@ def cli(ctx: click.Context, api: str, debug: bool) -> None:
     ctx.obj = Context(api=api, debug=debug)
 
 
+vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -11,12 +12,14 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from volant.client.console import ConsoleStream
 from volant.client.sse import SSEEvent, SSEParser
 
 DEFAULT_API = "http://127.0.0.1:7777"
 PROBLEM_JSON = "application/problem+json"
 API_KEY_HEADER = "X-Volant-API-Key"
 UNREACHABLE_HINT = "is volantd running? (systemctl status volantd) Set --api or VOLANT_API_BASE"
+WS_HEARTBEAT = 30.0
 
 
 class ApiError(Exception):
@@ -67,6 +70,7 @@ class VolantClient:
             connector=self._connector,
             timeout=aiohttp.ClientTimeout(total=timeout),
             headers=self.headers,
+            middlewares=(_refused_upgrade,),
         )
 
     async def __aenter__(self) -> VolantClient:
@@ -217,6 +221,32 @@ class VolantClient:
         async for event in self.events(f"/api/v1/vms/{_seg(name)}/logs", query=query):
             yield _json_object(event.data, "log line")
 
+    async def console_log(self, name: str, lines: int | None = None) -> bytes:
+        """The last lines VM name printed on its serial console (UTF-8 text)."""
+        query = {"lines": str(lines)} if lines is not None else None
+        reply = await self.raw("GET", f"/api/v1/vms/{_seg(name)}/console/log", query=query)
+        if reply.status >= 400:
+            raise _problem(reply.status, reply.body.decode(errors="replace"))
+        return reply.body
+
+    @contextlib.asynccontextmanager
+    async def console(self, name: str, *, force: bool = False) -> AsyncIterator[ConsoleStream]:
+        """VM name's serial console, attached for the block; ApiError (409) when the VM does
+        not run or another client is attached (unless force, which takes it over)."""
+        url = self._url(f"/ws/v1/vms/{_seg(name)}/console", {"force": "true"} if force else None)
+        try:
+            ws = await self._session.ws_connect(
+                url, heartbeat=WS_HEARTBEAT, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status, "BadResponse", f"console WebSocket: {exc.message}") from exc
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            yield ConsoleStream(ws)
+        finally:
+            await ws.close()
+
     # Plugins
 
     async def list_plugins(self) -> list[dict[str, Any]]:
@@ -294,6 +324,17 @@ class VolantClient:
 
     async def system_status(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/api/v1/system/status"))
+
+
+async def _refused_upgrade(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A WebSocket the daemon refused: raise its problem+json, which ws_connect would drop."""
+    response = await handler(request)
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if upgrade and response.status >= 400:
+        raise _problem(response.status, await response.text(errors="replace"))
+    return response
 
 
 def _json_object(data: str, what: str) -> dict[str, Any]:

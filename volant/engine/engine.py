@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
 from volant.engine.boot import Booting
+from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.events import EventBus
 from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
 from volant.engine.plugins import PluginVerbs
@@ -57,7 +58,7 @@ KILL_WAIT = 10.0
 PREFIX = re.compile(r"[a-z0-9-]{0,63}")
 
 
-class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
+class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVerbs):
     """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
 
     def __init__(
@@ -91,6 +92,7 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs):
         self._gateway = IPv4Address(config.network_host_ip)
         self._locks: dict[str, asyncio.Lock] = {}
         self._live: dict[str, Live] = {}
+        self._consoles: dict[str, Console] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         supervisor.set_exit_callback(self._on_exit)
 

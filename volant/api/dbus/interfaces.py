@@ -149,6 +149,11 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
         """CallAction on the first running VM (by name) of the plugin."""
         raise NotImplementedError
 
+    @dbus_method_async("su", "ay", CALL, ("log",), ("name", "lines"), method_name="GetConsoleLog")
+    async def get_console_log(self, name: str, lines: int) -> bytes:
+        """The last lines (0: 100) the VM printed on its serial console, as bytes."""
+        raise NotImplementedError
+
     @dbus_signal_async("tssa{sv}", ("id", "type", "vm", "payload"), signal_name="VMEvent")
     def vm_event(self) -> tuple[int, str, str, VarDict]:
         raise NotImplementedError

@@ -10,7 +10,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import events, plugins, system, vms
+from . import console, events, plugins, system, vms
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -35,6 +35,7 @@ def declare(api: Api) -> None:
     vms.add_routes(api)
     events.add_routes(api)
     plugins.add_routes(api)
+    console.add_routes(api)
 
 
 def make_app(
@@ -65,4 +66,6 @@ def make_app(
     app[ENGINE] = engine
     app[API] = api
     app[AUTHORIZER] = authorizer or Authorizer(None)
+    app[console.SOCKETS] = set()
+    app.on_shutdown.append(console.close_consoles)
     return app

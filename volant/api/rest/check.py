@@ -27,7 +27,9 @@ def mismatch(document: dict[str, Any], op: Operation, response: web.StreamRespon
     """What is wrong with response as an answer of op; empty when nothing is."""
     answers = document["paths"][op.path][op.method.lower()]["responses"]
     media = response.content_type
-    has_body = not isinstance(response, web.Response) or bool(response.body)
+    # After a WebSocket upgrade (101) the frames are no HTTP body.
+    upgraded = isinstance(response, web.WebSocketResponse)
+    has_body = not upgraded and (not isinstance(response, web.Response) or bool(response.body))
     found = _declared(answers, str(response.status), media, has_body)
     if isinstance(found, str):
         return found

@@ -157,3 +157,19 @@ def parse_query(model: type[M], query: Mapping[str, str]) -> M:
     if len(keys) != len(set(keys)):
         raise InvalidArgument("a query parameter is given more than once")
     return parse_body(model, {key: query[key] for key in keys})
+
+
+class ConsoleQuery(BaseModel):
+    """GET /ws/v1/vms/{name}/console."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    force: bool = Field(False, description="Take the console over from a client attached to it")
+
+
+class ConsoleLogQuery(BaseModel):
+    """GET /api/v1/vms/{name}/console/log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lines: int = Field(100, ge=1, le=10_000, description="How many of the last lines")
