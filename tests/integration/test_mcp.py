@@ -313,6 +313,12 @@ def test_unix_socket_callers_are_judged_like_rest(daemon: Daemon) -> None:
     created, listed = results(over_unix(daemon, steps))
     assert ok(created)["name"] == "sock1"
     assert ok(listed)["total"] == 1
+    # The socket is root's (and group volant's): nobody cannot even connect...
+    refused = as_nobody(daemon, [call("list_vms")], modern=False)
+    assert "Permission denied" in refused["detail"]
+    # ...and when its mode lets them in, polkit's decision still stands between them and a change.
+    socket = Path(daemon.api.removeprefix("unix:"))
+    socket.chmod(0o666)
     for modern in (False, True):
         steps = [call("delete_vm", name="sock1"), call("get_vm", name="sock1")]
         denied, read = results(as_nobody(daemon, steps, modern=modern))
