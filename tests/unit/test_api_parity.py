@@ -48,6 +48,8 @@ REST_ONLY = {
     # A live log stream needs a D-Bus design of its own (a signal or an fd); not done yet.
     "vm_logs": ("GET /api/v1/vms/{name}/logs", "a stream (SSE with ?follow=true)"),
     "vm_recent_logs": ("GET /api/v1/vms/{name}/logs", "served with vm_logs by one route"),
+    # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
+    "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
 }
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {

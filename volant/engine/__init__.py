@@ -2,6 +2,15 @@
 
 from volant.engine.engine import Engine
 from volant.engine.events import EventBus, Subscription
+from volant.engine.feed import EventFeed, EventFilter
 from volant.engine.system import SystemInfo, SystemStatus
 
-__all__ = ["Engine", "EventBus", "Subscription", "SystemInfo", "SystemStatus"]
+__all__ = [
+    "Engine",
+    "EventBus",
+    "EventFeed",
+    "EventFilter",
+    "Subscription",
+    "SystemInfo",
+    "SystemStatus",
+]

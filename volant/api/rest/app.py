@@ -16,6 +16,7 @@ from .common import API, ENGINE
 from .peer import AUTHORIZER
 from .problem import errors_middleware
 from .spec import Api
+from .sse import STREAMS, OpenStreams
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +56,12 @@ def make_app(
     app[ENGINE] = engine
     app[API] = api
     app[AUTHORIZER] = authorizer or Authorizer(None)
+    app[STREAMS] = OpenStreams()
+    app.on_shutdown.append(_end_streams)
     return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Runs before the server waits for open requests: event streams end now, not at its
+    timeout."""
+    app[STREAMS].close_all()

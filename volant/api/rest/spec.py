@@ -65,6 +65,15 @@ def _bodies(bodies: Bodies) -> tuple[Body, ...]:
 
 
 @dataclass(frozen=True)
+class Header:
+    """A request header a route reads, documented as an optional OpenAPI header parameter."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
 class Operation:
     method: str
     path: str
@@ -73,6 +82,7 @@ class Operation:
     summary: str
     tag: str
     query: type[BaseModel] | None = None
+    headers: tuple[Header, ...] = ()
     body: type[BaseModel] | None = None
     body_media: tuple[str, ...] = ()
     responses: Mapping[int, tuple[str, Bodies]] = field(default_factory=dict)
@@ -107,6 +117,7 @@ class Api:
         ok: Mapping[int, tuple[str, Bodies]],
         default: tuple[str, Bodies] | None = None,
         query: type[BaseModel] | None = None,
+        headers: tuple[Header, ...] = (),
         body: type[BaseModel] | None = None,
         body_media: tuple[str, ...] = (),
         errors: tuple[int, ...] = (),
@@ -123,6 +134,7 @@ class Api:
             summary=summary,
             tag=tag,
             query=query,
+            headers=headers,
             body=body,
             body_media=body_media,
             responses=ok,
@@ -242,11 +254,20 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
             param: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
             description = prop.pop("description", None)
             prop.pop("title", None)
-            prop = _not_null(prop)
             if description:
                 param["description"] = description
-            param["schema"] = prop
+            param["schema"] = _not_null(prop)
             params.append(param)
+    params += [
+        {
+            "name": header.name,
+            "in": "header",
+            "required": False,
+            "description": header.description,
+            "schema": dict(header.schema),
+        }
+        for header in op.headers
+    ]
     return params
 
 
