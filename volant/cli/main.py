@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from volant.cli.context import Context
+from volant.cli.events import events
 from volant.cli.plugins import plugins
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
@@ -27,6 +28,7 @@ def cli(ctx: click.Context, api: str, debug: bool) -> None:
 
 cli.add_command(vms)
 cli.add_command(plugins)
+cli.add_command(events)
 
 
 def main() -> None:
