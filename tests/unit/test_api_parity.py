@@ -54,6 +54,8 @@ REST_ONLY = {
     # A byte stream both ways; over D-Bus it would be a socket passed as an fd (machined's
     # OpenMachinePTY does that), not designed yet.
     "attach_console": ("GET /ws/v1/vms/{name}/console", "a WebSocket bridged to the serial port"),
+    # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
+    "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
 }
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {

@@ -56,6 +56,10 @@ def test_layers_later_wins_and_env_last(tmp_path: Path) -> None:
         ("network:\n  manage_bridge: maybe\n", "expected true or false"),
         ("[1, 2]\n", "expected a mapping"),
         ("network:\n  host_ip: 10.0.0.1\n", "not a host address"),
+        ("events:\n  retention_days: -1\n", "must not be negative"),
+        ("events:\n  max_rows: -5\n", "must not be negative"),
+        ("events:\n  heartbeat_seconds: 0\n", "heartbeat_seconds must be positive"),
+        ("events:\n  queue_size: 0\n", "queue_size must be at least 1"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:

@@ -6,6 +6,7 @@ import click
 
 from volant.cli.console import console
 from volant.cli.context import Context
+from volant.cli.events import events
 from volant.cli.plugins import plugins
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
@@ -29,6 +30,7 @@ def cli(ctx: click.Context, api: str, debug: bool) -> None:
 vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
+cli.add_command(events)
 
 
 def main() -> None:

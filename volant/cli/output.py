@@ -112,3 +112,29 @@ def log_line(line: dict[str, Any]) -> str:
         stamp = str(ts or "-")
     text = line.get("line", line.get("text", ""))
     return f"{stamp} {line.get('stream') or '-'} {text}"
+
+
+SHORT_VALUE = 60
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """`time type vm key=value ...` for one event (time: local, milliseconds; None values and
+    the payload's empty strings left out, long values cut)."""
+    try:
+        stamp = datetime.fromisoformat(str(event.get("ts"))).astimezone()
+        when = stamp.replace(tzinfo=None).isoformat(sep=" ", timespec="milliseconds")
+    except ValueError:
+        when = str(event.get("ts") or "-")
+    payload = event.get("payload")
+    fields = sorted(payload.items(), key=_status_first) if isinstance(payload, dict) else []
+    shown = [f"{key}={_short(value)}" for key, value in fields if value not in (None, "")]
+    return " ".join([when, str(event.get("type", "-")), str(event.get("vm") or "-"), *shown])
+
+
+def _status_first(item: tuple[str, Any]) -> tuple[bool, str]:
+    return item[0] != "status", item[0]
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= SHORT_VALUE else text[: SHORT_VALUE - 1] + "…"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -125,11 +125,22 @@ class VolantClient:
             ) from exc
 
     async def events(
-        self, path: str, *, query: Mapping[str, str] | None = None
+        self,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        last_event_id: str = "",
+        parser: SSEParser | None = None,
     ) -> AsyncIterator[SSEEvent]:
-        """The Server-Sent Events of path until the daemon ends the stream (no time limit)."""
+        """The Server-Sent Events of path until the daemon ends the stream (no time limit).
+
+        last_event_id resumes a stream (the Last-Event-ID header); pass a parser to read its
+        `last_event_id` afterwards, the position to resume from.
+        """
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
         try:
             async with self._session.get(
                 self._url(path, query), headers=headers, timeout=timeout
@@ -142,7 +153,7 @@ class VolantClient:
                         "BadResponse",
                         f"{path} answered {resp.content_type}, not an event stream",
                     )
-                parser = SSEParser()
+                parser = parser or SSEParser()
                 async for chunk in resp.content.iter_any():
                     for event in parser.feed(chunk):
                         yield event
@@ -219,7 +230,7 @@ class VolantClient:
         """Workload output lines as they come, until the daemon ends the stream."""
         query = {"follow": "true"} | ({"limit": str(limit)} if limit is not None else {})
         async for event in self.events(f"/api/v1/vms/{_seg(name)}/logs", query=query):
-            yield _json_object(event.data, "log line")
+            yield json_object(event.data, "log line")
 
     async def console_log(self, name: str, lines: int | None = None) -> bytes:
         """The last lines VM name printed on its serial console (UTF-8 text)."""
@@ -318,8 +329,18 @@ class VolantClient:
 
     # Events and status
 
-    async def list_events(self, after: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
-        query = {"after": str(after)} | ({"vm": vm} if vm else {})
+    async def list_events(
+        self,
+        after: int = 0,
+        vm: str | None = None,
+        types: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Persisted events after id `after`, oldest first (at most limit, or the daemon's
+        default); of one VM and some types if given."""
+        query = {"after": str(after)} | event_filters(vm, types)
+        if limit is not None:
+            query["limit"] = str(limit)
         return list((await self.request("GET", "/api/v1/events", query=query))["events"])
 
     async def system_status(self) -> dict[str, Any]:
@@ -337,7 +358,12 @@ async def _refused_upgrade(
     return response
 
 
-def _json_object(data: str, what: str) -> dict[str, Any]:
+def event_filters(vm: str | None, types: Sequence[str]) -> dict[str, str]:
+    """?vm= and ?type= (comma-separated) of the event routes."""
+    return ({"vm": vm} if vm else {}) | ({"type": ",".join(types)} if types else {})
+
+
+def json_object(data: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except ValueError:

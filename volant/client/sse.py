@@ -33,6 +33,9 @@ class SSEParser:
         self._data: list[str] = []
         self._event = ""
         self._last_id = ""
+        self.last_event_id = ""
+        """The id of the last event dispatched, by an `id:` line with or without data (what a
+        reconnection sends as Last-Event-ID); an event cut off mid-way does not count."""
         self._started = False
         self._after_cr = False
 
@@ -78,6 +81,7 @@ class SSEParser:
     def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
         self._data, self._event = [], ""
+        self.last_event_id = self._last_id
         if not data:
             return None
         return SSEEvent("\n".join(data), event or "message", self._last_id)

@@ -284,6 +284,17 @@ def _check(config: Config) -> None:
         raise InvalidArgument(f"api.allow_cidr: {exc}", field="api.allow_cidr") from exc
     if config.vm_min_memory_mb > config.vm_max_memory_mb:
         raise InvalidArgument("vm.min_memory_mb is larger than vm.max_memory_mb")
+    _check_events(config)
+
+
+def _check_events(config: Config) -> None:
+    # A negative retention would put the cutoff in the future and empty the log.
+    if config.events_retention_days < 0 or config.events_max_rows < 0:
+        raise InvalidArgument("events.retention_days and events.max_rows must not be negative")
+    if config.events_heartbeat_seconds <= 0:
+        raise InvalidArgument("events.heartbeat_seconds must be positive")
+    if config.events_queue_size < 1:
+        raise InvalidArgument("events.queue_size must be at least 1")
 
 
 def config_fields() -> list[str]:

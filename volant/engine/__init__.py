@@ -3,6 +3,7 @@
 from volant.engine.console import Console, ConsoleEnd
 from volant.engine.engine import Engine
 from volant.engine.events import EventBus, Subscription
+from volant.engine.feed import EventFeed, EventFilter
 from volant.engine.system import SystemInfo, SystemStatus
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "ConsoleEnd",
     "Engine",
     "EventBus",
+    "EventFeed",
+    "EventFilter",
     "Subscription",
     "SystemInfo",
     "SystemStatus",

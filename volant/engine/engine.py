@@ -15,6 +15,7 @@ from volant.engine.boot import Booting
 from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.events import EventBus
 from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
+from volant.engine.journal import EventVerbs
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
@@ -31,7 +32,6 @@ from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
-    Event,
     EventType,
     HypervisorFailed,
     InvalidArgument,
@@ -58,7 +58,7 @@ KILL_WAIT = 10.0
 PREFIX = re.compile(r"[a-z0-9-]{0,63}")
 
 
-class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVerbs):
+class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVerbs):
     """Creates, starts, stops and deletes VMs, keeping store, host and network consistent."""
 
     def __init__(
@@ -99,12 +99,14 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVer
     # -- lifecycle of the engine itself -------------------------------------------------------
 
     async def start(self) -> None:
-        """Seed the IP pool, prepare the bridge and reconcile VMs left by an earlier daemon."""
+        """Seed the IP pool, prepare the bridge, reconcile VMs left by an earlier daemon and
+        start keeping the event log within its retention."""
         total = await self.store.ensure_pool(self._subnet, {self._gateway})
         log.info("IP pool %s: %d addresses", self._subnet, total)
         if self.config.network_manage_bridge:
             await self.network.ensure_bridge()
         await self._reconcile()
+        self._spawn(self._keep_events_trimmed())
 
     async def close(self) -> None:
         """Stop watching; VMs keep running (their scopes outlive the daemon)."""
@@ -139,9 +141,6 @@ class Engine(Booting, Watching, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVer
 
     async def get_vm(self, name: str) -> VirtualMachine:
         return await self.store.get_vm(validate_name(name))
-
-    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]:
-        return await self.store.list_events(after_id, limit)
 
     async def vm_usage(self, name: str) -> Usage:
         """CPU time and memory of a VM's hypervisor (None fields where unknown or not running)."""

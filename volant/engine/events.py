@@ -18,6 +18,7 @@ class Subscription:
         self._bus = bus
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self._accept = accept
+        self._ended = asyncio.Event()
         self.dropped = False
 
     def _offer(self, event: Event) -> None:
@@ -31,6 +32,7 @@ class Subscription:
 
     def _close(self, *, dropped: bool = False) -> None:
         self.dropped = self.dropped or dropped
+        self._ended.set()
         self._bus._discard(self)
         # Wake the reader even when the queue is full: it sees the end after what it has.
         while True:
@@ -42,6 +44,12 @@ class Subscription:
 
     def close(self) -> None:
         self._close()
+
+    async def wait_ended(self) -> bool:
+        """Wait until the subscription ends (closed, or dropped: then True), even while its
+        reader is busy elsewhere, e.g. blocked writing to a client that reads nothing."""
+        await self._ended.wait()
+        return self.dropped
 
     async def get(self) -> Event | None:
         """The next event, or None once the subscription has ended."""

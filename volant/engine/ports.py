@@ -6,7 +6,8 @@ Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,7 +75,26 @@ class Store(Protocol):
         self, type: EventType, vm: str, payload: dict[str, Any] | None = None
     ) -> Event: ...
 
-    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]: ...
+    async def list_events(
+        self,
+        after_id: int = 0,
+        limit: int = 1000,
+        *,
+        vm: str | None = None,
+        types: Collection[EventType] = (),
+    ) -> list[Event]:
+        """Events after after_id, oldest first, filtered by VM and types before the limit."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The largest event id ever handed out (pruned ones too); 0 before the first."""
+        ...
+
+    async def prune_events(
+        self, older_than: datetime | None = None, keep_rows: int | None = None
+    ) -> int:
+        """Delete events older than older_than and all but the keep_rows newest; how many."""
+        ...
 
     async def pool_usage(self) -> tuple[int, int]:
         """(leased, total) addresses of the pool."""

@@ -101,9 +101,13 @@ _REASONS_AND_PROVENANCE = (
     "ALTER TABLE plugins ADD COLUMN source TEXT NOT NULL DEFAULT ''",
 )
 
+# Retention deletes by age every hour; without it each pass scans the whole event log.
+_EVENT_AGE = ("CREATE INDEX events_ts ON events(ts)",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
+    Migration(3, "index events by time for retention", _EVENT_AGE),
 )
 
 

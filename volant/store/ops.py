@@ -1,4 +1,4 @@
-"""VM and event operations. Plain blocking functions: the store runs them on its own thread."""
+"""VM operations. Plain blocking functions: the store runs them on its own thread."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import peewee
 
 from volant.model import (
     Conflict,
-    Event,
-    EventType,
     InvalidArgument,
     InvalidState,
     NameTaken,
@@ -23,7 +21,7 @@ from volant.model import (
     VMStatus,
 )
 from volant.store import pool
-from volant.store.rows import EventRow, PluginRow, VMRow, to_event, to_vm, utcnow
+from volant.store.rows import PluginRow, VMRow, to_vm, utcnow
 
 MacFor = Callable[[str, str | None], str]
 
@@ -193,17 +191,3 @@ def delete_vm(db: peewee.SqliteDatabase, name: str) -> None:
         row = _row(db, name)
         pool.release(db, row.id)
         VMRow.delete().where(VMRow.id == row.id).execute(db)
-
-
-def append_event(db: peewee.SqliteDatabase, type: EventType, vm: str, payload_json: str) -> Event:
-    now = utcnow()
-    with db.atomic():
-        event_id: int = EventRow.insert(
-            ts=now, type=type.value, vm=vm, payload=payload_json
-        ).execute(db)
-    return to_event(EventRow(id=event_id, ts=now, type=type.value, vm=vm, payload=payload_json))
-
-
-def list_events(db: peewee.SqliteDatabase, after_id: int, limit: int) -> list[Event]:
-    query = EventRow.select().where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
-    return [to_event(row) for row in query.execute(db)]

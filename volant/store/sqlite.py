@@ -12,8 +12,9 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +32,7 @@ from volant.model import (
     VMQuery,
     VMSpec,
 )
-from volant.store import ops, plugins, pool
+from volant.store import events, ops, plugins, pool
 from volant.store.migrations import MIGRATIONS, Migration, apply_migrations, check_order
 from volant.store.ops import MacFor
 from volant.store.rows import run_sql
@@ -42,6 +43,8 @@ _T = TypeVar("_T")
 
 BUSY_TIMEOUT_MS = 5000
 THREAD_NAME = "volant-store"
+# Events deleted per transaction when pruning.
+PRUNE_CHUNK = 5000
 
 
 def _database(path: Path) -> peewee.SqliteDatabase:
@@ -195,14 +198,53 @@ class SqliteStore:
         # Serialised here so an unencodable payload fails in the caller, not on the store thread.
         payload_json = json.dumps(payload or {}, separators=(",", ":"))
         return await self._call(
-            functools.partial(ops.append_event, self._db, EventType(type), vm, payload_json)
+            functools.partial(events.append_event, self._db, EventType(type), vm, payload_json)
         )
 
-    async def list_events(self, after_id: int = 0, limit: int = 1000) -> list[Event]:
-        """Events with id > after_id, oldest first, at most limit of them."""
+    async def list_events(
+        self,
+        after_id: int = 0,
+        limit: int = 1000,
+        *,
+        vm: str | None = None,
+        types: Collection[EventType] = (),
+    ) -> list[Event]:
+        """Events with id > after_id, oldest first, at most limit of them; only those of vm
+        and of one of types when given."""
         if limit < 1:
             raise InvalidArgument(f"limit must be at least 1, got {limit}", field="limit")
-        return await self._call(functools.partial(ops.list_events, self._db, after_id, limit))
+        return await self._call(
+            functools.partial(
+                events.list_events, self._db, after_id, limit, vm, frozenset(map(EventType, types))
+            )
+        )
+
+    async def last_event_id(self) -> int:
+        """The largest event id ever handed out; 0 before the first event."""
+        return await self._call(functools.partial(events.last_event_id, self._db))
+
+    async def prune_events(
+        self, older_than: datetime | None = None, keep_rows: int | None = None
+    ) -> int:
+        """Delete events recorded before older_than and all but the keep_rows newest; return
+        how many went. Runs in chunks, so other store calls are not held up for long."""
+        if older_than is not None and older_than.tzinfo is None:
+            raise ValueError("older_than must be timezone-aware")
+        if keep_rows is not None and keep_rows < 0:
+            raise InvalidArgument(f"keep_rows must not be negative, got {keep_rows}")
+        if older_than is None and keep_rows is None:
+            return 0
+        up_to = 0
+        if keep_rows is not None:
+            up_to = await self._call(functools.partial(events.prune_boundary, self._db, keep_rows))
+        total = 0
+        while True:
+            deleted = await self._call(
+                functools.partial(events.prune_chunk, self._db, older_than, up_to, PRUNE_CHUNK)
+            )
+            total += deleted
+            if deleted < PRUNE_CHUNK:
+                return total
 
     async def pool_usage(self) -> tuple[int, int]:
         """(leased, total) addresses of the pool."""

@@ -18,6 +18,7 @@ from .mount import Mount
 from .peer import AUTHORIZER
 from .problem import errors_middleware
 from .spec import Api
+from .sse import STREAMS, OpenStreams
 
 log = logging.getLogger(__name__)
 
@@ -68,4 +69,12 @@ def make_app(
     app[AUTHORIZER] = authorizer or Authorizer(None)
     app[console.SOCKETS] = set()
     app.on_shutdown.append(console.close_consoles)
+    app[STREAMS] = OpenStreams()
+    app.on_shutdown.append(_end_streams)
     return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Runs before the server waits for open requests: event streams end now, not at its
+    timeout."""
+    app[STREAMS].close_all()

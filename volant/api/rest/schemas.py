@@ -14,6 +14,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
 )
 
 from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus
@@ -87,15 +88,54 @@ class ListVMsQuery(BaseModel):
         )
 
 
-class EventsQuery(BaseModel):
-    """GET /api/v1/events: persisted events after an id, oldest first."""
+_TYPE_NAMES = "|".join(t.value for t in EventType)
+EVENT_TYPES_PATTERN = f"^({_TYPE_NAMES})(,({_TYPE_NAMES}))*$"
+
+
+class EventFilters(BaseModel):
+    """?vm= and ?type= of the event routes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    vm: str | None = Field(
+        None, description="Only events of this VM", json_schema_extra={"pattern": DNS_LABEL}
+    )
+    type: str | None = Field(
+        None,
+        description="Only events of these types, comma-separated (VM_CREATED,VM_DELETED)",
+        json_schema_extra={"pattern": EVENT_TYPES_PATTERN},
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_types(cls, value: str | None) -> str | None:
+        if value is not None:
+            unknown = [name for name in value.split(",") if name not in set(EventType)]
+            if unknown:
+                known = ", ".join(EventType)
+                raise ValueError(f"unknown event type {unknown[0]!r} (known: {known})")
+        return value
+
+    def types(self) -> frozenset[EventType]:
+        return frozenset(EventType(name) for name in (self.type or "").split(",") if name)
+
+
+class EventsQuery(EventFilters):
+    """GET /api/v1/events: persisted events after an id, oldest first."""
+
     after: int = Field(0, ge=0, le=2**63 - 1, description="Only events with a larger id")
     limit: int = Field(1000, ge=1, le=10_000, description="At most this many events")
-    vm: str | None = Field(None, max_length=63, description="Only events of this VM")
-    type: EventType | None = Field(None, description="Only events of this type")
+
+
+class EventStreamQuery(EventFilters):
+    """GET /api/v1/events/vms: the event stream."""
+
+    after: int | None = Field(
+        None,
+        ge=0,
+        description="Replay the events after this id first (0: every kept event); without it "
+        "the stream starts now. A Last-Event-ID header wins over it.",
+    )
 
 
 class LogsQuery(BaseModel):

@@ -65,6 +65,15 @@ def _bodies(bodies: Bodies) -> tuple[Body, ...]:
 
 
 @dataclass(frozen=True)
+class Header:
+    """A request header a route reads, documented as an optional OpenAPI header parameter."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
 class Operation:
     method: str
     path: str
@@ -73,6 +82,7 @@ class Operation:
     summary: str
     tag: str
     query: type[BaseModel] | None = None
+    headers: tuple[Header, ...] = ()
     body: type[BaseModel] | None = None
     body_media: tuple[str, ...] = ()
     responses: Mapping[int, tuple[str, Bodies]] = field(default_factory=dict)
@@ -107,6 +117,7 @@ class Api:
         ok: Mapping[int, tuple[str, Bodies]],
         default: tuple[str, Bodies] | None = None,
         query: type[BaseModel] | None = None,
+        headers: tuple[Header, ...] = (),
         body: type[BaseModel] | None = None,
         body_media: tuple[str, ...] = (),
         errors: tuple[int, ...] = (),
@@ -125,6 +136,7 @@ class Api:
             summary=summary,
             tag=tag,
             query=query,
+            headers=headers,
             body=body,
             body_media=body_media,
             responses=ok,
@@ -248,6 +260,16 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
                 param["description"] = description
             param["schema"] = _not_null(raw)
             params.append(param)
+    params += [
+        {
+            "name": header.name,
+            "in": "header",
+            "required": False,
+            "description": header.description,
+            "schema": dict(header.schema),
+        }
+        for header in op.headers
+    ]
     return params
 
 
