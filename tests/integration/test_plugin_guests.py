@@ -9,6 +9,7 @@ manifest too large for the kernel command line travels on the config disk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from tests.integration.daemon import (
     stop_daemon,
     wait_status,
 )
+from volant.client import VolantClient
 from volant.plugins.signing import generate_keypair, sign
 
 pytestmark = pytest.mark.integration
@@ -111,6 +113,21 @@ def test_unsigned_and_tampered_manifests_are_refused(daemon: Daemon, tmp_path: P
     assert daemon.call(lambda c: c.request("GET", "/api/v1/plugins"))["total"] == 0
 
 
+def follow_until(daemon: Daemon, vm: str, text: str) -> str:
+    """Follow the VM's log (SSE, with keepalives) until a line holds text; that line."""
+
+    async def follow(client: VolantClient) -> str:
+        query = {"follow": "true", "limit": "50"}
+        async with asyncio.timeout(60):
+            async for event in client.events(f"/api/v1/vms/{vm}/logs", query=query):
+                line = str(json.loads(event.data)["text"])
+                if text in line:
+                    return line
+        raise AssertionError(f"the log stream of {vm} ended before {text!r}")
+
+    return str(daemon.call(follow))
+
+
 def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> None:
     status, plugin = install(
         daemon, HELLO / "manifest.json", (HELLO / "manifest.json.sig").read_text()
@@ -139,6 +156,7 @@ def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> N
 
     lines = daemon.call(lambda c: c.request("GET", "/api/v1/vms/hello1/logs"))["lines"]
     assert any("GET /greet" in line["text"] for line in lines), lines
+    assert "/echo" in follow_until(daemon, "hello1", "/echo")
     status, _, openapi = raw(daemon, "GET", "/api/v1/vms/hello1/openapi")
     assert status == 200
     assert set(openapi["paths"]) == {"/greet", "/echo", "/health"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from .spec import Api, Body
 TAG = "plugins"
 
 SSE_KEEPALIVE = 15.0
+T = TypeVar("T")
 
 
 def _with_manifest(plugin: Plugin) -> dict[str, Any]:
@@ -114,34 +116,45 @@ async def vm_logs(request: web.Request) -> web.StreamResponse:
     limit = query.limit or (50 if following else 200)
     if not following:
         return web.json_response({"lines": await engine.vm_recent_logs(name, limit)})
-    lines = engine.vm_logs(name, limit)
-    first = await _first(lines)  # errors (no VM, not running) still leave as problem+json
+    ticks = with_keepalives(engine.vm_logs(name, limit), SSE_KEEPALIVE)
+    # The first item before the answer starts: no VM or no agent still leaves as problem+json.
+    first = await anext(ticks, None)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    pending = [first] if first is not None else []
-    while True:
-        for line in pending:
-            await response.write(f"data: {json.dumps(line, sort_keys=True)}\n\n".encode())
-        try:
-            pending = [await asyncio.wait_for(anext(lines), SSE_KEEPALIVE)]
-        except TimeoutError:
-            await response.write(b": keepalive\n\n")
-            pending = []
-        except StopAsyncIteration:
-            break
+    if first is not None:
+        await response.write(_sse_line(first))
+    async for line in ticks:
+        await response.write(b": keepalive\n\n" if line is None else _sse_line(line))
     await response.write_eof()
     return response
 
 
-async def _first(lines: Any) -> dict[str, Any] | None:
-    """The first line, so that a failure to reach the agent raises before the stream starts."""
+def _sse_line(line: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(line, sort_keys=True)}\n\n".encode()
+
+
+async def with_keepalives(lines: AsyncIterator[T], every: float) -> AsyncIterator[T | None]:
+    """lines, with a None whenever `every` seconds pass without one. A pending read is never
+    cancelled for a keepalive (wait_for would, and that ends the source generator)."""
+    pending: asyncio.Future[T] | None = None
     try:
-        first: dict[str, Any] = await asyncio.wait_for(anext(lines), SSE_KEEPALIVE)
-    except (TimeoutError, StopAsyncIteration):
-        return None
-    return first
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(lines))
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                yield finished.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 def _passthrough(reply: GuestReplyLike) -> web.Response:
