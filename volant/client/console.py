@@ -49,9 +49,12 @@ class ConsoleStream:
             if message.type is aiohttp.WSMsgType.TEXT:
                 return str(message.data).encode()
             if message.type in _ENDS:
-                self.close_code = self._ws.close_code or ABNORMAL
+                # A CLOSE frame carries its own code; the socket's attribute may lag behind it.
                 if message.type is aiohttp.WSMsgType.CLOSE:
+                    self.close_code = int(message.data)
                     self.close_reason = str(message.extra or "")
+                else:
+                    self.close_code = self._ws.close_code or ABNORMAL
                 return None
 
     async def send(self, data: bytes) -> None:
