@@ -50,6 +50,7 @@ bench: deps
 	@$(PY) -m bench.create_latency
 	@$(PY) -m bench.agent_boot
 	@$(PY) -m bench.api_list
+	@$(PY) -m bench.events_latency
 
 clean:
 	rm -rf $(VENV) .cache examples/plugins/*/*.cpio
