@@ -7,9 +7,11 @@ Layers, later wins: /usr/lib/volant/volantd.yaml, /etc/volant/volantd.yaml, drop
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +165,12 @@ class Config:
     def vm_run_dir(self, name: str) -> Path:
         return self.runtime_dir / "vms" / name
 
-    @property
-    def allowed_networks(self) -> tuple[str, ...]:
-        """api.allow_cidr split into its networks; empty when any address may call."""
-        return tuple(filter(None, (n.strip() for n in self.api_allow_cidr.split(","))))
+    @functools.cached_property
+    def allowed_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """api.allow_cidr parsed (once: access control asks on every request); empty when
+        any address may call. ValueError names a network that is not one."""
+        names = filter(None, (n.strip() for n in self.api_allow_cidr.split(",")))
+        return tuple(ip_network(name, strict=False) for name in names)
 
     def vm_console_log(self, name: str) -> Path:
         return self.state_dir / "consoles" / f"{name}.log"
@@ -266,7 +270,7 @@ def load_config(
 
 
 def _check(config: Config) -> None:
-    from ipaddress import IPv4Address, IPv4Network, ip_network
+    from ipaddress import IPv4Address
 
     try:
         subnet = IPv4Network(config.network_subnet)
@@ -278,8 +282,7 @@ def _check(config: Config) -> None:
             f"network.host_ip {host} is not a host address of network.subnet {subnet}"
         )
     try:
-        for net in config.allowed_networks:
-            ip_network(net, strict=False)
+        config.allowed_networks  # noqa: B018 -- parsing the networks is the check
     except ValueError as exc:
         raise InvalidArgument(f"api.allow_cidr: {exc}", field="api.allow_cidr") from exc
     if config.vm_min_memory_mb > config.vm_max_memory_mb:

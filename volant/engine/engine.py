@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import shutil
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -47,7 +46,7 @@ from volant.model import (
     VMStatus,
     VolantError,
 )
-from volant.model.validate import validate_name
+from volant.model.validate import PREFIX_RE, validate_name
 from volant.runtime.configdisk import write_config_disk
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ log = logging.getLogger(__name__)
 STARTABLE = (VMStatus.STOPPED, VMStatus.CRASHED, VMStatus.ERROR)
 STOPPABLE = (VMStatus.RUNNING, VMStatus.STARTING)
 KILL_WAIT = 10.0
-PREFIX = re.compile(r"[a-z0-9-]{0,63}")
 
 
 class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs, ConsoleVerbs):
@@ -133,7 +131,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
 
     async def query_vms(self, query: VMQuery) -> tuple[list[VirtualMachine], int]:
         """A filtered, ordered window of the VMs and how many match in all."""
-        if not PREFIX.fullmatch(query.prefix):
+        if not PREFIX_RE.fullmatch(query.prefix):
             raise InvalidArgument(
                 f"name prefix {query.prefix!r} has characters no VM name has", field="prefix"
             )

@@ -17,7 +17,7 @@ from volant.engine.events import EventBus
 from volant.engine.ports import HypervisorDriver, Store, Supervisor
 from volant.engine.telemetry import Telemetry
 from volant.host.stats import host_stats
-from volant.model import HostStats, Usage
+from volant.model import HostStats, Usage, VirtualMachine
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class SystemVerbs:
             supervisor=self.supervisor.kind,
             hypervisor=self.driver.kind,
             vms_total=len(vms),
-            vms_by_status=dict(Counter(vm.status.value for vm in vms)),
+            vms_by_status=_by_status(vms),
             ip_pool_subnet=self.config.network_subnet,
             ip_pool_leased=leased,
             ip_pool_total=total,
@@ -86,14 +86,13 @@ class SystemVerbs:
         )
 
     async def metrics(self) -> tuple[str, bytes]:
-        """(content type, body) of the Prometheus text exposition of this engine."""
-        status = await self.system_status()
-        body = self.telemetry.render(
-            status.vms_by_status,
-            status.event_subscribers,
-            status.ip_pool_leased,
-            status.ip_pool_total,
-        )
+        """(content type, body) of the Prometheus text exposition of this engine.
+
+        Only the counts it shows: a scrape asks no supervisor for usage and reads no host stats.
+        """
+        vms = await self.store.list_vms()
+        leased, total = await self.store.pool_usage()
+        body = self.telemetry.render(_by_status(vms), self.bus.subscriber_count, leased, total)
         return self.telemetry.content_type, body
 
     async def system_info(self) -> SystemInfo:
@@ -113,6 +112,10 @@ class SystemVerbs:
             plugins_require_signature=config.plugins_require_signature,
             api_key_required=bool(config.api_key),
         )
+
+
+def _by_status(vms: list[VirtualMachine]) -> dict[str, int]:
+    return dict(Counter(vm.status.value for vm in vms))
 
 
 def _total(usages: list[Usage]) -> Usage:

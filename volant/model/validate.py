@@ -7,6 +7,9 @@ import re
 from volant.model.errors import InvalidArgument
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+DNS_LABEL = f"^{NAME_RE.pattern}$"  # NAME_RE anchored, for JSON Schema and OpenAPI documents
+# What a name prefix filter may hold: any start of a name, so also "" and a trailing "-".
+PREFIX_RE = re.compile(r"[a-z0-9-]{0,63}")
 RESERVED_KERNEL_KEYS = ("volant.", "ip=", "init=", "rdinit=")
 CMDLINE_MAX = 2047
 

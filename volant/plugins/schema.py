@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from volant.model.validate import DNS_LABEL
+
 SCHEMA_ID = "https://volantvm.com/schemas/plugin-manifest/v1.json"
 SCHEMA_VERSION = 1
 
-DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SHA256 = r"^sha256:[0-9a-f]{64}$"
 HTTP_URL = r"^https?://[^\s/?#]+(/\S*)?$"
 ABS_PATH = r"^/\S*$"

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mcp import types
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from volant.api.validation import validate_model
 from volant.auth.polkit import Action
 from volant.engine import Engine
-from volant.model import InvalidArgument, VMQuery, VMSpec, VMStatus, VolantError
-from volant.model.validate import NAME_RE
+from volant.model import VMQuery, VMSpec, VMStatus, VolantError
+from volant.model.validate import DNS_LABEL
 
-DNS_LABEL = f"^{NAME_RE.pattern}$"
 A = TypeVar("A", bound=BaseModel)
 Authorize = Callable[[Action], Awaitable[None]]
 
@@ -172,16 +172,7 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 
 def parse_arguments(model: type[A], arguments: Mapping[str, Any]) -> A:
     """Validate tool arguments; the first problem becomes an InvalidArgument naming it."""
-    try:
-        return model.model_validate(dict(arguments))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "arguments"
-        if first["type"] == "extra_forbidden":
-            message = f"unknown argument {where!r}"
-        else:
-            message = f"{where}: {first['msg']}"
-        raise InvalidArgument(message, field=where) from exc
+    return validate_model(model, arguments, unknown="argument", whole="arguments")
 
 
 TOOLS: tuple[ToolDef[Any], ...] = (

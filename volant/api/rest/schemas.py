@@ -13,16 +13,16 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
     field_validator,
 )
 
+from volant.api.validation import validate_model
 from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus
+from volant.model.validate import DNS_LABEL, PREFIX_RE
 
 M = TypeVar("M", bound=BaseModel)
 
 
-DNS_LABEL = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # The pattern is documented, not enforced by pydantic: the engine's own check answers with
 # what a DNS label is, and both say the same thing.
 Label = Annotated[StrictStr, Field(json_schema_extra={"pattern": DNS_LABEL})]
@@ -67,7 +67,7 @@ class ListVMsQuery(BaseModel):
     status: VMStatus | None = Field(None, description="Only VMs in this status")
     plugin: str | None = Field(None, pattern=DNS_LABEL, description="Only VMs of this plugin")
     prefix: str = Field(
-        "", pattern="^[a-z0-9-]{0,63}$", description="Only VMs whose name starts with this"
+        "", pattern=f"^{PREFIX_RE.pattern}$", description="Only VMs whose name starts with this"
     )
     sort: str = Field(
         "name", pattern=SORT_PATTERN, description="Order by a column; a leading - reverses it"
@@ -179,16 +179,7 @@ def parse_body(model: type[M], body: Any) -> M:
     """Validate a decoded JSON body; the first problem becomes an InvalidArgument naming it."""
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field {where!r}"
-        else:
-            message = f"{where}: {first['msg']}"
-        raise InvalidArgument(message, field=where) from exc
+    return validate_model(model, body, unknown="field", whole="body")
 
 
 def parse_query(model: type[M], query: Mapping[str, str]) -> M:

@@ -15,13 +15,14 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from volant.model.validate import DNS_LABEL
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 REF = "#/components/schemas/{model}"
 
 # What each path parameter may be; a value outside it never reaches the engine.
-DNS_LABEL = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 PATH_PARAMS: Mapping[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": DNS_LABEL, "description": "VM name (a DNS label)"},
     "plugin": {"type": "string", "pattern": DNS_LABEL, "description": "Plugin name"},
