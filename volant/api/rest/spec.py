@@ -37,6 +37,7 @@ COMMON_ERRORS: Mapping[int, str] = {
     500: "Internal error",
 }
 ERROR_TEXT: Mapping[int, str] = {
+    **COMMON_ERRORS,
     400: "Invalid argument",
     404: "Not found",
     409: "Conflict with the current state",
@@ -290,7 +291,7 @@ def _responses(op: Operation) -> dict[str, Any]:
         str(status): _response(description, bodies)
         for status, (description, bodies) in op.responses.items()
     }
-    errors = {status: {**ERROR_TEXT, **COMMON_ERRORS}[status] for status in op.errors}
+    errors = {status: ERROR_TEXT[status] for status in op.errors}
     if op.query is not None or op.body is not None or op.path_params:
         errors.setdefault(400, ERROR_TEXT[400])
     for status, text in {**errors, **COMMON_ERRORS}.items():
