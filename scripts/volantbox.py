@@ -72,10 +72,17 @@ class VolantBox:
         """More [Service] lines for the checkout drop-in (say, Environment= for a test)."""
 
     def install(
-        self, settings: dict[str, Any] | None = None, plugins: Sequence[str] = ("demo",)
+        self,
+        settings: dict[str, Any] | None = None,
+        plugins: Sequence[str] = ("demo",),
+        *,
+        start: bool = True,
     ) -> None:
         """Copy the units and a config into the overlay; start volantd; wait until active;
-        install the test plugins (scripts/testplugin.py) that VMs of the busybox guest use."""
+        install the test plugins (scripts/testplugin.py) that VMs of the busybox guest use.
+
+        With start=False only the files are installed (`volar setup` starts the service).
+        """
         root = self.box.root
         unit_dir = root / "etc/systemd/system"
         for unit in ("volantd.service", "volant.slice"):
@@ -99,7 +106,10 @@ class VolantBox:
         etc = root / "etc/volant"
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "volantd.yaml").write_text(yaml.safe_dump(volantd_config(settings)))
-        self.sh("systemctl daemon-reload && systemctl start volantd")
+        self.sh("systemctl daemon-reload")
+        if not start:
+            return
+        self.sh("systemctl start volantd")
         self.wait_healthy()
         for name in plugins:
             self.install_test_plugin(name)

@@ -8,6 +8,7 @@ from volant.cli.console import console
 from volant.cli.context import Context
 from volant.cli.events import events
 from volant.cli.plugins import plugins
+from volant.cli.setup import setup
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
 
@@ -31,6 +32,7 @@ vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
 cli.add_command(events)
+cli.add_command(setup)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any
 
@@ -35,6 +36,21 @@ DEFAULT_ADDRESS = IPv4Interface("192.168.127.1/24")
 
 _IFF_UP = 0x1
 _TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE: 1 is tun, 2 is tap
+
+
+@dataclass(frozen=True)
+class BridgeState:
+    """The bridge as the kernel has it: kind, the host address, link state and its ports."""
+
+    is_bridge: bool
+    has_address: bool
+    up: bool
+    ports: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        """A bridge with the host address, up: what ensure_bridge makes."""
+        return self.is_bridge and self.has_address and self.up
 
 
 @contextmanager
@@ -134,6 +150,14 @@ class HostNetwork:
         check_ifname(tap, "tap")
         await asyncio.to_thread(self._delete_tap, tap)
 
+    async def inspect_bridge(self) -> BridgeState | None:
+        """What the bridge looks like now, or None when there is no interface of its name."""
+        return await asyncio.to_thread(self._inspect_bridge)
+
+    async def delete_bridge(self) -> None:
+        """Remove the bridge (its ports are detached by the kernel); nothing when it is gone."""
+        await asyncio.to_thread(self._delete_bridge)
+
     async def tap_exists(self, tap: str) -> bool:
         """True when an interface called tap exists."""
         check_ifname(tap, "tap")
@@ -168,6 +192,32 @@ class HostNetwork:
                 log.info("added %s to bridge %s", self.address, self.bridge)
             if not link["flags"] & _IFF_UP:
                 ipr.link("set", index=index, state="up")
+
+    def _inspect_bridge(self) -> BridgeState | None:
+        with _host_errors(f"cannot look up bridge {self.bridge}"), self._open() as ipr:
+            link = _find(ipr, self.bridge)
+            if link is None:
+                return None
+            index = link["index"]
+            ports = tuple(
+                str(port.get("ifname")) for port in ipr.get_links() if port.get("master") == index
+            )
+            return BridgeState(
+                is_bridge=_kind(link) == "bridge",
+                has_address=self._has_address(ipr, index),
+                up=bool(link["flags"] & _IFF_UP),
+                ports=ports,
+            )
+
+    def _delete_bridge(self) -> None:
+        with _host_errors(f"cannot delete bridge {self.bridge}"), self._open() as ipr:
+            link = _find(ipr, self.bridge)
+            if link is None:
+                return
+            if _kind(link) != "bridge":
+                raise Conflict(f"interface {self.bridge} is not a bridge; refusing to delete it")
+            _tolerate(errno.ENODEV, lambda: ipr.link("del", index=link["index"]))
+            log.info("deleted bridge %s", self.bridge)
 
     def _has_address(self, ipr: Any, index: int) -> bool:
         wanted = (str(self.address.ip), self.address.network.prefixlen)
