@@ -23,7 +23,7 @@ from volant.daemon.notify import Notifier
 from volant.engine import Engine
 from volant.host import MachineRegistry, make_supervisor
 from volant.model import VolantError
-from volant.network import HostNetwork, mac_for
+from volant.network import HostNetwork, forwarding_enabled, mac_for
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
 from volant.runtime.guest import GuestAgent
@@ -84,6 +84,11 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 machines=machines,
             )
             await engine.start()
+            if not forwarding_enabled():
+                log.warning(
+                    "net.ipv4.ip_forward is 0: guests cannot reach other networks "
+                    "(run `volar setup`)"
+                )
             try:
                 yield engine
             finally:

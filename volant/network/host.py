@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -36,6 +37,14 @@ DEFAULT_ADDRESS = IPv4Interface("192.168.127.1/24")
 
 _IFF_UP = 0x1
 _TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE: 1 is tun, 2 is tap
+
+
+def forwarding_enabled(knob: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> bool:
+    """True when this network namespace routes IPv4 between interfaces (guests reach out)."""
+    try:
+        return knob.read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
