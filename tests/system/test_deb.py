@@ -154,6 +154,26 @@ def test_dbus_reads_open_changes_denied_to_others(installed: Sysbox) -> None:
     assert volar(box, "vms", "get", "web")["status"] == "running"
 
 
+def test_reinstall_restarts_volantd_and_the_vm_runs_on(installed: Sysbox) -> None:
+    """What an upgrade does: postinst restarts volantd.service (volant.slice is left alone),
+    and the new daemon adopts the running VM."""
+    box = installed
+    vm = volar(box, "vms", "get", "web")
+    daemon = sh(box, "systemctl show -P MainPID volantd").strip()
+    proc = box.run(
+        ["apt-get", "install", "--reinstall", "-y", str(package())],
+        check=False,
+        timeout=300,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sh(box, "systemctl show -P MainPID volantd").strip() not in ("0", daemon)
+    again = volar(box, "vms", "get", "web")
+    assert (again["status"], again["pid"]) == ("running", vm["pid"])
+    assert "adopted VM web" in sh(box, "journalctl -u volantd --no-pager -n 50")
+    assert failed_units(box) == ""
+
+
 def test_remove_keeps_state_and_purge_deletes_it(installed: Sysbox) -> None:
     box = installed
     qemu = volar(box, "vms", "get", "web")["pid"]
