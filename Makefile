@@ -5,9 +5,16 @@ PY := $(VENV)/bin/python
 GUEST := .cache/guest
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	qemu-system-x86 qemu-utils busybox-static iproute2 curl socat dbus polkitd \
-	systemd systemd-container util-linux
+	systemd systemd-container util-linux nftables
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+DEB := dist/volant_$(VERSION)_amd64.deb
+# What the package is built from (the guest's own inputs are checked by build_guest.py).
+DEB_INPUTS := pyproject.toml README.md $(shell find volant agent units polkit packaging examples \
+	debian scripts/build_guest.py scripts/guest_init.sh scripts/guest \( -name __pycache__ \
+	-o -name '*.cpio' -o -path debian/volant -o -path debian/.debhelper -o -path debian/generated \
+	\) -prune -o -type f -print)
 
-.PHONY: deps apt venv guest demo test test-fast lint bench clean
+.PHONY: deps apt venv guest deb demo test test-fast lint bench clean
 
 deps: apt venv guest
 
@@ -34,6 +41,30 @@ $(GUEST)/.stamp: scripts/build_guest.py $(wildcard scripts/guest/*.py agent/vola
 	@$(PY) scripts/build_guest.py --out $(GUEST)
 	@touch $@
 
+# The Debian package (dpkg-buildpackage on this checkout, build dependencies from apt), checked
+# by lintian; dist/ gets the .deb, .buildinfo and .changes.
+deb: $(DEB)
+$(DEB): .cache/deb-apt.stamp $(DEB_INPUTS)
+	@echo "building $(DEB) (log: .cache/deb-build.log)"
+	@rm -f ../volant_$(VERSION)_amd64.*
+	@dpkg-buildpackage -us -uc -b -tc > .cache/deb-build.log 2>&1 \
+		|| { tail -n 40 .cache/deb-build.log; exit 1; }
+	@mkdir -p dist
+	@mv ../volant_$(VERSION)_amd64.deb ../volant_$(VERSION)_amd64.buildinfo \
+		../volant_$(VERSION)_amd64.changes dist/
+	@lintian --fail-on error $@ 2>&1 | grep -v 'running with root privileges' \
+		| tee .cache/lintian.log; test "$${PIPESTATUS[0]}" = 0 || { rm -f $@; exit 1; }
+	@touch $@
+
+.cache/deb-apt.stamp: debian/control .cache/apt.stamp
+	@if ! dpkg-checkbuilddeps >/dev/null 2>&1 || ! command -v lintian >/dev/null; then \
+		echo "installing the package's build dependencies"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			lintian dpkg-dev >/dev/null && DEBIAN_FRONTEND=noninteractive \
+			apt-get build-dep -y -qq ./ >/dev/null; \
+	fi
+	@touch $@
+
 demo: deps
 	@$(PY) -m scripts.demo
 
@@ -43,7 +74,7 @@ lint: venv
 test-fast: deps
 	@$(PY) -m pytest -q -m "unit or lint"
 
-test: deps
+test: deps deb
 	@$(PY) -m pytest -q -ra --durations=10
 
 bench: deps
@@ -53,4 +84,4 @@ bench: deps
 	@$(PY) -m bench.events_latency
 
 clean:
-	rm -rf $(VENV) .cache examples/plugins/*/*.cpio
+	rm -rf $(VENV) .cache dist examples/plugins/*/*.cpio

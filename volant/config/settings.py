@@ -230,6 +230,8 @@ def _read_file(path: Path, table: Mapping[str, Setting]) -> dict[str, Any]:
     for name, value in _flatten(data).items():
         if name not in table:
             raise InvalidArgument(f"{path}: unknown setting {name!r}", field=name)
+        if value is None:  # `name:` with no value keeps the default, as in the shipped file
+            continue
         values[name] = _coerce(table[name], value, str(path))
     return values
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from volant.api import mcp
 from volant.api.rest import Mount, RestServer, make_app
 from volant.config import Config, load_config
+from volant.config.docs import defaults_yaml
 from volant.daemon.bus import serve_dbus
 from volant.daemon.lifecycle import status_lines, stop, watchdog
 from volant.daemon.logs import setup_logging
@@ -141,7 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config", type=Path, action="append", help="config file (repeatable; replaces defaults)"
     )
+    parser.add_argument(
+        "--print-defaults",
+        action="store_true",
+        help="print every setting with its default and help, as a commented volantd.yaml, and exit",
+    )
     args = parser.parse_args(argv)
+    if args.print_defaults:
+        sys.stdout.write(defaults_yaml())
+        return
     try:
         config = load_config(args.config)
     except VolantError as exc:
