@@ -72,3 +72,21 @@ def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> 
 def test_bad_env_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="VOLANT_VM_MAX_CPUS"):
         load_config([], env={"HOME": str(tmp_path), "VOLANT_VM_MAX_CPUS": "x"})
+
+
+def test_volantd_check_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.yaml"
+    good.write_text("runtime:\n  accel: tcg\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runtime:\n  accel: fast\n")
+    argv = [sys.executable, "-m", "volant.daemon.main", "--check-config", "--config"]
+    ok = subprocess.run([*argv, str(good)], capture_output=True, text=True, check=False)
+    assert (ok.returncode, ok.stdout) == (0, f"volantd: configuration OK ({good})\n")
+    wrong = subprocess.run([*argv, str(bad)], capture_output=True, text=True, check=False)
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        f"volantd: {bad}: runtime.accel must be one of auto, kvm, tcg, got 'fast'\n"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scripts.readme_settings import README, render
 from tests.readme import blocks, untagged_sh_blocks
 
 pytestmark = pytest.mark.unit
@@ -23,3 +24,8 @@ def test_the_tagged_blocks_hold_commands() -> None:
 def test_comments_and_blank_lines_are_not_commands() -> None:
     text = "<!-- test: x -->\n```sh\n# a comment\n\nls -l    # list\n```\n"
     assert blocks("x", text) == ["ls -l"]
+
+
+def test_the_configuration_reference_is_the_settings_table() -> None:
+    text = README.read_text()
+    assert render(text) == text, "run: python3 -m scripts.readme_settings"

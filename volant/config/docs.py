@@ -57,3 +57,28 @@ def defaults_yaml() -> str:
         if not head:
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def settings_markdown() -> str:
+    """The settings table as a Markdown table for the README's configuration reference."""
+    rows = [
+        "| setting | environment | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        default = _scalar(setting.default).strip()
+        if setting.default is None:
+            default = "computed"
+        elif default == "''":
+            default = "empty"
+        else:
+            default = f"`{_cell(default)}`"
+        meaning = setting.help
+        if setting.choices:
+            meaning += f" One of: {', '.join(setting.choices)}."
+        rows.append(f"| `{setting.name}` | `{setting.env}` | {default} | {_cell(meaning)} |")
+    return "\n".join(rows) + "\n"

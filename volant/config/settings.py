@@ -246,17 +246,23 @@ def _defaults_for_dirs(env: Mapping[str, str]) -> tuple[Path, Path]:
     return state or home / ".volant", runtime
 
 
+def config_files(files: Sequence[Path] | None = None) -> list[Path]:
+    """The files that are read, in order: the given ones, or the defaults and the drop-ins;
+    only those that exist."""
+    if files is None:
+        dropins = sorted(DROPIN_DIR.glob("*.yaml")) if DROPIN_DIR.is_dir() else []
+        files = [*DEFAULT_FILES, *dropins]
+    return [path for path in files if path.is_file()]
+
+
 def load_config(
     files: Sequence[Path] | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
     """Merge defaults, the config files that exist, drop-ins and VOLANT_* variables."""
     env = os.environ if env is None else env
     table = {s.name: s for s in SETTINGS}
-    if files is None:
-        dropins = sorted(DROPIN_DIR.glob("*.yaml")) if DROPIN_DIR.is_dir() else []
-        files = [*DEFAULT_FILES, *dropins]
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
-    for path in files:
+    for path in config_files(files):
         if path.is_file():
             values.update(_read_file(path, table))
     for setting in SETTINGS:

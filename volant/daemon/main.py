@@ -15,7 +15,7 @@ from pathlib import Path
 
 from volant.api import mcp
 from volant.api.rest import Mount, RestServer, make_app
-from volant.config import Config, load_config
+from volant.config import Config, config_files, load_config
 from volant.config.docs import defaults_yaml
 from volant.daemon.bus import serve_dbus
 from volant.daemon.lifecycle import status_lines, stop, watchdog
@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print every setting with its default and help, as a commented volantd.yaml, and exit",
     )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="read and check the configuration (files, drop-ins, VOLANT_* variables) and exit",
+    )
+    parser.add_argument("--version", action="version", version=f"volantd {_version()}")
     args = parser.parse_args(argv)
     if args.print_defaults:
         sys.stdout.write(defaults_yaml())
@@ -156,9 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     except VolantError as exc:
         print(f"volantd: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from exc
+    if args.check_config:
+        files = ", ".join(str(path) for path in config_files(args.config)) or "defaults only"
+        print(f"volantd: configuration OK ({files})")
+        return
     setup_logging(config.log_level)
     try:
         asyncio.run(serve(config))
     except VolantError as exc:
         log.error("volantd failed: %s", exc.message)
         raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()
