@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -53,11 +52,11 @@ class Operator:
 
 
 @pytest.fixture(scope="module")
-def operator(sysbox: Sysbox) -> Iterator[Operator]:
+def operator(sysbox: Sysbox) -> Operator:
     deb = package()
     # A container image's policy-rc.d forbids starting services; hosts have none.
     sysbox.run(["rm", "-f", "/usr/sbin/policy-rc.d"])
-    yield Operator(sysbox, str(deb.parent))
+    return Operator(sysbox, str(deb.parent))
 
 
 def test_install(operator: Operator) -> None:
