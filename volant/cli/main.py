@@ -2,27 +2,93 @@
 
 from __future__ import annotations
 
+import errno
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
 import click
 
+from volant.cli.completion import completion
+from volant.cli.config import API_ENV, PRECEDENCE, check_api
 from volant.cli.console import console
-from volant.cli.context import Context
+from volant.cli.context import INTERRUPTED, Context, fail
 from volant.cli.events import events
 from volant.cli.plugins import plugins
+from volant.cli.system import system
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _version() -> str:
+    try:
+        return version("volant")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"volar {_version()}")
+        ctx.exit()
+
+
+def _api(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_api(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+class VolarGroup(click.Group):
+    """The root group: an error no command reported still ends as one line (exit 1), and
+    Ctrl-C anywhere as exit status 130 instead of click's "Aborted!"."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            sys.exit(INTERRUPTED)
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # click quiets a reader that went away (`volar vms list | head -1`)
+            obj = ctx.obj
+            if isinstance(obj, Context):
+                obj.report()
+            fail(
+                f"unexpected {type(exc).__name__}: {exc}",
+                "this is a bug in volar; --debug shows where it happened",
+            )
+
+
+@click.group(
+    cls=VolarGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=PRECEDENCE,
+)
 @click.option(
     "--api",
-    envvar="VOLANT_API_BASE",
-    default=DEFAULT_API,
-    show_default=True,
-    help="volantd API: http://host:port or unix:/path (env VOLANT_API_BASE).",
+    envvar=API_ENV,
+    show_envvar=True,
+    callback=_api,
+    metavar="URL",
+    help=f"volantd API: http://host:port or unix:/path [default: {DEFAULT_API}].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_show_version,
+    help="Show volar's version and exit.",
+)
 @click.pass_context
-def cli(ctx: click.Context, api: str, debug: bool) -> None:
+def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
     """Operate Volant microVMs."""
     ctx.obj = Context(api=api, debug=debug)
 
@@ -31,6 +97,8 @@ vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
 cli.add_command(events)
+cli.add_command(system)
+cli.add_command(completion)
 
 
 def main() -> None:

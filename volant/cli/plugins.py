@@ -17,6 +17,7 @@ from urllib.request import url2pathname
 
 import click
 
+from volant.cli.completion import complete_plugins
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, plugin_details, plugin_table, short_digest
 from volant.client import VolantClient
@@ -55,7 +56,7 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
 
 
 @plugins.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_plugins)
 @json_option
 @pass_ctx
 def plugins_show(ctx: Context, name: str, as_json: bool) -> None:
@@ -175,7 +176,7 @@ def _verb(
     name: str, help_text: str, done: str, call: Callable[[VolantClient, str], Awaitable[Any]]
 ) -> None:
     @plugins.command(name, help=help_text)
-    @click.argument("plugin")
+    @click.argument("plugin", shell_complete=complete_plugins)
     @json_option
     @pass_ctx
     def command(ctx: Context, plugin: str, as_json: bool) -> None:
