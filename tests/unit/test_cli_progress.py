@@ -4,13 +4,17 @@ tests/integration/test_cli_volar.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from tests.terminal import HIDE_CURSOR, SHOW_CURSOR, in_pty, last_line
 from tests.unit.volantd_standin import IP, StandIn
 from volant.cli import progress
 from volant.cli.main import cli
@@ -18,6 +22,8 @@ from volant.cli.progress import final_line
 
 pytestmark = pytest.mark.unit
 
+ROOT = Path(__file__).resolve().parents[2]
+VOLAR = "import sys; from volant.cli.main import main; sys.argv[0] = 'volar'; main()"
 FINAL = re.compile(r"^VM (\S+) is (\S+)(?: \((.*)\))? at (\S+) \((\d+\.\d) s\)$")
 
 
@@ -136,6 +142,19 @@ def test_not_a_terminal_means_no_status_line(standin: tuple[StandIn, str]) -> No
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 1
     assert not progress.StatusLine(True).enabled  # CliRunner's stderr is no terminal
+
+
+def test_ctrl_c_on_a_terminal_is_130_and_leaves_it_clean(standin: tuple[StandIn, str]) -> None:
+    _daemon, api = standin
+    argv = [sys.executable, "-c", VOLAR, "--api", api, "vms", "create", "slow1"]
+    env = os.environ | {"TERM": "xterm", "PYTHONPATH": str(ROOT)}
+    code, screen = in_pty(argv, env, interrupt_on=f"slow1: starting ({IP})", timeout=30)
+    assert code == 130, screen
+    assert screen.rindex(SHOW_CURSOR) > screen.rindex(HIDE_CURSOR)
+    assert last_line(screen) == (
+        "volar: interrupted; volantd goes on creating slow1 (`volar vms get slow1` shows how "
+        "far it got)"
+    )
 
 
 @pytest.mark.parametrize(

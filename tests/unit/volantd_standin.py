@@ -67,8 +67,9 @@ def _problem(status: int, code: str, detail: str, hint: str = "") -> web.Respons
 
 class StandIn:
     """The scripted daemon. Names choose the script: `gated*` VMs pass a health gate 0.2 s
-    after the answer, `gated-fail*` fail it, `nostream*` get no event stream, `taken` is a
-    conflict. `posted_while_watched` records, per request, whether its VM was watched."""
+    after the answer, `gated-fail*` fail it, `nostream*` get no event stream, `slow*` take a
+    minute to launch, `taken` is a conflict. `posted_while_watched` records, per create,
+    whether its VM's events were being watched when the request came."""
 
     def __init__(self) -> None:
         self.vms: dict[str, dict[str, Any]] = {
@@ -166,7 +167,7 @@ class StandIn:
 
     async def _launch(self, name: str) -> web.Response:
         vm = self._set(name, "starting", "VM_STARTING")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(60 if name.startswith("slow") else 0.05)
         if "gated" not in name:
             return web.json_response(self._set(name, "running", "VM_RUNNING"))
         task = asyncio.create_task(self._gate(name))

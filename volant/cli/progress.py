@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.status import Status
+from rich.live import Live
+from rich.spinner import Spinner
 from rich.text import Text
 
 from volant.client import VolantClient
@@ -37,23 +38,26 @@ class StatusLine:
     """A spinner and one line of text on stderr, when stderr is a terminal; else nothing.
 
     rich hides the cursor while it draws and erases the line when the block ends, however it
-    ends (Ctrl-C included).
+    ends (Ctrl-C included). Each new text is drawn at once, so even a step that lasts less
+    than a spinner frame is seen.
     """
 
     def __init__(self, enabled: bool) -> None:
         self._console = Console(stderr=True)
         self.enabled = enabled and self._console.is_terminal and not self._console.is_dumb_terminal
-        self._status: Status | None = None
+        self._spinner = Spinner("dots", style="status.spinner")
+        self._live: Live | None = None
 
     def __enter__(self) -> StatusLine:
         if self.enabled:
-            self._status = self._console.status("")
-            self._status.start()
+            self._live = Live(self._spinner, console=self._console, transient=True)
+            self._live.start()
         return self
 
     def update(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(Text(text))  # a Text: names are never read as rich markup
+        if self._live is not None:
+            self._spinner.update(text=Text(text))  # a Text: names are never rich markup
+            self._live.refresh()
 
     def __exit__(
         self,
@@ -61,9 +65,9 @@ class StatusLine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 @dataclass(frozen=True)
