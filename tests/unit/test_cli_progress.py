@@ -97,6 +97,16 @@ def test_health_gate_is_waited_for(standin: tuple[StandIn, str], recorder: type[
     assert FINAL.match(out.rstrip()).group(2) == "starting"  # type: ignore[union-attr]
 
 
+def test_restart_waits_for_the_start_not_the_stop(
+    standin: tuple[StandIn, str], recorder: type[Recorder]
+) -> None:
+    _daemon, api = standin
+    code, out, _err = volar(api, "vms", "restart", "late-gated")
+    assert code == 0
+    assert FINAL.match(out.rstrip()).group(2) == "running"  # type: ignore[union-attr]
+    assert recorder.shown[:2] == ["restarting late-gated…", f"late-gated: stopped ({IP})…"]
+
+
 def test_a_failed_health_gate_is_exit_1(
     standin: tuple[StandIn, str], recorder: type[Recorder]
 ) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class StandIn:
         self.vms: dict[str, dict[str, Any]] = {
             "web": self._vm("web", "running"),
             "db": self._vm("db", "stopped"),
+            "late-gated": self._vm("late-gated", "running"),
         }
         self.watchers: dict[str, list[asyncio.Queue[bytes]]] = {}
         self.posted_while_watched: list[bool] = []
@@ -91,6 +92,7 @@ class StandIn:
         app.router.add_post("/api/v1/vms", self.create)
         app.router.add_get("/api/v1/vms/{name}", self.get_vm)
         app.router.add_post("/api/v1/vms/{name}/start", self.start)
+        app.router.add_post("/api/v1/vms/{name}/restart", self.restart)
         app.router.add_get("/api/v1/events/vms", self.events)
         app.router.add_get("/api/v1/plugins", self.plugins)
         app.router.add_get("/api/v1/system/status", self.status)
@@ -165,14 +167,32 @@ class StandIn:
     async def start(self, request: web.Request) -> web.Response:
         return await self._launch(request.match_info["name"])
 
+    async def restart(self, request: web.Request) -> web.Response:
+        """`late*`: the answer (starting) overtakes the VM_STARTING event."""
+        name = request.match_info["name"]
+        self._set(name, "stopped", "VM_STOPPED")
+        if not name.startswith("late"):
+            return await self._launch(name)
+        vm = self.vms[name] = self.vms[name] | {"status": "starting"}
+        self._spawn(self._late_start(name))
+        return web.json_response(vm)
+
+    async def _late_start(self, name: str) -> None:
+        await asyncio.sleep(0.1)
+        self._set(name, "starting", "VM_STARTING")
+        await self._gate(name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def _launch(self, name: str) -> web.Response:
         vm = self._set(name, "starting", "VM_STARTING")
         await asyncio.sleep(60 if name.startswith("slow") else 0.05)
         if "gated" not in name:
             return web.json_response(self._set(name, "running", "VM_RUNNING"))
-        task = asyncio.create_task(self._gate(name))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._spawn(self._gate(name))
         return web.json_response(vm)
 
     async def _gate(self, name: str) -> None:

@@ -82,16 +82,18 @@ class Boot:
 
 @dataclass
 class _Seen:
-    """The events so far: the last one (for the line), and how the latest start ended."""
+    """The events so far: the last one (for the line), and how the latest start ended (an
+    ending counts only after a VM_STARTING: a restart's VM_STOPPED comes first)."""
 
     line: StatusLine
     name: str
+    started: bool = False
     outcome: dict[str, Any] | None = None
 
     def see(self, event: dict[str, Any]) -> None:
         if event.get("type") == "VM_STARTING":
-            self.outcome = None  # a restart: what ended the previous run is not the answer
-        elif event.get("type") in ENDINGS:
+            self.started, self.outcome = True, None
+        elif event.get("type") in ENDINGS and self.started:
             self.outcome = event
         payload = event.get("payload") or {}
         self.line.update(progress_text(self.name, payload.get("status"), payload.get("ip_address")))
