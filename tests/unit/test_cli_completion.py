@@ -83,6 +83,18 @@ def test_prefix_plugins_and_env(standin: tuple[StandIn, str]) -> None:
     assert complete(api, "plugins remove h") == ["hello"]
     assert complete(api, "vms create web --plugin ") == ["hello", "caddy"]
     assert complete(None, "vms get ", {"VOLANT_API_BASE": api}) == ["db", "web"]
+    # A manifest is a file (or a URL): bash completes file names there itself.
+    assert (
+        _invoke(
+            [],
+            {
+                "_VOLAR_COMPLETE": "bash_complete",
+                "COMP_WORDS": "volar plugins install ./ma",
+                "COMP_CWORD": "3",
+            },
+        )[1]
+        == "file,./ma\n"
+    )
 
 
 def test_silent_and_quick_when_the_daemon_is_not_there(

@@ -96,3 +96,10 @@ def complete_plugins(
         ]
 
     return _ask(ctx, fetch)
+
+
+def complete_files(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The shell's own file name completion (for an argument that may also be a URL)."""
+    return [CompletionItem(incomplete, type="file")]

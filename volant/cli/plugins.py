@@ -17,7 +17,7 @@ from urllib.request import url2pathname
 
 import click
 
-from volant.cli.completion import complete_plugins
+from volant.cli.completion import complete_files, complete_plugins
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, plugin_details, plugin_table, short_digest
 from volant.client import VolantClient
@@ -133,7 +133,7 @@ def install_request(source: str, signature_file: Path | None) -> InstallRequest:
 
 
 @plugins.command("install")
-@click.argument("source")
+@click.argument("source", shell_complete=complete_files)
 @click.option(
     "--signature",
     "signature_file",
