@@ -13,6 +13,8 @@ from volant.cli.main import cli
 
 pytestmark = pytest.mark.unit
 
+VMS = ["db", "late-gated", "web"]  # the stand-in's, in name order
+
 
 def _invoke(argv: list[str], env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
     result = CliRunner(env=env).invoke(cli, argv, prog_name="volar")
@@ -72,7 +74,7 @@ def complete(api: str | None, words: str, env: dict[str, str | None] | None = No
 )
 def test_vm_names(standin: tuple[StandIn, str], words: str) -> None:
     _daemon, api = standin
-    assert complete(api, words) == ["db", "web"]
+    assert complete(api, words) == VMS
 
 
 def test_prefix_plugins_and_env(standin: tuple[StandIn, str]) -> None:
@@ -82,7 +84,7 @@ def test_prefix_plugins_and_env(standin: tuple[StandIn, str]) -> None:
     assert complete(api, "plugins enable c") == ["caddy"]
     assert complete(api, "plugins remove h") == ["hello"]
     assert complete(api, "vms create web --plugin ") == ["hello", "caddy"]
-    assert complete(None, "vms get ", {"VOLANT_API_BASE": api}) == ["db", "web"]
+    assert complete(None, "vms get ", {"VOLANT_API_BASE": api}) == VMS
     # A manifest is a file (or a URL): bash completes file names there itself.
     assert (
         _invoke(
