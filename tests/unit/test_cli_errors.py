@@ -45,8 +45,17 @@ def test_version() -> None:
 def test_usage_errors_exit_2(argv: list[str], message: str) -> None:
     code, out, err = volar(*argv)
     assert (code, out) == (2, "")
-    assert err.startswith("Usage: volar")
-    assert message in err
+    error, hint = err.splitlines()
+    assert error.startswith("volar: error: ")
+    assert message in error
+    assert re.fullmatch(r"hint: Usage: volar .*; `volar.*--help` says more", hint)
+
+
+def test_no_arguments_is_help() -> None:
+    code, out, err = volar()
+    assert (code, out) == (2, "")
+    assert err.startswith("Usage: volar [OPTIONS] COMMAND [ARGS]...")
+    assert "Commands:" in err
 
 
 def test_bad_env_api_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:

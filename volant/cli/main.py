@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -42,13 +42,47 @@ def _api(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str
         raise click.BadParameter(str(exc)) from None
 
 
+class UsageError(click.UsageError):
+    """A usage error in volar's two lines, the usage itself as the hint (exit status 2)."""
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"volar: error: {self.message}", err=True)
+        if self.ctx is not None:
+            usage = " ".join(self.ctx.get_usage().split())
+            click.echo(f"hint: {usage}; `{self.ctx.command_path} --help` says more", err=True)
+
+
+def _two_lines(error: click.UsageError) -> click.UsageError:
+    # No arguments at all is a request for help, which click shows in full.
+    plain = isinstance(error, click.exceptions.NoArgsIsHelpError | UsageError)
+    return error if plain else UsageError(error)
+
+
 class VolarGroup(click.Group):
-    """The root group: an error no command reported still ends as one line (exit 1), and
-    Ctrl-C anywhere as exit status 130 instead of click's "Aborted!"."""
+    """The root group: usage errors in two lines like every other error (exit 2), an error no
+    command reported still as one line (exit 1), Ctrl-C anywhere as exit status 130 instead of
+    click's "Aborted!"."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _two_lines(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _two_lines(exc) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
