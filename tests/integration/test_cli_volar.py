@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from scripts.guest.plugin_image import write_plugin_cpio
 from tests.integration.daemon import (
     BIN,
+    GUEST_DIR,
+    ROOT,
     Daemon,
     build_guest,
     netns,
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 FINAL = re.compile(r"VM (\S+) is (\S+) at (192\.168\.127\.\d+) \((\d+\.\d) s\)")
 TCP_API = "http://127.0.0.1:7777"
+HELLO = ROOT / "examples" / "plugins" / "hello"
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +206,30 @@ def test_a_socket_volar_may_not_open(daemon: Daemon) -> None:
         "hint: the socket is for root and group volant: `sudo usermod -aG volant $USER` and "
         "log in again, or run volar with sudo",
     ]
+
+
+def test_create_waits_for_a_healthy_workload(guest: Path, tmp_path: Path) -> None:
+    """The signed hello example has a health check: volar answers once the agent says the
+    workload is healthy, not when the hypervisor is up."""
+    write_plugin_cpio(HELLO)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(ROOT / "examples" / "keys" / "volant-examples.pub", trusted)
+    (tmp_path / "volantd").mkdir()
+    settings = {
+        "runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"),
+        "plugins.trusted_keys_dir": str(trusted),
+    }
+    with netns() as ns:
+        d = start_daemon(ns, tmp_path / "volantd", settings, plugins=())
+        try:
+            assert d.volar("plugins", "install", str(HELLO / "manifest.json")).returncode == 0
+            proc = d.volar("vms", "create", "hello1", "--plugin", "hello")
+            assert (proc.returncode, proc.stderr) == (0, "")
+            match = FINAL.fullmatch(proc.stdout.rstrip("\n"))
+            assert match is not None, proc.stdout
+            assert match.group(2) == "running"
+            events = d.call(lambda c: c.list_events(vm="hello1"))
+            assert [e["type"] for e in events] == ["VM_CREATED", "VM_STARTING", "VM_RUNNING"]
+        finally:
+            stop_daemon(d)
