@@ -43,8 +43,9 @@ class Context:
             click.echo(f"volar: warning: {warning}", err=True)
         return settings
 
-    def client(self, *, timeout: float = 120.0) -> VolantClient:
-        return VolantClient(self.settings.api, timeout=timeout, api_key=self.settings.api_key)
+    def client(self) -> VolantClient:
+        """A client for the daemon the settings name (use it as an async context manager)."""
+        return VolantClient(self.settings.api, api_key=self.settings.api_key)
 
     def call(self, fn: Callable[[VolantClient], Awaitable[T]]) -> T:
         self.settings  # noqa: B018 -- config errors and warnings come before any connection

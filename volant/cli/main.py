@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import errno
-import sys
-from importlib.metadata import PackageNotFoundError, version
-from typing import IO, Any
-
 import click
 
 from volant.cli.completion import completion
 from volant.cli.config import API_ENV, PRECEDENCE, check_api
 from volant.cli.console import console
-from volant.cli.context import INTERRUPTED, Context, fail
+from volant.cli.context import Context
 from volant.cli.events import events
+from volant.cli.group import VolarGroup, show_version
 from volant.cli.plugins import plugins
 from volant.cli.system import system
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
-
-
-def _version() -> str:
-    try:
-        return version("volant")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(f"volar {_version()}")
-        ctx.exit()
 
 
 def _api(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -40,63 +23,6 @@ def _api(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str
         return check_api(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-class UsageError(click.UsageError):
-    """A usage error in volar's two lines, the usage itself as the hint (exit status 2)."""
-
-    def __init__(self, error: click.UsageError) -> None:
-        super().__init__(error.format_message(), error.ctx)
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"volar: error: {self.message}", err=True)
-        if self.ctx is not None:
-            usage = " ".join(self.ctx.get_usage().split())
-            click.echo(f"hint: {usage}; `{self.ctx.command_path} --help` says more", err=True)
-
-
-def _two_lines(error: click.UsageError) -> click.UsageError:
-    # No arguments at all is a request for help, which click shows in full.
-    plain = isinstance(error, click.exceptions.NoArgsIsHelpError | UsageError)
-    return error if plain else UsageError(error)
-
-
-class VolarGroup(click.Group):
-    """The root group: usage errors in two lines like every other error (exit 2), an error no
-    command reported still as one line (exit 1), Ctrl-C anywhere as exit status 130 instead of
-    click's "Aborted!"."""
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as exc:
-            raise _two_lines(exc) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            raise _two_lines(exc) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            sys.exit(INTERRUPTED)
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
-                raise  # click quiets a reader that went away (`volar vms list | head -1`)
-            obj = ctx.obj
-            if isinstance(obj, Context):
-                obj.report()
-            fail(
-                f"unexpected {type(exc).__name__}: {exc}",
-                "this is a bug in volar; --debug shows where it happened",
-            )
 
 
 @click.group(
@@ -118,7 +44,7 @@ class VolarGroup(click.Group):
     is_flag=True,
     is_eager=True,
     expose_value=False,
-    callback=_show_version,
+    callback=show_version,
     help="Show volar's version and exit.",
 )
 @click.pass_context
