@@ -44,6 +44,23 @@ def test_install_from_a_file_sends_what_sign_wrote(tmp_path: Path, manifest: Pat
     )
 
 
+def test_keygen_and_sign_json(tmp_path: Path, manifest: Path) -> None:
+    code, out, err = _run("plugins", "keygen", "rel", "--dir", str(tmp_path), "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "private_key": str(tmp_path / "rel.key"),
+        "public_key": str(tmp_path / "rel.pub"),
+    }
+    code, out, err = _run(
+        "plugins", "sign", str(manifest), "--key", str(tmp_path / "rel.key"), "--json"
+    )
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "manifest": str(manifest),
+        "signature_file": str(tmp_path / "manifest.json.sig"),
+    }
+
+
 def test_install_origin_is_absolute_and_signature_explicit(
     tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import click
 
+from volant.cli.completion import complete_vms
 from volant.cli.context import Context, fail, pass_ctx
 from volant.cli.terminal import Input, parse_escape, raw_mode, show_escape
 from volant.client import VolantClient
@@ -32,7 +33,7 @@ class Session:
 
 
 @click.command("console")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vms)
 @click.option(
     "--escape",
     "-e",

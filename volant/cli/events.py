@@ -6,6 +6,7 @@ import json
 
 import click
 
+from volant.cli.completion import complete_vms
 from volant.cli.context import Context, pass_ctx
 from volant.cli.output import event_line
 from volant.client import VolantClient
@@ -23,7 +24,7 @@ def _note(reason: str, position: str, delay: float) -> None:
 
 
 @click.command("events")
-@click.option("--vm", metavar="NAME", help="Only events of this VM.")
+@click.option("--vm", metavar="NAME", shell_complete=complete_vms, help="Only events of this VM.")
 @click.option(
     "--type",
     "types",

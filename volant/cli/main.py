@@ -4,26 +4,53 @@ from __future__ import annotations
 
 import click
 
+from volant.cli.completion import completion
+from volant.cli.config import API_ENV, PRECEDENCE, SYSTEM_SOCKET, check_api
 from volant.cli.console import console
 from volant.cli.context import Context
 from volant.cli.events import events
+from volant.cli.group import VolarGroup, show_version
 from volant.cli.plugins import plugins
 from volant.cli.setup import setup
+from volant.cli.system import system
 from volant.cli.vms import vms
 from volant.client.http import DEFAULT_API
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _api(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_api(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(
+    cls=VolarGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=PRECEDENCE,
+)
 @click.option(
     "--api",
-    envvar="VOLANT_API_BASE",
-    default=DEFAULT_API,
-    show_default=True,
-    help="volantd API: http://host:port or unix:/path (env VOLANT_API_BASE).",
+    envvar=API_ENV,
+    show_envvar=True,
+    callback=_api,
+    metavar="URL",
+    help=f"volantd API: http://host:port or unix:/path [default: unix:{SYSTEM_SOCKET} when it "
+    f"exists, else {DEFAULT_API}].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=show_version,
+    help="Show volar's version and exit.",
+)
 @click.pass_context
-def cli(ctx: click.Context, api: str, debug: bool) -> None:
+def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
     """Operate Volant microVMs."""
     ctx.obj = Context(api=api, debug=debug)
 
@@ -32,7 +59,9 @@ vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
 cli.add_command(events)
+cli.add_command(system)
 cli.add_command(setup)
+cli.add_command(completion)
 
 
 def main() -> None:

@@ -73,10 +73,20 @@ def details(obj: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
         for key, value in obj.items()
         if key not in skip and not (key in QUIET_WHEN_EMPTY and not value)
     }
-    width = max((len(key) for key in shown), default=0)
-    for key, value in shown.items():
-        text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else None
-        click.echo(f"{key + ':':<{width + 1}} {text or _cell(key, value)}")
+    fields([(key, _value(key, value)) for key, value in shown.items()])
+
+
+def _value(key: str, value: Any) -> str:
+    return (
+        json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else _cell(key, value)
+    )
+
+
+def fields(rows: Sequence[tuple[str, str]]) -> None:
+    """One aligned `label: text` line per row."""
+    width = max((len(label) for label, _text in rows), default=0)
+    for label, text in rows:
+        click.echo(f"{label + ':':<{width + 1}} {text}")
 
 
 def vm_details(vm: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from urllib.request import url2pathname
 
 import click
 
+from volant.cli.completion import complete_files, complete_plugins
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, plugin_details, plugin_table, short_digest
 from volant.client import VolantClient
@@ -55,7 +56,7 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
 
 
 @plugins.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_plugins)
 @json_option
 @pass_ctx
 def plugins_show(ctx: Context, name: str, as_json: bool) -> None:
@@ -132,7 +133,7 @@ def install_request(source: str, signature_file: Path | None) -> InstallRequest:
 
 
 @plugins.command("install")
-@click.argument("source")
+@click.argument("source", shell_complete=complete_files)
 @click.option(
     "--signature",
     "signature_file",
@@ -175,7 +176,7 @@ def _verb(
     name: str, help_text: str, done: str, call: Callable[[VolantClient, str], Awaitable[Any]]
 ) -> None:
     @plugins.command(name, help=help_text)
-    @click.argument("plugin")
+    @click.argument("plugin", shell_complete=complete_plugins)
     @json_option
     @pass_ctx
     def command(ctx: Context, plugin: str, as_json: bool) -> None:
@@ -211,9 +212,13 @@ _verb(
     show_default=True,
     help="Where to write NAME.key (secret, mode 0600) and NAME.pub.",
 )
-def keygen(name: str, directory: Path) -> None:
+@json_option
+def keygen(name: str, directory: Path, as_json: bool) -> None:
     """Generate an Ed25519 signing key pair NAME."""
     key_path, pub_path = _run(lambda: signing.generate_keypair(directory, name))
+    if as_json:
+        emit_json({"private_key": str(key_path), "public_key": str(pub_path)})
+        return
     click.echo(f"wrote {key_path} (keep it secret) and {pub_path}")
     click.echo(f"hint: install {pub_path.name} in {signing.TRUSTED_KEYS_DIR}/ on hosts to trust it")
 
@@ -232,11 +237,15 @@ def keygen(name: str, directory: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Signature file [default: MANIFEST.sig].",
 )
-def sign(manifest: Path, key_path: Path, out: Path | None) -> None:
+@json_option
+def sign(manifest: Path, key_path: Path, out: Path | None, as_json: bool) -> None:
     """Write a detached signature over the exact bytes of MANIFEST."""
     target = out or manifest.with_name(manifest.name + signing.SIGNATURE_SUFFIX)
     signature = _run(lambda: signing.sign(manifest.read_bytes(), key_path))
     _run(lambda: target.write_text(signature + "\n", encoding="ascii"))
+    if as_json:
+        emit_json({"manifest": str(manifest), "signature_file": str(target)})
+        return
     click.echo(f"wrote {target}")
     if out is None:
         click.echo(f"hint: `volar plugins install {manifest}` sends {target.name} along", err=True)

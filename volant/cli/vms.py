@@ -10,9 +10,19 @@ from typing import Any
 
 import click
 
+from volant.cli.completion import complete_plugins, complete_vms
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, log_line, vm_details, vm_table
+from volant.cli.progress import Boot, boot, final_line
 from volant.client import VolantClient
+
+FAILED = frozenset({"error", "crashed", "deleted"})
+wait_option = click.option(
+    "--wait/--no-wait",
+    default=None,
+    help="Wait until the VM's workload is healthy when its plugin has a health check "
+    "[default: wait, except with --json].",
+)
 
 
 @click.group()
@@ -30,7 +40,7 @@ def vms_list(ctx: Context, as_json: bool) -> None:
 
 
 @vms.command("get")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vms)
 @json_option
 @pass_ctx
 def vms_get(ctx: Context, name: str, as_json: bool) -> None:
@@ -41,10 +51,11 @@ def vms_get(ctx: Context, name: str, as_json: bool) -> None:
 
 @vms.command("create")
 @click.argument("name")
-@click.option("--plugin", default="", help="Plugin the VM runs.")
+@click.option("--plugin", default="", shell_complete=complete_plugins, help="Plugin the VM runs.")
 @click.option("--cpu", "cpu_cores", type=int, help="vCPUs (default from the daemon).")
 @click.option("--memory", "memory_mb", type=int, help="Guest RAM in MiB.")
 @click.option("--kernel-args", default="", help="Extra kernel command line arguments.")
+@wait_option
 @json_option
 @pass_ctx
 def vms_create(
@@ -54,25 +65,61 @@ def vms_create(
     cpu_cores: int | None,
     memory_mb: int | None,
     kernel_args: str,
+    wait: bool | None,
     as_json: bool,
 ) -> None:
-    """Create and boot a VM."""
+    """Create and boot a VM.
+
+    On a terminal a status line follows the boot; then one line says how it ended, e.g.
+    `VM web is running at 192.168.127.2 (4.1 s)`.
+    """
     spec: dict[str, Any] = {"name": name, "plugin": plugin, "kernel_args": kernel_args}
     if cpu_cores is not None:
         spec["cpu_cores"] = cpu_cores
     if memory_mb is not None:
         spec["memory_mb"] = memory_mb
-    vm = ctx.call(lambda c: c.create_vm(spec))
+    _boot(ctx, Boot(name, "creating", _waits(wait, as_json)), as_json, lambda c: c.create_vm(spec))
+
+
+def _waits(wait: bool | None, as_json: bool) -> bool:
+    return (not as_json) if wait is None else wait
+
+
+def _boot(
+    ctx: Context,
+    job: Boot,
+    as_json: bool,
+    call: Callable[[VolantClient], Awaitable[dict[str, Any]]],
+) -> None:
+    """Run a create, start or restart with its progress; exit 1 when the VM did not boot."""
+    vm, seconds = ctx.call(lambda c: boot(c, job, lambda: call(c), show=not as_json))
     if as_json:
         emit_json(vm)
-        return
-    reason = f" ({vm['status_reason']})" if vm.get("status_reason") else ""
-    click.echo(f"VM {vm['name']} is {vm['status']}{reason} at {vm['ip_address'] or '-'}")
+    else:
+        click.echo(final_line(vm, seconds))
+    if vm.get("status") in FAILED:
+        fail(
+            f"VM {job.name} did not boot: {vm.get('status_reason') or vm.get('status')}",
+            f"`volar vms console {job.name} --log` shows its boot, "
+            f"`volar vms logs {job.name}` its workload",
+        )
+
+
+def _booting(
+    name: str, doing: str, help_text: str, call: Callable[[VolantClient, str], Any]
+) -> None:
+    @vms.command(name, help=help_text)
+    @click.argument("vm", shell_complete=complete_vms)
+    @wait_option
+    @json_option
+    @pass_ctx
+    def command(ctx: Context, vm: str, wait: bool | None, as_json: bool) -> None:
+        _boot(ctx, Boot(vm, doing, _waits(wait, as_json)), as_json, lambda c: call(c, vm))
 
 
 def _verb(name: str, help_text: str, call: Callable[[VolantClient, str], Awaitable[Any]]) -> None:
     @vms.command(name, help=help_text)
-    @click.argument("vm")
+    @click.argument("vm", shell_complete=complete_vms)
     @json_option
     @pass_ctx
     def command(ctx: Context, vm: str, as_json: bool) -> None:
@@ -86,13 +133,15 @@ def _verb(name: str, help_text: str, call: Callable[[VolantClient, str], Awaitab
 
 
 _verb("delete", "Delete a VM (kills it if running).", lambda c, vm: c.delete_vm(vm))
-_verb("start", "Start a stopped VM.", lambda c, vm: c.start_vm(vm))
+_booting("start", "starting", "Start a stopped VM.", lambda c, vm: c.start_vm(vm))
 _verb("stop", "Power a VM off (gracefully, then forcibly).", lambda c, vm: c.stop_vm(vm))
-_verb("restart", "Stop a VM if it runs, then start it.", lambda c, vm: c.restart_vm(vm))
+_booting(
+    "restart", "restarting", "Stop a VM if it runs, then start it.", lambda c, vm: c.restart_vm(vm)
+)
 
 
 @vms.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vms)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
 @click.option(
     "--limit",
@@ -146,7 +195,7 @@ def _read_data(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 
 @vms.command("action")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vms)
 @click.argument("action")
 @click.option(
     "--data",
@@ -172,7 +221,7 @@ def vms_action(ctx: Context, name: str, action: str, data: bytes | None) -> None
 
 
 @vms.command("openapi")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vms)
 @pass_ctx
 def vms_openapi(ctx: Context, name: str) -> None:
     """Print the OpenAPI document of a VM's plugin."""

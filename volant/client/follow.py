@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from volant.client.http import ApiError, VolantClient, event_filters, json_object
+from volant.client.errors import ApiError, json_object
+from volant.client.http import VolantClient, event_filters
 from volant.client.sse import SSEParser
 
 EVENTS_PATH = "/api/v1/events/vms"

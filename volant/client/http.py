@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -13,27 +13,22 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from volant.client.console import ConsoleStream
+from volant.client.errors import (
+    UNREACHABLE_HINT,
+    ApiError,
+    bad_response,
+    json_object,
+    problem,
+    unreachable,
+)
 from volant.client.sse import SSEEvent, SSEParser
+
+__all__ = ["DEFAULT_API", "UNREACHABLE_HINT", "ApiError", "Reply", "VolantClient", "json_object"]
 
 DEFAULT_API = "http://127.0.0.1:7777"
 PROBLEM_JSON = "application/problem+json"
 API_KEY_HEADER = "X-Volant-API-Key"
-UNREACHABLE_HINT = "is volantd running? (systemctl status volantd) Set --api or VOLANT_API_BASE"
 WS_HEARTBEAT = 30.0
-
-
-class ApiError(Exception):
-    """The daemon answered with a problem+json error, or could not be reached."""
-
-    def __init__(
-        self, status: int, code: str, detail: str, hint: str = "", field: str = ""
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.hint = hint
-        self.field = field
 
 
 class Reply(NamedTuple):
@@ -95,8 +90,32 @@ class VolantClient:
             query=query,
         )
         if reply.status >= 400:
-            raise _problem(reply.status, reply.body.decode(errors="replace"))
-        return json.loads(reply.body) if reply.body else None
+            raise problem(reply.status, reply.body.decode(errors="replace"))
+        if not reply.body:
+            return None
+        try:
+            return json.loads(reply.body)
+        except ValueError:
+            kind = reply.content_type or "no content type"
+            raise bad_response(self.base, f"{method} {path} answered {kind}, not JSON") from None
+
+    async def request_object(
+        self, method: str, path: str, body: Any = None, *, query: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """request() for a route that answers one JSON object."""
+        data = await self.request(method, path, body, query=query)
+        if not isinstance(data, dict):
+            raise bad_response(self.base, f"{method} {path} answered no JSON object")
+        return data
+
+    async def request_items(
+        self, path: str, key: str, *, query: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The list of objects under key in what GET path answers."""
+        items = (await self.request_object("GET", path, query=query)).get(key)
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise bad_response(self.base, f"GET {path} answered no {key!r} list")
+        return items
 
     async def raw(
         self,
@@ -131,11 +150,13 @@ class VolantClient:
         query: Mapping[str, str] | None = None,
         last_event_id: str = "",
         parser: SSEParser | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> AsyncIterator[SSEEvent]:
         """The Server-Sent Events of path until the daemon ends the stream (no time limit).
 
         last_event_id resumes a stream (the Last-Event-ID header); pass a parser to read its
-        `last_event_id` afterwards, the position to resume from.
+        `last_event_id` afterwards, the position to resume from. on_open is called once the
+        daemon has accepted the stream, before any event: from then on nothing is missed.
         """
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         headers = {"Accept": "text/event-stream"}
@@ -146,7 +167,7 @@ class VolantClient:
                 self._url(path, query), headers=headers, timeout=timeout
             ) as resp:
                 if resp.status >= 400:
-                    raise _problem(resp.status, await resp.text(errors="replace"))
+                    raise problem(resp.status, await resp.text(errors="replace"))
                 if resp.content_type != "text/event-stream":
                     raise ApiError(
                         resp.status,
@@ -154,6 +175,8 @@ class VolantClient:
                         f"{path} answered {resp.content_type}, not an event stream",
                     )
                 parser = parser or SSEParser()
+                if on_open is not None:
+                    on_open()
                 async for chunk in resp.content.iter_any():
                     for event in parser.feed(chunk):
                         yield event
@@ -168,37 +191,37 @@ class VolantClient:
         return self._root + path + (f"?{urlencode(query)}" if query else "")
 
     def _unreachable(self, exc: Exception) -> ApiError:
-        reason = str(exc) or "timed out"
-        return ApiError(
-            0, "Unreachable", f"cannot reach volantd at {self.base}: {reason}", UNREACHABLE_HINT
-        )
+        return unreachable(self.base, exc)
 
     # VMs
 
-    async def list_vms(self) -> list[dict[str, Any]]:
-        data = await self.request("GET", "/api/v1/vms")
-        return list(data["vms"])
+    async def list_vms(self, prefix: str = "", limit: int | None = None) -> list[dict[str, Any]]:
+        """VMs by name; only those whose name starts with prefix, at most limit of them."""
+        query = ({"prefix": prefix} if prefix else {}) | (
+            {"limit": str(limit)} if limit is not None else {}
+        )
+        return await self.request_items("/api/v1/vms", "vms", query=query or None)
 
     async def get_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", f"/api/v1/vms/{_seg(name)}"))
+        return await self.request_object("GET", f"/api/v1/vms/{_seg(name)}")
 
     async def vm_usage(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", f"/api/v1/vms/{_seg(name)}/usage"))
+        return await self.request_object("GET", f"/api/v1/vms/{_seg(name)}/usage")
 
     async def create_vm(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.request("POST", "/api/v1/vms", spec))
+        return await self.request_object("POST", "/api/v1/vms", spec)
 
     async def delete_vm(self, name: str) -> None:
         await self.request("DELETE", f"/api/v1/vms/{_seg(name)}")
 
     async def start_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/start"))
+        return await self.request_object("POST", f"/api/v1/vms/{_seg(name)}/start")
 
     async def stop_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/stop"))
+        return await self.request_object("POST", f"/api/v1/vms/{_seg(name)}/stop")
 
     async def restart_vm(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/vms/{_seg(name)}/restart"))
+        return await self.request_object("POST", f"/api/v1/vms/{_seg(name)}/restart")
 
     async def vm_action(
         self,
@@ -215,14 +238,13 @@ class VolantClient:
         """The OpenAPI document of the VM's plugin, as text (JSON or YAML)."""
         reply = await self.raw("GET", f"/api/v1/vms/{_seg(name)}/openapi")
         if reply.status >= 400:
-            raise _problem(reply.status, reply.body.decode(errors="replace"))
+            raise problem(reply.status, reply.body.decode(errors="replace"))
         return reply.body.decode(errors="replace")
 
     async def vm_logs(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Recent workload output lines: dicts with seq, ts, stream and line."""
         query = {"limit": str(limit)} if limit is not None else None
-        data = await self.request("GET", f"/api/v1/vms/{_seg(name)}/logs", query=query)
-        return list(data["lines"])
+        return await self.request_items(f"/api/v1/vms/{_seg(name)}/logs", "lines", query=query)
 
     async def follow_vm_logs(
         self, name: str, limit: int | None = None
@@ -237,7 +259,7 @@ class VolantClient:
         query = {"lines": str(lines)} if lines is not None else None
         reply = await self.raw("GET", f"/api/v1/vms/{_seg(name)}/console/log", query=query)
         if reply.status >= 400:
-            raise _problem(reply.status, reply.body.decode(errors="replace"))
+            raise problem(reply.status, reply.body.decode(errors="replace"))
         return reply.body
 
     @contextlib.asynccontextmanager
@@ -261,18 +283,18 @@ class VolantClient:
     # Plugins
 
     async def list_plugins(self) -> list[dict[str, Any]]:
-        return list((await self.request("GET", "/api/v1/plugins"))["plugins"])
+        return await self.request_items("/api/v1/plugins", "plugins")
 
     async def get_plugin(self, name: str) -> dict[str, Any]:
         """The installed plugin, with its manifest under "manifest"."""
-        return dict(await self.request("GET", f"/api/v1/plugins/{_seg(name)}"))
+        return await self.request_object("GET", f"/api/v1/plugins/{_seg(name)}")
 
     async def plugin_manifest(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", f"/api/v1/plugins/{_seg(name)}/manifest"))
+        return await self.request_object("GET", f"/api/v1/plugins/{_seg(name)}/manifest")
 
     async def plugin_schema(self) -> dict[str, Any]:
         """The JSON Schema every manifest is validated against."""
-        return dict(await self.request("GET", "/api/v1/plugins/schema"))
+        return await self.request_object("GET", "/api/v1/plugins/schema")
 
     async def install_plugin(
         self,
@@ -297,13 +319,13 @@ class VolantClient:
             body["url"] = url
             if signature is not None:
                 body["signature"] = signature
-        return dict(await self.request("POST", "/api/v1/plugins", body))
+        return await self.request_object("POST", "/api/v1/plugins", body)
 
     async def enable_plugin(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/plugins/{_seg(name)}/enable"))
+        return await self.request_object("POST", f"/api/v1/plugins/{_seg(name)}/enable")
 
     async def disable_plugin(self, name: str) -> dict[str, Any]:
-        return dict(await self.request("POST", f"/api/v1/plugins/{_seg(name)}/disable"))
+        return await self.request_object("POST", f"/api/v1/plugins/{_seg(name)}/disable")
 
     async def remove_plugin(self, name: str) -> None:
         """Remove the plugin; ApiError (409 Conflict) while VMs use it."""
@@ -324,7 +346,7 @@ class VolantClient:
         reply = await self.raw("POST", path, body, content_type=content_type)
         # The workload's own errors pass through as they are; problem+json is the daemon's.
         if reply.status >= 400 and reply.content_type == PROBLEM_JSON:
-            raise _problem(reply.status, reply.body.decode(errors="replace"))
+            raise problem(reply.status, reply.body.decode(errors="replace"))
         return reply
 
     # Events and status
@@ -341,10 +363,15 @@ class VolantClient:
         query = {"after": str(after)} | event_filters(vm, types)
         if limit is not None:
             query["limit"] = str(limit)
-        return list((await self.request("GET", "/api/v1/events", query=query))["events"])
+        return await self.request_items("/api/v1/events", "events", query=query)
 
     async def system_status(self) -> dict[str, Any]:
-        return dict(await self.request("GET", "/api/v1/system/status"))
+        """VMs by status, summed usage, the IP pool and the host's load."""
+        return await self.request_object("GET", "/api/v1/system/status")
+
+    async def system_info(self) -> dict[str, Any]:
+        """Version, host, hypervisor, network and policies."""
+        return await self.request_object("GET", "/api/v1/system/info")
 
 
 async def _refused_upgrade(
@@ -354,36 +381,10 @@ async def _refused_upgrade(
     response = await handler(request)
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     if upgrade and response.status >= 400:
-        raise _problem(response.status, await response.text(errors="replace"))
+        raise problem(response.status, await response.text(errors="replace"))
     return response
 
 
 def event_filters(vm: str | None, types: Sequence[str]) -> dict[str, str]:
     """?vm= and ?type= (comma-separated) of the event routes."""
     return ({"vm": vm} if vm else {}) | ({"type": ",".join(types)} if types else {})
-
-
-def json_object(data: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ApiError(0, "BadResponse", f"volantd sent a {what} that is not a JSON object")
-    return value
-
-
-def _problem(status: int, text: str) -> ApiError:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        return ApiError(status, "HTTPError", f"HTTP {status}: {text.strip()[:200]}")
-    return ApiError(
-        status,
-        str(body.get("code", "HTTPError")),
-        str(body.get("detail") or body.get("title") or f"HTTP {status}"),
-        str(body.get("hint") or ""),
-        str(body.get("field") or ""),
-    )
