@@ -321,6 +321,9 @@ def test_volar_events_human_lines_and_filters(restartable: Restartable) -> None:
     assert "status=running" in lines[1]
     assert volar.returncode == 130
     assert err == ""
+    kept = d.volar("events", "--no-follow", "--vm", "hum1", "--since", str(first - 1), "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert [json.loads(line)["type"] for line in kept.stdout.splitlines()] == list(LIFECYCLE)
     bad = d.volar("events", "--type", "VM_EXPLODED")
     assert bad.returncode == 1
     assert "unknown event type 'VM_EXPLODED'" in bad.stderr

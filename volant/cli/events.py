@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -11,6 +12,8 @@ from volant.cli.context import Context, pass_ctx
 from volant.cli.output import event_line
 from volant.client import VolantClient
 from volant.client.follow import follow_events
+
+PAGE = 1000  # events per request when printing the kept ones
 
 
 def _types(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -39,10 +42,20 @@ def _note(reason: str, position: str, delay: float) -> None:
     metavar="ID",
     help="First replay the kept events after this id (0: all of them).",
 )
+@click.option(
+    "--no-follow",
+    is_flag=True,
+    help="Print the kept events (after --since, else all) and exit instead of following.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @pass_ctx
 def events(
-    ctx: Context, vm: str | None, types: list[str], since: int | None, as_json: bool
+    ctx: Context,
+    vm: str | None,
+    types: list[str],
+    since: int | None,
+    no_follow: bool,
+    as_json: bool,
 ) -> None:
     """Follow VM lifecycle events as they happen, until Ctrl-C.
 
@@ -50,8 +63,18 @@ def events(
     this terminal reading too slowly) volar reconnects and the daemon replays what was missed.
     """
 
+    def show(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event, sort_keys=True) if as_json else event_line(event))
+
     async def follow(client: VolantClient) -> None:
         async for event in follow_events(client, vm=vm, types=types, since=since, on_retry=_note):
-            click.echo(json.dumps(event, sort_keys=True) if as_json else event_line(event))
+            show(event)
 
-    ctx.call(follow)
+    async def kept(client: VolantClient) -> None:
+        after = since or 0
+        while page := await client.list_events(after, vm, types, limit=PAGE):
+            for event in page:
+                show(event)
+            after = int(page[-1]["id"])
+
+    ctx.call(kept if no_follow else follow)
