@@ -44,7 +44,8 @@ def check_key(request: web.Request, key: str) -> None:
     if not hmac.compare_digest(given.encode(), key.encode()):
         raise Unauthenticated(
             "missing or wrong API key" if given else "an API key is required",
-            hint=f"send it in the {KEY_HEADER} header (volar reads VOLANT_API_KEY)",
+            hint=f"send it in the {KEY_HEADER} header "
+            "(volar: VOLANT_API_KEY, or api_key in volar.yaml)",
         )
 
 
