@@ -87,8 +87,23 @@ def test_installed_service_group_config(installed: Sysbox) -> None:
     assert sh(box, "find /usr/lib/volant/venv -name '*.pyc' | head -n 1")
     # The guest agent lives in the guest image, never in the host's virtualenv.
     assert sh(box, "find /usr/lib/volant/venv -name 'volant_agent*'") == ""
-    info = json.loads(sh(box, "curl -sf http://127.0.0.1:7777/api/v1/system/info"))
+    assert sh(box, "find /usr/lib/volant/venv -name '*.pyc' ! -perm -o+r | head -n 1") == ""
+    # TCP callers need the key the install made: volantd's copy is root's, volar's the group's.
+    modes = sh(box, "stat -c '%a %U:%G %n' /etc/volant/volantd.yaml.d/40-api-key.yaml "
+                    "/etc/volant/volar.yaml")  # fmt: skip
+    assert modes.splitlines() == [
+        "600 root:root /etc/volant/volantd.yaml.d/40-api-key.yaml",
+        "640 root:volant /etc/volant/volar.yaml",
+    ]
+    key = sh(box, "sed -n 's/^api_key: //p' /etc/volant/volar.yaml").strip()
+    assert len(key) >= 40
+    url = "http://127.0.0.1:7777/api/v1/system/info"
+    assert sh(box, f"curl -s -o /dev/null -w '%{{http_code}}' {url}") == "401"
+    info = json.loads(sh(box, f"curl -sf -H 'X-Volant-API-Key: {key}' {url}"))
     assert info["version"] == "0.1.0"
+    # volar finds the key in /etc/volant/volar.yaml when it goes over TCP.
+    proc = box.run(["volar", "--api", "http://127.0.0.1:7777", "system", "info", "--json"])
+    assert json.loads(proc.stdout)["version"] == "0.1.0"
 
 
 def test_man_pages_and_completions(installed: Sysbox) -> None:
@@ -160,6 +175,7 @@ def test_reinstall_restarts_volantd_and_the_vm_runs_on(installed: Sysbox) -> Non
     box = installed
     vm = volar(box, "vms", "get", "web")
     daemon = sh(box, "systemctl show -P MainPID volantd").strip()
+    keys = sh(box, "cat /etc/volant/volar.yaml /etc/volant/volantd.yaml.d/40-api-key.yaml")
     proc = box.run(
         ["apt-get", "install", "--reinstall", "-y", str(package())],
         check=False,
@@ -171,6 +187,7 @@ def test_reinstall_restarts_volantd_and_the_vm_runs_on(installed: Sysbox) -> Non
     again = volar(box, "vms", "get", "web")
     assert (again["status"], again["pid"]) == ("running", vm["pid"])
     assert "adopted VM web" in sh(box, "journalctl -u volantd --no-pager -n 50")
+    assert sh(box, "cat /etc/volant/volar.yaml /etc/volant/volantd.yaml.d/40-api-key.yaml") == keys
     assert failed_units(box) == ""
 
 
