@@ -156,3 +156,17 @@ def test_the_nft_file_replaces_the_table_it_lists() -> None:
     assert text.index("delete table inet volant") < text.index(table_text("vbr9", subnet))
     assert "ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade" in text
     assert 'oifname "vbr9" ct state established,related accept' in text
+
+
+def test_without_systemd_the_service_step_is_reported_skipped(tmp_path: Path) -> None:
+    from volant.config import load_config
+    from volant.setup import host_plan
+
+    config = load_config([], env={"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/volant"})
+    plan = host_plan(config, root=tmp_path)
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("this host runs systemd")
+    assert [str(c.action) for c in plan.skipped] == ["skip"]
+    assert plan.skipped[0].what == "systemctl enable --now volantd.service"
+    assert "systemd is not running" in plan.skipped[0].note
+    assert [step.key for step in plan.steps][-2:] == ["bridge", "nftables"]

@@ -45,6 +45,8 @@ class SetupPlan:
 
     steps: Sequence[Step]
     record: Record
+    skipped: Sequence[Change] = ()
+    """Steps this host cannot take, reported after the others."""
 
     async def apply(self, *, dry_run: bool) -> list[Change]:
         for step in self.steps:
@@ -67,7 +69,7 @@ class SetupPlan:
             # A step run again after drift keeps what the first run made (say, that the
             # bridge did not exist before setup).
             self.record.note(step.key, {**made, **self.record.made.get(step.key, {})})
-        return changes
+        return [*changes, *self.skipped]
 
     async def _roll_back(self, steps: list[Step]) -> None:
         """Undo this run's steps so a failure half-way leaves the host as it found it."""
@@ -99,7 +101,7 @@ class SetupPlan:
                 continue
             note = await self._revert(step, made)
             changes.append(Change(Action.KEEP if note else Action.REMOVE, step.describe(), note))
-        return changes
+        return [*changes, *self.skipped]
 
     async def _check_undo(self, force: bool) -> None:
         for step in self.steps:
@@ -143,10 +145,15 @@ def host_plan(config: Config, root: Path = Path("/")) -> SetupPlan:
             dropin=etc / "systemd/system/volantd.service.d/50-volant-nat.conf",
         ),
     ]
+    skipped: list[Change] = []
+    service = ServiceStep()
     if systemd_running():
-        steps.append(ServiceStep())
+        steps.append(service)
+    else:
+        note = "systemd is not running here: start volantd yourself"
+        skipped.append(Change(Action.SKIP, service.describe(), note))
     record = Record.load(state_dir / "setup.json")
-    return SetupPlan(steps, record)
+    return SetupPlan(steps, record, skipped)
 
 
 def _unique(dirs: list[DirectoryStep]) -> list[DirectoryStep]:
