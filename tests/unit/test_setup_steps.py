@@ -43,9 +43,12 @@ class Broken:
 
 
 def file_plan(tmp: Path, *extra: Step) -> tuple[SetupPlan, Path, Path]:
+    """The file steps on tmp, with the record there now (as a later run of setup reads it);
+    ip_forward starts as 0."""
     knob = tmp / "proc/ip_forward"
-    knob.parent.mkdir(parents=True)
-    knob.write_text("0\n")
+    if not knob.exists():
+        knob.parent.mkdir(parents=True)
+        knob.write_text("0\n")
     dropin = tmp / "etc/sysctl.d/60-volant.conf"
     steps: list[Step] = [
         DirectoryStep(tmp / "var/lib/volant", 0o750),
@@ -74,19 +77,8 @@ async def test_setup_makes_records_and_is_idempotent(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "var/lib/volant/setup.json").read_text())
     assert record["made"]["sysctl"] == {"previous_file": None, "previous_value": "0"}
 
-    again, _, _ = file_plan_reload(tmp_path)
+    again, _, _ = file_plan(tmp_path)
     assert actions(await again.apply(dry_run=False)) == ["keep"] * 3
-
-
-def file_plan_reload(tmp: Path) -> tuple[SetupPlan, Path, Path]:
-    knob = tmp / "proc/ip_forward"
-    dropin = tmp / "etc/sysctl.d/60-volant.conf"
-    steps: list[Step] = [
-        DirectoryStep(tmp / "var/lib/volant", 0o750),
-        DirectoryStep(tmp / "etc/volant", 0o755),
-        ForwardingStep(dropin, knob),
-    ]
-    return SetupPlan(steps, Record.load(tmp / "var/lib/volant/setup.json")), knob, dropin
 
 
 async def test_undo_removes_only_what_setup_made(tmp_path: Path) -> None:
@@ -95,7 +87,7 @@ async def test_undo_removes_only_what_setup_made(tmp_path: Path) -> None:
     plan, knob, dropin = file_plan(tmp_path)
     assert actions(await plan.apply(dry_run=False)) == ["create", "keep", "create"]
 
-    plan, knob, dropin = file_plan_reload(tmp_path)
+    plan, knob, dropin = file_plan(tmp_path)
     preview = await plan.undo(dry_run=True, force=False)
     assert actions(preview) == ["remove", "keep", "remove"]
     assert dropin.exists()
@@ -108,7 +100,7 @@ async def test_undo_removes_only_what_setup_made(tmp_path: Path) -> None:
     assert (tmp_path / "etc/volant/volantd.yaml").exists()
     assert not (tmp_path / "var/lib/volant").exists()  # the record went with it
 
-    plan, _, _ = file_plan_reload(tmp_path)
+    plan, _, _ = file_plan(tmp_path)
     assert actions(await plan.undo(dry_run=False, force=False)) == ["keep"] * 3
 
 
