@@ -179,6 +179,22 @@ def start_daemon(
     raise AssertionError(f"volantd did not become healthy:\n{daemon.log_text()}")
 
 
+@contextlib.contextmanager
+def running_daemon(
+    tmp: Path,
+    settings: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    plugins: Sequence[str] = ("demo",),
+) -> Iterator[Daemon]:
+    """start_daemon in a network namespace of its own; stop_daemon and the namespace after."""
+    with netns() as ns:
+        daemon = start_daemon(ns, tmp, settings, env, plugins)
+        try:
+            yield daemon
+        finally:
+            stop_daemon(daemon)
+
+
 def stop_daemon(daemon: Daemon, *, delete_vms: bool = True) -> None:
     """Delete what the test left, then SIGTERM volantd (VMs would outlive it otherwise)."""
     if delete_vms and daemon.proc.poll() is None:

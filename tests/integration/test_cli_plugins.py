@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from scripts.guest.cpio import Tree, cpio_newc
-from tests.integration.daemon import Daemon, build_guest, netns, start_daemon, stop_daemon
+from tests.integration.daemon import Daemon, build_guest, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +27,8 @@ def guest() -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"), plugins=())
-        try:
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path_factory.mktemp("volantd"), plugins=()) as d:
+        yield d
 
 
 def write_plugin(directory: Path, name: str = NAME, /, **changes: Any) -> Path:
@@ -191,45 +187,41 @@ def test_signed_install(guest: Path, tmp_path: Path) -> None:
     trusted.mkdir()
     state.mkdir()
     settings = {"plugins.trusted_keys_dir": str(trusted), "plugins.require_signature": True}
-    with netns() as ns:
-        d = start_daemon(ns, state, settings, plugins=())
-        try:
-            ok(d.volar("plugins", "keygen", "release", "--dir", str(keys)))
-            shutil.copy(keys / "release.pub", trusted / "release.pub")
+    with running_daemon(state, settings, plugins=()) as d:
+        ok(d.volar("plugins", "keygen", "release", "--dir", str(keys)))
+        shutil.copy(keys / "release.pub", trusted / "release.pub")
 
-            unsigned = write_plugin(tmp_path / "unsigned", "unsigned")
-            error, hint = failed(d.volar("plugins", "install", str(unsigned)))
-            assert "not signed" in error
-            assert "volar plugins sign" in hint
+        unsigned = write_plugin(tmp_path / "unsigned", "unsigned")
+        error, hint = failed(d.volar("plugins", "install", str(unsigned)))
+        assert "not signed" in error
+        assert "volar plugins sign" in hint
 
-            manifest = write_plugin(tmp_path / "signed", "signed")
-            ok(d.volar("plugins", "sign", str(manifest), "--key", str(keys / "release.key")))
-            out = ok(d.volar("plugins", "install", str(manifest)))
-            assert "signed by release" in out
-            assert listed(d)["signed"]["signer"] == "release"
-            assert row(d, "signed")[4] == "release"
+        manifest = write_plugin(tmp_path / "signed", "signed")
+        ok(d.volar("plugins", "sign", str(manifest), "--key", str(keys / "release.key")))
+        out = ok(d.volar("plugins", "install", str(manifest)))
+        assert "signed by release" in out
+        assert listed(d)["signed"]["signer"] == "release"
+        assert row(d, "signed")[4] == "release"
 
-            # A signature kept elsewhere, named with --signature.
-            other = write_plugin(tmp_path / "other", "other")
-            elsewhere = tmp_path / "other.signature"
-            ok(
-                d.volar(
-                    "plugins",
-                    "sign",
-                    str(other),
-                    "--key",
-                    str(keys / "release.key"),
-                    "--out",
-                    str(elsewhere),
-                )
+        # A signature kept elsewhere, named with --signature.
+        other = write_plugin(tmp_path / "other", "other")
+        elsewhere = tmp_path / "other.signature"
+        ok(
+            d.volar(
+                "plugins",
+                "sign",
+                str(other),
+                "--key",
+                str(keys / "release.key"),
+                "--out",
+                str(elsewhere),
             )
-            ok(d.volar("plugins", "install", str(other), "--signature", str(elsewhere)))
-            assert listed(d)["other"]["signer"] == "release"
+        )
+        ok(d.volar("plugins", "install", str(other), "--signature", str(elsewhere)))
+        assert listed(d)["other"]["signer"] == "release"
 
-            # Changed after signing: the .sig next to it no longer matches.
-            manifest.write_text(manifest.read_text().replace("1.0.0", "6.6.6"))
-            error, _hint = failed(d.volar("plugins", "install", str(manifest), "--replace"))
-            assert "does not match" in error
-            assert listed(d)["signed"]["version"] == "1.0.0"
-        finally:
-            stop_daemon(d)
+        # Changed after signing: the .sig next to it no longer matches.
+        manifest.write_text(manifest.read_text().replace("1.0.0", "6.6.6"))
+        error, _hint = failed(d.volar("plugins", "install", str(manifest), "--replace"))
+        assert "does not match" in error
+        assert listed(d)["signed"]["version"] == "1.0.0"

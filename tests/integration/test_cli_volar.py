@@ -22,6 +22,7 @@ from tests.integration.daemon import (
     Daemon,
     build_guest,
     netns,
+    running_daemon,
     start_daemon,
     stop_daemon,
 )
@@ -41,12 +42,8 @@ def guest() -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"))
-        try:
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path_factory.mktemp("volantd")) as d:
+        yield d
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -220,16 +217,12 @@ def test_create_waits_for_a_healthy_workload(guest: Path, tmp_path: Path) -> Non
         "runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"),
         "plugins.trusted_keys_dir": str(trusted),
     }
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path / "volantd", settings, plugins=())
-        try:
-            assert d.volar("plugins", "install", str(HELLO / "manifest.json")).returncode == 0
-            proc = d.volar("vms", "create", "hello1", "--plugin", "hello")
-            assert (proc.returncode, proc.stderr) == (0, "")
-            match = FINAL.fullmatch(proc.stdout.rstrip("\n"))
-            assert match is not None, proc.stdout
-            assert match.group(2) == "running"
-            events = d.call(lambda c: c.list_events(vm="hello1"))
-            assert [e["type"] for e in events] == ["VM_CREATED", "VM_STARTING", "VM_RUNNING"]
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path / "volantd", settings, plugins=()) as d:
+        assert d.volar("plugins", "install", str(HELLO / "manifest.json")).returncode == 0
+        proc = d.volar("vms", "create", "hello1", "--plugin", "hello")
+        assert (proc.returncode, proc.stderr) == (0, "")
+        match = FINAL.fullmatch(proc.stdout.rstrip("\n"))
+        assert match is not None, proc.stdout
+        assert match.group(2) == "running"
+        events = d.call(lambda c: c.list_events(vm="hello1"))
+        assert [e["type"] for e in events] == ["VM_CREATED", "VM_STARTING", "VM_RUNNING"]

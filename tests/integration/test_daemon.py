@@ -15,10 +15,8 @@ import pytest
 from tests.integration.daemon import (
     Daemon,
     build_guest,
-    netns,
     raw,
-    start_daemon,
-    stop_daemon,
+    running_daemon,
     volar,
     wait_status,
 )
@@ -34,12 +32,8 @@ def guest() -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"))
-        try:
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path_factory.mktemp("volantd")) as d:
+        yield d
 
 
 def leased(daemon: Daemon) -> int:
@@ -198,19 +192,15 @@ def test_unreachable_daemon_gives_one_line_and_hint(tmp_path: Path) -> None:
 
 
 def test_failed_launch_rolls_everything_back(guest: Path, tmp_path: Path) -> None:
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path, {"runtime.kernel": str(tmp_path / "missing-vmlinuz")})
-        try:
-            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "doomed", "plugin": "demo"})
-            assert status == 502, problem
-            assert problem["code"] == "HypervisorFailed"
-            assert d.call(lambda c: c.list_vms()) == []
-            assert leased(d) == 0
-            assert "vt-" not in d.in_ns("ip", "-o", "link").stdout
-            types = [e["type"] for e in d.call(lambda c: c.list_events(vm="doomed"))]
-            assert types == ["VM_CREATED", "VM_STARTING", "VM_ERROR", "VM_DELETED"]
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path, {"runtime.kernel": str(tmp_path / "missing-vmlinuz")}) as d:
+        status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "doomed", "plugin": "demo"})
+        assert status == 502, problem
+        assert problem["code"] == "HypervisorFailed"
+        assert d.call(lambda c: c.list_vms()) == []
+        assert leased(d) == 0
+        assert "vt-" not in d.in_ns("ip", "-o", "link").stdout
+        types = [e["type"] for e in d.call(lambda c: c.list_events(vm="doomed"))]
+        assert types == ["VM_CREATED", "VM_STARTING", "VM_ERROR", "VM_DELETED"]
 
 
 def test_pool_is_leased_in_numeric_order_and_exhausts(guest: Path, tmp_path: Path) -> None:
@@ -220,42 +210,32 @@ def test_pool_is_leased_in_numeric_order_and_exhausts(guest: Path, tmp_path: Pat
         "runtime.start_paused": True,
         "vm.default_memory_mb": 96,
     }
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path, settings)
-        try:
-            ips = [
-                d.call(lambda c, n=n: c.create_vm({"name": f"p{n}", "plugin": "demo"}))[
-                    "ip_address"
-                ]
-                for n in range(5)
-            ]
-            assert ips == [f"10.55.0.{n}" for n in range(2, 7)]
-            status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p5", "plugin": "demo"})
-            assert (status, problem["code"]) == (409, "PoolExhausted")
-            assert len(d.call(lambda c: c.list_vms())) == 5
-            d.call(lambda c: c.delete_vm("p1"))
-            assert (
-                d.call(lambda c: c.create_vm({"name": "again", "plugin": "demo"}))["ip_address"]
-                == "10.55.0.3"
-            )
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path, settings) as d:
+        ips = [
+            d.call(lambda c, n=n: c.create_vm({"name": f"p{n}", "plugin": "demo"}))["ip_address"]
+            for n in range(5)
+        ]
+        assert ips == [f"10.55.0.{n}" for n in range(2, 7)]
+        status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p5", "plugin": "demo"})
+        assert (status, problem["code"]) == (409, "PoolExhausted")
+        assert len(d.call(lambda c: c.list_vms())) == 5
+        d.call(lambda c: c.delete_vm("p1"))
+        assert (
+            d.call(lambda c: c.create_vm({"name": "again", "plugin": "demo"}))["ip_address"]
+            == "10.55.0.3"
+        )
 
 
 def test_concurrent_creates_never_share_an_ip(guest: Path, tmp_path: Path) -> None:
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path, {"runtime.start_paused": True, "vm.default_memory_mb": 96})
-        try:
+    with running_daemon(tmp_path, {"runtime.start_paused": True, "vm.default_memory_mb": 96}) as d:
 
-            async def burst(client: VolantClient) -> list[dict[str, Any]]:
-                return await asyncio.gather(
-                    *(client.create_vm({"name": f"c{n}", "plugin": "demo"}) for n in range(10))
-                )
+        async def burst(client: VolantClient) -> list[dict[str, Any]]:
+            return await asyncio.gather(
+                *(client.create_vm({"name": f"c{n}", "plugin": "demo"}) for n in range(10))
+            )
 
-            vms = d.call(burst)
-            ips = [vm["ip_address"] for vm in vms]
-            assert len(set(ips)) == 10
-            assert {vm["status"] for vm in vms} == {"running"}
-            assert leased(d) == 10
-        finally:
-            stop_daemon(d)
+        vms = d.call(burst)
+        ips = [vm["ip_address"] for vm in vms]
+        assert len(set(ips)) == 10
+        assert {vm["status"] for vm in vms} == {"running"}
+        assert leased(d) == 10
