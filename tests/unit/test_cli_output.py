@@ -6,9 +6,7 @@ unix socket, in a thread of its own, stands in for volantd so that volar's outpu
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
+from tests.unit.volantd_standin import serving
 from volant.cli.main import cli
 
 pytestmark = pytest.mark.unit
@@ -101,24 +100,8 @@ def _app() -> web.Application:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    sock = tmp_path_factory.mktemp("api") / "api.sock"
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_app())
-
-    async def start() -> None:
-        await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-
-    loop.run_until_complete(start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"unix:{sock}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with serving(_app(), tmp_path_factory.mktemp("api") / "api.sock") as base:
+        yield base
 
 
 def volar(api: str, *argv: str) -> tuple[int, str, str]:
