@@ -263,8 +263,7 @@ def load_config(
     table = {s.name: s for s in SETTINGS}
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
     for path in config_files(files):
-        if path.is_file():
-            values.update(_read_file(path, table))
+        values.update(_read_file(path, table))
     for setting in SETTINGS:
         if setting.env in env:
             values[setting.name] = _coerce(setting, env[setting.env], setting.env)
