@@ -9,9 +9,9 @@ so no command is shown that no test runs.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from scripts.readme_settings import README
+
 TAGGED = re.compile(r"<!-- test: ([a-z-]+) -->\n```sh\n(.*?)```", re.DOTALL)
 SH_BLOCK = re.compile(r"```sh\n")
 
