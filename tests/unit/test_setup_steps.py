@@ -32,6 +32,9 @@ class Broken:
     async def preflight(self) -> None:
         pass
 
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        pass
+
     async def in_place(self) -> bool:
         return False
 

@@ -68,9 +68,16 @@ class BridgeStep:
         state = await self.network.inspect_bridge()
         return state is not None and state.ready
 
-    async def ports(self) -> tuple[str, ...]:
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        if not made.get("created") or force:
+            return
         state = await self.network.inspect_bridge()
-        return state.ports if state else ()
+        if state is not None and state.ports:
+            raise Conflict(
+                f"VMs are still attached to bridge {self.network.bridge} "
+                f"({', '.join(state.ports)})",
+                hint="delete them first (volar vms list), or pass --force",
+            )
 
     async def apply(self) -> dict[str, Any]:
         existed = await self.network.inspect_bridge() is not None
@@ -111,6 +118,9 @@ class NatStep:
     async def preflight(self) -> None:
         if shutil.which("nft") is None:
             raise Unavailable("nft is not installed", hint=_package_hint("nft"))
+
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        pass
 
     async def in_place(self) -> bool:
         if read_text(self.rules) != ruleset_file(self.bridge, self.subnet):
@@ -163,6 +173,9 @@ class ServiceStep:
                 f"{UNIT} is not installed (systemd says {out.strip() or 'nothing'})",
                 hint="install the volant package: apt install ./volant_*.deb",
             )
+
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        pass
 
     async def in_place(self) -> bool:
         return await self._state() == (True, True)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from volant.config import Config
-from volant.model import Conflict
 from volant.network import HostNetwork
 from volant.setup.host import BridgeStep, NatStep, ServiceStep, systemd_running
 from volant.setup.record import Record
@@ -89,7 +88,9 @@ class SetupPlan:
             raise
 
     async def undo(self, *, dry_run: bool, force: bool) -> list[Change]:
-        await self._check_undo(force)
+        for step in self.steps:
+            if step.key in self.record.made:
+                await step.preflight_revert(self.record.made[step.key], force=force)
         changes: list[Change] = []
         for step in reversed(self.steps):
             made = self.record.made.get(step.key)
@@ -102,17 +103,6 @@ class SetupPlan:
             note = await self._revert(step, made)
             changes.append(Change(Action.KEEP if note else Action.REMOVE, step.describe(), note))
         return [*changes, *self.skipped]
-
-    async def _check_undo(self, force: bool) -> None:
-        for step in self.steps:
-            if isinstance(step, BridgeStep) and self.record.made.get(step.key, {}).get("created"):
-                ports = await step.ports()
-                if ports and not force:
-                    raise Conflict(
-                        f"VMs are still attached to bridge {step.network.bridge} "
-                        f"({', '.join(ports)})",
-                        hint="delete them first (volar vms list), or pass --force",
-                    )
 
 
 def host_plan(config: Config, root: Path = Path("/")) -> SetupPlan:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from volant.network import forwarding_enabled
+
 
 class Step(Protocol):
     """One idempotent piece of host preparation."""
@@ -20,6 +22,11 @@ class Step(Protocol):
 
     async def preflight(self) -> None:
         """Raise when the step cannot be made here; runs for every step before any change."""
+        ...
+
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        """Raise when taking back what was made would do harm (force: do it anyway); runs
+        for every step before any undo."""
         ...
 
     async def in_place(self) -> bool: ...
@@ -64,6 +71,9 @@ class DirectoryStep:
     async def preflight(self) -> None:
         pass
 
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        pass
+
     async def in_place(self) -> bool:
         return self.path.is_dir()
 
@@ -104,8 +114,11 @@ class ForwardingStep:
     async def preflight(self) -> None:
         pass
 
+    async def preflight_revert(self, made: dict[str, Any], *, force: bool) -> None:
+        pass
+
     async def in_place(self) -> bool:
-        return read_text(self.dropin) == SYSCTL_TEXT and self._current() == "1"
+        return read_text(self.dropin) == SYSCTL_TEXT and forwarding_enabled(self.knob)
 
     def _current(self) -> str:
         return self.knob.read_text().strip()
