@@ -22,6 +22,7 @@ from tests.integration.daemon import (
     build_guest,
     netns,
     raw,
+    running_daemon,
     start_daemon,
     stop_daemon,
     wait_status,
@@ -44,14 +45,10 @@ ANSWER = b"\nmark-42\r\n"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     build_guest()
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"), {"api.key": KEY})
-        try:
-            d.call(lambda c: c.create_vm({"name": VM, "plugin": "demo"}))
-            d.call(until_the_shell_answers)
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path_factory.mktemp("volantd"), {"api.key": KEY}) as d:
+        d.call(lambda c: c.create_vm({"name": VM, "plugin": "demo"}))
+        d.call(until_the_shell_answers)
+        yield d
 
 
 async def converse(stream: ConsoleStream, ask: bytes, answer: bytes, timeout: float = 60) -> bytes:

@@ -21,7 +21,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.daemon import BIN, Daemon, build_guest, netns, start_daemon, stop_daemon
+from tests.integration.daemon import (
+    BIN,
+    Daemon,
+    build_guest,
+    netns,
+    running_daemon,
+    start_daemon,
+    stop_daemon,
+)
 from volant.client import VolantClient
 from volant.client.sse import SSEEvent, SSEParser
 from volant.model import EventType
@@ -58,12 +66,8 @@ def guest() -> Path:
 def daemon(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("volantd-events")
     asyncio.run(seed(tmp / "state"))
-    with netns() as ns:
-        d = start_daemon(ns, tmp, SETTINGS)
-        try:
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp, SETTINGS) as d:
+        yield d
 
 
 @contextlib.asynccontextmanager

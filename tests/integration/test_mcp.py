@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import Daemon, build_guest, netns, raw, start_daemon, stop_daemon
+from tests.integration.daemon import (
+    Daemon,
+    build_guest,
+    netns,
+    raw,
+    running_daemon,
+    start_daemon,
+    stop_daemon,
+)
 from tests.integration.mcp_client import session_steps
 
 pytestmark = pytest.mark.integration
@@ -336,18 +344,14 @@ def test_a_tool_call_is_cut_at_the_request_timeout(tmp_path: Path) -> None:
         "runtime.start_paused": True,  # a paused guest ignores the power button...
         "runtime.stop_timeout": 60.0,  # ...so a graceful stop would wait this long
     }
-    with netns() as ns:
-        daemon = start_daemon(ns, tmp_path, settings)
-        try:
-            steps = [call("create_vm", name="slow", plugin="demo"), call("stop_vm", name="slow")]
-            started = time.monotonic()
-            created, stopped = results(over_tcp(daemon, steps))
-            assert time.monotonic() - started < 30
-            assert ok(created)["status"] == "running"
-            error = tool_error(stopped)
-            assert error["code"] == "Unavailable"
-            assert "stop_vm took longer than 1s" in error["message"]
-            assert "api.request_timeout" in error["hint"]
-            assert "Traceback" not in daemon.log_text()
-        finally:
-            stop_daemon(daemon)
+    with running_daemon(tmp_path, settings) as daemon:
+        steps = [call("create_vm", name="slow", plugin="demo"), call("stop_vm", name="slow")]
+        started = time.monotonic()
+        created, stopped = results(over_tcp(daemon, steps))
+        assert time.monotonic() - started < 30
+        assert ok(created)["status"] == "running"
+        error = tool_error(stopped)
+        assert error["code"] == "Unavailable"
+        assert "stop_vm took longer than 1s" in error["message"]
+        assert "api.request_timeout" in error["hint"]
+        assert "Traceback" not in daemon.log_text()

@@ -28,6 +28,7 @@ from tests.integration.daemon import (
     build_guest,
     netns,
     raw,
+    running_daemon,
     start_daemon,
     stop_daemon,
     wait_status,
@@ -61,12 +62,8 @@ def daemon(keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) ->
         "plugins.require_signature": True,
         "plugins.trusted_keys_dir": str(keys[0]),
     }
-    with netns() as ns:
-        d = start_daemon(ns, tmp_path_factory.mktemp("volantd"), settings, plugins=())
-        try:
-            yield d
-        finally:
-            stop_daemon(d)
+    with running_daemon(tmp_path_factory.mktemp("volantd"), settings, plugins=()) as d:
+        yield d
 
 
 def install(daemon: Daemon, manifest: Path, signature: str | None) -> tuple[int, Any]:
