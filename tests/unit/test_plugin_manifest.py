@@ -284,6 +284,9 @@ def test_semantic_checks(doc: dict[str, Any]) -> None:
         validate_document(bad)
     del bad["actions"]
     assert validate_document(bad).workload.type is WorkloadType.PROCESS
+    bad["name"] = "schema"  # GET /api/v1/plugins/schema would never reach it
+    with pytest.raises(InvalidArgument, match=r"name: 'schema' is reserved"):
+        validate_document(bad)
 
 
 def test_malformed_text_is_refused() -> None:

@@ -37,6 +37,8 @@ Format = Literal["json", "yaml"]
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_REPORTED = 5
 _YAML_SUFFIXES = (".yaml", ".yml")
+# Plugin names that a REST route of its own shadows: GET /api/v1/plugins/schema.
+RESERVED_NAMES = frozenset({"schema"})
 
 
 @cache
@@ -180,6 +182,12 @@ def _generic(error: ValidationError) -> str:
 
 
 def _check_semantics(doc: dict[str, Any]) -> None:
+    if doc["name"] in RESERVED_NAMES:
+        raise InvalidArgument(
+            f"invalid manifest: name: {doc['name']!r} is reserved "
+            f"(GET /api/v1/plugins/{doc['name']} is a route of its own)",
+            field="name",
+        )
     workload: dict[str, Any] = doc["workload"]
     base_url = workload.get("base_url", "")
     if base_url:

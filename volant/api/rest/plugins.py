@@ -186,7 +186,7 @@ def add_routes(api: Api) -> None:
         ok={201: ("Installed", full)},
         errors=(400, 403, 409, 502),
     )
-    # Before /{plugin}: "schema" is not a valid plugin name anyway, but routing order decides.
+    # Before /{plugin}, which would otherwise take it; manifests may not use the name.
     api.add(
         "GET",
         "/api/v1/plugins/schema",
