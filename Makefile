@@ -9,12 +9,12 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DEB := dist/volant_$(VERSION)_amd64.deb
 # What the package is built from (the guest's own inputs are checked by build_guest.py).
-DEB_INPUTS := pyproject.toml README.md $(shell find volant agent units polkit packaging examples \
+DEB_INPUTS := pyproject.toml constraints.txt README.md $(shell find volant agent units polkit packaging examples \
 	debian scripts/build_guest.py scripts/guest_init.sh scripts/guest \( -name __pycache__ \
 	-o -name '*.cpio' -o -path debian/volant -o -path debian/.debhelper -o -path debian/generated \
 	\) -prune -o -type f -print)
 
-.PHONY: deps apt venv guest deb demo test test-fast lint bench clean
+.PHONY: deps apt venv constraints guest deb demo test test-fast lint bench clean
 
 deps: apt venv guest
 
@@ -29,12 +29,23 @@ apt: .cache/apt.stamp
 	@touch $@
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml agent/pyproject.toml .cache/apt.stamp
+$(VENV)/.stamp: pyproject.toml agent/pyproject.toml constraints.txt .cache/apt.stamp
 	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	@echo "installing the virtualenv $(VENV) (log: .cache/pip.log)"
-	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]' && $(PY) -m pip install -e ./agent) \
+	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -c constraints.txt -e '.[dev]' \
+		&& $(PY) -m pip install -c constraints.txt -e ./agent) \
 		> .cache/pip.log 2>&1 || { tail -n 30 .cache/pip.log; exit 1; }
 	@touch $@
+
+# Newest versions PyPI serves, in a throwaway virtualenv, written to constraints.txt.
+constraints: .cache/apt.stamp
+	@rm -rf .cache/constraints-venv && /usr/bin/python3 -m venv .cache/constraints-venv
+	@.cache/constraints-venv/bin/python -m pip install -q --upgrade pip
+	@.cache/constraints-venv/bin/python -m pip install -q '.[dev]' ./agent
+	@{ sed -n '/^#/p' constraints.txt; .cache/constraints-venv/bin/python -m pip freeze \
+		--exclude volant --exclude volant-agent; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && rm -rf .cache/constraints-venv
+	@git diff --stat constraints.txt
 
 guest: $(GUEST)/.stamp
 $(GUEST)/.stamp: scripts/build_guest.py $(wildcard scripts/guest/*.py agent/volant_agent/*) $(filter-out %.cpio,$(wildcard examples/plugins/*/*)) .cache/apt.stamp $(VENV)/.stamp

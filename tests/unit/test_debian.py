@@ -43,3 +43,23 @@ def test_settings_defaults_point_into_the_package() -> None:
     assert "$(DESTDIR)/usr/lib/volant/guest/initramfs.img" in rules
     assert defaults["plugins.trusted_keys_dir"] == "/etc/volant/trusted-keys.d"
     assert "etc/volant/trusted-keys.d" in (DEBIAN / "volant.dirs").read_text().split()
+
+
+def test_every_dependency_is_pinned_within_its_range() -> None:
+    """constraints.txt pins each requirement of pyproject.toml to a version it allows, so the
+    .deb's virtualenv and `make venv` install what CI passed with."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        requirement = Requirement(spec)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pinned), f"{requirement.name}=={pinned} vs {spec}"
+    assert "--constraint=$(CURDIR)/constraints.txt" in (DEBIAN / "rules").read_text()
