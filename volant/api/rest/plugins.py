@@ -14,6 +14,7 @@ from volant.engine.ports import GuestReplyLike
 from volant.model import Plugin, PluginSource
 
 from . import replies as r
+from . import sse
 from .common import engine_of, read_json
 from .peer import authorize
 from .replies import free_json
@@ -119,14 +120,12 @@ async def vm_logs(request: web.Request) -> web.StreamResponse:
     ticks = with_keepalives(engine.vm_logs(name, limit), SSE_KEEPALIVE)
     # The first item before the answer starts: no VM or no agent still leaves as problem+json.
     first = await anext(ticks, None)
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
+    response = web.StreamResponse(headers=sse.HEADERS)
     await response.prepare(request)
     if first is not None:
         await response.write(_sse_line(first))
     async for line in ticks:
-        await response.write(b": keepalive\n\n" if line is None else _sse_line(line))
+        await response.write(sse.HEARTBEAT if line is None else _sse_line(line))
     await response.write_eof()
     return response
 
@@ -282,7 +281,7 @@ def add_routes(api: Api) -> None:
         ok={
             200: (
                 "Lines as JSON, or Server-Sent Events when following",
-                (Body(r.LogLines), Body(media="text/event-stream", schema={})),
+                (Body(r.LogLines), Body(media=sse.MEDIA, schema={})),
             )
         },
         errors=(404, 409, 502),
