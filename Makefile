@@ -48,7 +48,7 @@ constraints: .cache/apt.stamp
 	@git diff --stat constraints.txt
 
 guest: $(GUEST)/.stamp
-$(GUEST)/.stamp: scripts/build_guest.py $(wildcard scripts/guest/*.py agent/volant_agent/*) $(filter-out %.cpio,$(wildcard examples/plugins/*/*)) .cache/apt.stamp $(VENV)/.stamp
+$(GUEST)/.stamp: scripts/build_guest.py scripts/guest_init.sh $(wildcard scripts/guest/*.py scripts/guest/*.sh agent/volant_agent/*) $(filter-out %.cpio,$(wildcard examples/plugins/*/*)) .cache/apt.stamp $(VENV)/.stamp
 	@$(PY) scripts/build_guest.py --out $(GUEST)
 	@touch $@
 

@@ -25,14 +25,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.guest.agent_image import build_agent_image
+from scripts.guest.base import busybox_base
 from scripts.guest.common import (
-    UDHCPC_SCRIPT,
     Apt,
     BuildError,
     DebInfo,
     extract,
     log,
-    run,
     sha256_file,
     write_atomic,
 )
@@ -64,6 +63,8 @@ INIT_TEMPLATE = HERE / "guest_init.sh"
 SOURCES = (
     Path(__file__).resolve(),
     INIT_TEMPLATE,
+    HERE / "guest" / "base.py",
+    HERE / "guest" / "boot.sh",
     HERE / "guest" / "common.py",
     HERE / "guest" / "cpio.py",
     HERE / "guest" / "modules.py",
@@ -74,24 +75,9 @@ POWER_HANDLER = "#!/bin/sh\necho 'volant-init: power button, powering off'\nsync
 
 def build_tree(busybox: Path, index: dict[str, Path], modules: list[str]) -> Tree:
     tree = Tree()
-    for path in ("proc", "sys", "dev", "run", "tmp", "root", "www", "etc/acpi/PWRF"):
-        tree.dir(path)
-    # The kernel opens /dev/console for PID 1 before /init can mount devtmpfs.
-    tree.chardev("dev/console", 5, 1)
-    tree.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in run([str(busybox), "--list-full"]).split():
-        if applet != "bin/busybox":
-            tree.symlink(applet, "/bin/busybox")
-    for name in modules:
-        tree.file(f"lib/modules/{name}.ko", index[name].read_bytes())
-    init = INIT_TEMPLATE.read_text().replace("@MODULES@", " ".join(modules))
-    tree.file("init", init.encode(), 0o755)
-    tree.file("etc/acpi/PWRF/00000080", POWER_HANDLER.encode(), 0o755)
-    # busybox acpid reports the button as "PWRF" (fixed ACPI event, pc/q35) or "PWRB" (a power
-    # button device, as on microvm's GED); both run the same handler.
-    tree.file("etc/acpid.conf", b"PWRF PWRF/00000080\nPWRB PWRF/00000080\n")
-    tree.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
-    tree.file("etc/hostname", b"volant\n")
+    tree.dir("www")
+    power = POWER_HANDLER.encode()
+    busybox_base(tree, busybox, modules, index, INIT_TEMPLATE.read_text(), power)
     return tree
 
 

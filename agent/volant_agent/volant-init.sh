@@ -1,5 +1,5 @@
 #!/bin/sh
-# volant-init: the agent guest's /init (PID 1). The image builder fills in @MODULES@.
+# volant-init: the agent guest's /init (PID 1).
 # It mounts the API filesystems, loads virtio, configures eth0 from ip=, starts the Python agent,
 # reaps orphans, and powers off cleanly on SIGUSR2 (busybox `poweroff`, the agent's
 # POST /v1/poweroff, and the ACPI power button through acpid all end up there). PID 1 must never
@@ -7,53 +7,11 @@
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /run /tmp
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-
-# Debian's cloud kernel builds virtio as modules; the order (dependencies first) was resolved
-# from each module's .modinfo when the image was built.
-for mod in @MODULES@; do
-    insmod "/lib/modules/$mod.ko" 2>/dev/null || echo "volant-init: insmod $mod failed"
-done
-
-name=volant
-ip_arg=
-for tok in $(cat /proc/cmdline); do
-    case "$tok" in
-        ip=*) ip_arg="${tok#ip=}" ;;
-    esac
-done
-ip link set lo up
-
-if [ -n "$ip_arg" ]; then
-    # The NIC can appear a little after insmod returns.
-    i=0
-    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    # ip=<client>:<server>:<gw>:<mask>:<hostname>:<device>:<autoconf>
-    old_ifs=$IFS
-    IFS=:
-    set -- $ip_arg
-    IFS=$old_ifs
-    addr=$1 gw=$3 mask=$4
-    [ -n "$5" ] && name=$5
-    if [ "$ip_arg" = dhcp ] || [ "$7" = dhcp ]; then
-        ip link set eth0 up
-        udhcpc -i eth0 -q -n -t 10 -s /etc/udhcpc.script || echo "volant-init: dhcp failed"
-    else
-        ifconfig eth0 "$addr" netmask "${mask:-255.255.255.0}" up
-        [ -n "$gw" ] && route add default gw "$gw"
-        # A gratuitous ARP so a host already polling us learns our MAC now.
-        arping -U -c 1 -I eth0 "$addr" >/dev/null 2>&1 &
-    fi
-fi
-hostname "$name"
+# The steps both guest images share (scripts/guest/boot.sh).
+. /lib/volant/boot.sh
+volant_mount
+volant_load_modules
+volant_network
 
 agent_pid=
 start_agent() {

@@ -1,6 +1,7 @@
 """The agent guest: busybox, a lean python3.11 and the Volant agent.
 
-Layout in the image: /init is agent/volant_agent/volant-init.sh (modules filled in), the agent is
+Layout in the image: /init is agent/volant_agent/volant-init.sh (with scripts/guest/base.py's
+shared layout below it), the agent is
 compiled under /usr/lib/volant-agent/volant_agent. Plugins are not in it: each ships its own cpio
 (scripts/guest/plugin_image.py) that boots appended to this one. Output: agent-initramfs.img
 (newc cpio, not compressed: see build_agent_image) plus agent-initramfs.json (inputs digest,
@@ -16,14 +17,13 @@ import tempfile
 from pathlib import Path
 
 from scripts.guest import python
+from scripts.guest.base import BOOT_SCRIPT, busybox_base
 from scripts.guest.common import (
     BUSYBOX,
-    UDHCPC_SCRIPT,
     Apt,
     DebInfo,
     fetch_packages,
     log,
-    run,
     sha256_file,
     write_atomic,
 )
@@ -54,7 +54,7 @@ POWER_HANDLER = b"#!/bin/sh\necho 'volant-init: power button'\nkill -USR2 1\n"
 def input_files() -> list[Path]:
     """The checkout files the image is built from (their bytes go into its inputs digest)."""
     here = Path(__file__).resolve().parent
-    files = sorted(here.glob("*.py")) + sorted(AGENT_PACKAGE.rglob("*"))
+    files = [*sorted(here.glob("*.py")), BOOT_SCRIPT, *sorted(AGENT_PACKAGE.rglob("*"))]
     return [f for f in files if f.is_file() and "__pycache__" not in f.parts]
 
 
@@ -76,24 +76,9 @@ def _up_to_date(out: Path, key: str) -> bool:
 
 
 def _base(tree: Tree, busybox: Path, kernel_modules: Path) -> list[str]:
-    for path in ("proc", "sys", "dev", "run", "tmp", "root", "etc/acpi/PWRF"):
-        tree.dir(path)
-    tree.chardev("dev/console", 5, 1)  # opened by the kernel before /init mounts devtmpfs
-    tree.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in run([str(busybox), "--list-full"]).split():
-        if applet != "bin/busybox":
-            tree.symlink(applet, "/bin/busybox")
     index = module_index(kernel_modules)
     modules = resolve_modules(index, WANTED_MODULES)
-    for name in modules:
-        tree.file(f"lib/modules/{name}.ko", index[name].read_bytes())
-    init = INIT_SCRIPT.read_text().replace("@MODULES@", " ".join(modules))
-    tree.file("init", init.encode(), 0o755)
-    tree.file("etc/acpi/PWRF/00000080", POWER_HANDLER, 0o755)
-    # busybox acpid names the button PWRF (fixed event, pc/q35) or PWRB (microvm's GED).
-    tree.file("etc/acpid.conf", b"PWRF PWRF/00000080\nPWRB PWRF/00000080\n")
-    tree.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
-    tree.file("etc/hostname", b"volant\n")
+    busybox_base(tree, busybox, modules, index, INIT_SCRIPT.read_text(), POWER_HANDLER)
     # glibc's built-in files backend answers "localhost" from here (base_url may name it).
     tree.file("etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n")
     tree.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
