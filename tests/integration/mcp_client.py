@@ -30,6 +30,39 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return result
 
 
+def call(tool: str, /, **arguments: Any) -> dict[str, Any]:
+    """The step that calls tool with arguments."""
+    return {"op": "call_tool", "name": tool, "arguments": arguments}
+
+
+def results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    assert "failure" not in report, report
+    answers: list[dict[str, Any]] = report["results"]
+    return answers
+
+
+def ok(result: dict[str, Any]) -> dict[str, Any]:
+    """A successful tool result's structured content, which its text repeats."""
+    assert not result.get("isError"), result
+    structured: dict[str, Any] = result["structuredContent"]
+    assert json.loads(result["content"][0]["text"]) == structured
+    return structured
+
+
+def tool_error(result: dict[str, Any]) -> dict[str, Any]:
+    """A tool error result's error object: code, message, and field and hint when known."""
+    assert result.get("isError") is True, result
+    error: dict[str, Any] = result["structuredContent"]["error"]
+    assert result["content"][0]["text"].startswith(f"{error['code']}: ")
+    return error
+
+
+def over_unix(api: str, steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The steps in this process, on volantd's unix socket (api is `unix:PATH`)."""
+    path = api.removeprefix("unix:")
+    return asyncio.run(session_steps("http://localhost/api/v1/mcp", steps, uds=path))
+
+
 async def step(session: ClientSession | Client, op: dict[str, Any]) -> dict[str, Any]:
     """One step's result, or {"error": ...} for a JSON-RPC error answer."""
     try:

@@ -4,7 +4,6 @@ the unix socket as root and as an unprivileged user."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from tests.integration.daemon import (
     start_daemon,
     stop_daemon,
 )
-from tests.integration.mcp_client import session_steps
+from tests.integration.mcp_client import call, ok, over_unix, results, tool_error
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +42,11 @@ TOOLS = {
     "stop_vm",
     "restart_vm",
     "list_plugins",
+    "call_action",
+    "vm_logs",
+    "console_log",
+    "list_events",
+    "system_status",
 }
 
 
@@ -95,37 +99,6 @@ def _client(argv: list[str], steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
-def over_unix(daemon: Daemon, steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The SDK client in this process (root), on the unix socket: no key needed."""
-    sock = daemon.api.removeprefix("unix:")
-    return asyncio.run(session_steps("http://localhost/api/v1/mcp", steps, uds=sock))
-
-
-def call(tool: str, /, **arguments: Any) -> dict[str, Any]:
-    return {"op": "call_tool", "name": tool, "arguments": arguments}
-
-
-def results(report: dict[str, Any]) -> list[dict[str, Any]]:
-    assert "failure" not in report, report
-    answers: list[dict[str, Any]] = report["results"]
-    return answers
-
-
-def ok(result: dict[str, Any]) -> dict[str, Any]:
-    """A successful tool result's structured content, which its text repeats."""
-    assert not result.get("isError"), result
-    structured: dict[str, Any] = result["structuredContent"]
-    assert json.loads(result["content"][0]["text"]) == structured
-    return structured
-
-
-def tool_error(result: dict[str, Any]) -> dict[str, Any]:
-    assert result.get("isError") is True, result
-    error: dict[str, Any] = result["structuredContent"]["error"]
-    assert result["content"][0]["text"].startswith(f"{error['code']}: ")
-    return error
-
-
 def test_initialize_and_tools(daemon: Daemon) -> None:
     report = over_tcp(daemon, [{"op": "list_tools"}])
     init = report["initialize"]
@@ -167,6 +140,32 @@ def test_vm_lifecycle(daemon: Daemon) -> None:
     assert ok(deleted) == {"deleted": "mcp1"}
     assert ok(after) == {"vms": [], "total": 0}
     assert daemon.call(lambda c: c.list_vms()) == []
+
+
+def test_what_an_agent_reads_when_a_vm_misbehaves(daemon: Daemon) -> None:
+    steps = [
+        call("create_vm", name="seen1", plugin="demo"),
+        call("list_events", vm="seen1"),
+        call("list_events", vm="seen1", types=["VM_RUNNING"], limit=1),
+        call("console_log", name="seen1", lines=5),
+        call("system_status"),
+        call("call_action", name="seen1", action="greet"),
+        call("vm_logs", name="ghost"),
+        call("delete_vm", name="seen1"),
+    ]
+    created, events, running, console, status, action, logs, _ = results(over_tcp(daemon, steps))
+    assert ok(created)["status"] == "running"
+    kinds = [event["type"] for event in ok(events)["events"]]
+    assert kinds[0] == "VM_CREATED"
+    assert "VM_RUNNING" in kinds
+    [only] = ok(running)["events"]
+    assert (only["type"], only["vm"]) == ("VM_RUNNING", "seen1")
+    assert ok(console) == {"text": ""}  # paused from the start: it never printed
+    assert ok(status)["vms_by_status"]["running"] >= 1
+    assert ok(status)["ip_pool_leased"] >= 1
+    assert ok(status)["host"]["cpus"] >= 1
+    assert tool_error(action)["code"] == "NotFound"  # the demo plugin declares no actions
+    assert tool_error(logs)["code"] == "NotFound"
 
 
 def test_the_2026_protocol_of_the_high_level_client(daemon: Daemon) -> None:
@@ -318,7 +317,7 @@ def test_the_openapi_document_declares_the_endpoint(daemon: Daemon) -> None:
 def test_unix_socket_callers_are_judged_like_rest(daemon: Daemon) -> None:
     """No key on the unix socket; changes need authorisation (here: root, or polkit's rules)."""
     steps = [call("create_vm", name="sock1", plugin="demo"), call("list_vms")]
-    created, listed = results(over_unix(daemon, steps))
+    created, listed = results(over_unix(daemon.api, steps))
     assert ok(created)["name"] == "sock1"
     assert ok(listed)["total"] == 1
     # The socket is root's (and group volant's): nobody cannot even connect...
@@ -332,7 +331,7 @@ def test_unix_socket_callers_are_judged_like_rest(daemon: Daemon) -> None:
         denied, read = results(as_nobody(daemon, steps, modern=modern))
         assert tool_error(denied)["code"] == "PermissionDenied"
         assert ok(read)["name"] == "sock1"
-    [deleted] = results(over_unix(daemon, [call("delete_vm", name="sock1")]))
+    [deleted] = results(over_unix(daemon.api, [call("delete_vm", name="sock1")]))
     assert ok(deleted) == {"deleted": "sock1"}
 
 

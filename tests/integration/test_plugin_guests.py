@@ -33,6 +33,7 @@ from tests.integration.daemon import (
     stop_daemon,
     wait_status,
 )
+from tests.integration.mcp_client import call, ok, over_unix, results
 from volant.client import VolantClient
 from volant.plugins.signing import generate_keypair, sign
 
@@ -153,6 +154,16 @@ def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> N
 
     lines = daemon.call(lambda c: c.request("GET", "/api/v1/vms/hello1/logs"))["lines"]
     assert any("GET /greet" in line["text"] for line in lines), lines
+    # The same through MCP, as an agent asks (root, on the unix socket).
+    steps = [
+        call("call_action", name="hello1", action="greet"),
+        call("call_action", name="hello1", action="echo", input={"ping": 2}),
+        call("vm_logs", name="hello1", limit=50),
+    ]
+    greeted, echoed, logs = map(ok, results(over_unix(daemon.api, steps)))
+    assert (greeted["status"], greeted["json"]["greeting"]) == (200, "hello from volant")
+    assert (echoed["status"], json.loads(echoed["json"]["echo"])) == (200, {"ping": 2})
+    assert any("POST /echo" in line["text"] for line in logs["lines"]), logs
     assert "/echo" in follow_until(daemon, "hello1", "/echo")
     status, _, openapi = raw(daemon, "GET", "/api/v1/vms/hello1/openapi")
     assert status == 200

@@ -1,4 +1,5 @@
-"""Every engine verb is reachable over REST and over D-Bus (DESIGN.md, Layers)."""
+"""Every engine verb is reachable over REST and over D-Bus (DESIGN.md, Layers), and MCP either
+has it or says why an agent goes without."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from sdbus.dbus_proxy_async_method import DbusMethodAsync
 
 from volant.api.dbus import ManagerInterface
+from volant.api.mcp.resources import TEMPLATE
+from volant.api.mcp.tools import TOOLS
 from volant.api.rest import make_app
 from volant.engine import Engine
 
@@ -57,6 +60,41 @@ REST_ONLY = {
     # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
     "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
 }
+# engine method -> MCP tool, or the manifest resource
+MCP = {
+    "list_vms": "list_vms",
+    "query_vms": "list_vms",
+    "get_vm": "get_vm",
+    "vm_usage": "get_vm",  # get_vm answers the usage too
+    "create_vm": "create_vm",
+    "delete_vm": "delete_vm",
+    "start_vm": "start_vm",
+    "stop_vm": "stop_vm",
+    "restart_vm": "restart_vm",
+    "call_action": "call_action",
+    "list_events": "list_events",
+    "system_status": "system_status",
+    "list_plugins": "list_plugins",
+    "plugin_manifest": TEMPLATE,
+    "vm_recent_logs": "vm_logs",
+    "console_log": "console_log",
+}
+# Verbs MCP leaves out, each with the reason.
+MCP_WITHOUT = {
+    "system_info": "system_status covers what an agent plans with",
+    "plugin_schema": "agents do not write manifests",
+    "get_plugin": "list_plugins and the manifest resource hold all of it",
+    "install_plugin": "trusting code is an operator's decision, not an agent's",
+    "enable_plugin": "the operator's decision, like install",
+    "disable_plugin": "the operator's decision, like install",
+    "remove_plugin": "the operator's decision, like install",
+    "call_plugin_action": "call_action on a VM says which VM answers",
+    "vm_openapi": "the manifest resource names the actions",
+    "vm_logs": "a stream; vm_logs answers the recent lines",
+    "metrics": "a Prometheus scrape target",
+    "attach_console": "an interactive byte stream; console_log answers what it printed",
+    "follow_events": "a stream; list_events with after= polls it",
+}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",
@@ -98,3 +136,10 @@ def test_every_verb_has_its_dbus_method() -> None:
         if isinstance(member, DbusMethodAsync)
     }
     assert {dbus for _rest, dbus in PARITY.values()} == methods
+
+
+def test_mcp_has_each_verb_or_says_why_not() -> None:
+    verbs = set(PARITY) | set(REST_ONLY)
+    assert set(MCP) | set(MCP_WITHOUT) == verbs
+    assert not set(MCP) & set(MCP_WITHOUT)
+    assert set(MCP.values()) == {tool.name for tool in TOOLS} | {TEMPLATE}

@@ -14,9 +14,17 @@ import jsonschema
 import pytest
 
 from volant.api.mcp.lifespan import in_own_task
-from volant.api.mcp.tools import TOOLS, failure, inline_refs, parse_arguments, success
+from volant.api.mcp.tools import (
+    TOOLS,
+    failure,
+    guest_reply,
+    inline_refs,
+    parse_arguments,
+    success,
+)
 from volant.auth.polkit import Action
 from volant.model import InvalidArgument, NotFound
+from volant.runtime.guest import GuestReply
 
 pytestmark = pytest.mark.unit
 
@@ -32,9 +40,19 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         assert schema["type"] == "object"
         assert "$ref" not in json.dumps(schema)
         assert described.annotations is not None
-        assert described.annotations.read_only_hint is (tool.action is None)
-    changing = {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS}
-    assert changing == {"create_vm", "delete_vm", "start_vm", "stop_vm", "restart_vm"}
+        assert described.annotations.read_only_hint is (tool.action is None or tool.read_only)
+    changing = {tool.name for tool in TOOLS if tool.action is not None and not tool.read_only}
+    assert changing == {
+        "create_vm",
+        "delete_vm",
+        "start_vm",
+        "stop_vm",
+        "restart_vm",
+        "call_action",
+    }
+    assert {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS} == changing | {
+        "console_log"  # read-only, but guests print secrets on their console
+    }
 
 
 ARGUMENTS: list[tuple[str, dict[str, Any], bool]] = [
@@ -57,6 +75,24 @@ ARGUMENTS: list[tuple[str, dict[str, Any], bool]] = [
     ("list_vms", {"limit": 0}, False),
     ("list_plugins", {}, True),
     ("list_plugins", {"all": True}, False),
+    ("call_action", {"name": "web", "action": "greet"}, True),
+    ("call_action", {"name": "web", "action": "echo", "input": {"ping": [1, None, "x"]}}, True),
+    ("call_action", {"name": "web", "action": "echo", "input": "text"}, True),
+    ("call_action", {"name": "web", "action": "Greet"}, False),
+    ("call_action", {"name": "web"}, False),
+    ("call_action", {"name": "web", "action": "greet", "body": "x"}, False),
+    ("vm_logs", {"name": "web"}, True),
+    ("vm_logs", {"name": "web", "limit": 10}, True),
+    ("vm_logs", {"name": "web", "limit": 0}, False),
+    ("console_log", {"name": "web", "lines": 10_000}, True),
+    ("console_log", {"name": "web", "lines": 10_001}, False),
+    ("list_events", {}, True),
+    ("list_events", {"vm": "web", "types": ["VM_CREATED", "VM_DELETED"], "after": 3}, True),
+    ("list_events", {"types": ["VM_EXPLODED"]}, False),
+    ("list_events", {"types": "VM_CREATED"}, False),
+    ("list_events", {"vm": "Web"}, False),
+    ("list_events", {"after": -1}, False),
+    ("system_status", {}, True),
 ]
 
 
@@ -106,6 +142,24 @@ def test_results_carry_json_and_errors_their_code() -> None:
     assert [block.text for block in bad.content if block.type == "text"] == [
         "NotFound: no VM named 'x' (hint: list_vms shows them)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "shown"),
+    [
+        ("application/json", b'{"a": 1}', {"json": {"a": 1}}),
+        ("application/problem+json; charset=utf-8", b"[1]", {"json": [1]}),
+        ("application/json", b"not json", {"text": "not json"}),
+        ("text/plain", b"caf\xc3\xa9", {"text": "caf\u00e9"}),
+        ("", b"", {"text": ""}),
+        ("application/octet-stream", b"\xff\x00", {"base64": "/wA="}),
+    ],
+)
+def test_a_workload_answer_is_json_text_or_base64(
+    content_type: str, body: bytes, shown: dict[str, Any]
+) -> None:
+    reply = GuestReply(status=418, content_type=content_type, body=body)
+    assert guest_reply(reply) == {"status": 418, "content_type": content_type, **shown}
 
 
 def test_inline_refs_writes_definitions_out() -> None:

@@ -1,5 +1,9 @@
 """MCP tools: one engine verb each, with a JSON Schema the arguments are validated against.
 
+What an agent needs to run VMs and find out why one misbehaves: the VM verbs, the plugins
+(their manifests are resources), a plugin's actions, the workload's output, the serial console,
+the event log and the host's status. The streams (log follow, events, console) are REST's.
+
 A tool decodes its arguments (pydantic, strict like the REST bodies), makes one engine call
 and answers JSON, both as structured content and as text for clients that read only text.
 A VolantError becomes a tool error result carrying its stable code, so the model sees what
@@ -8,19 +12,23 @@ went wrong and can correct itself; it never becomes a protocol error or a crash.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from mcp import types
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr
 
 from volant.api.validation import validate_model
 from volant.auth.polkit import Action
 from volant.engine import Engine
-from volant.model import VMQuery, VMSpec, VMStatus, VolantError
+from volant.engine.console import MAX_LOG_LINES
+from volant.engine.ports import GuestReplyLike
+from volant.model import EventType, VMQuery, VMSpec, VMStatus, VolantError
 from volant.model.validate import DNS_LABEL
+from volant.plugins.schema import ACTION_NAME
 
 A = TypeVar("A", bound=BaseModel)
 Authorize = Callable[[Action], Awaitable[None]]
@@ -54,6 +62,33 @@ class CreateVM(Arguments):
     cpu_cores: StrictInt | None = Field(None, ge=1, description="vCPUs (default: the plugin's)")
     memory_mb: StrictInt | None = Field(None, ge=1, description="RAM in MiB (default: plugin's)")
     kernel_args: StrictStr = Field("", description="Extra kernel command line arguments")
+
+
+class CallAction(Arguments):
+    name: StrictStr = Field(pattern=DNS_LABEL, description="VM name (a DNS label)")
+    action: StrictStr = Field(
+        pattern=ACTION_NAME, description="One of the actions its plugin's manifest declares"
+    )
+    input: JsonValue = Field(
+        None, description="Sent to the action as its JSON body; null (the default): no body"
+    )
+
+
+class VMLogs(Arguments):
+    name: StrictStr = Field(pattern=DNS_LABEL, description="VM name (a DNS label)")
+    limit: StrictInt = Field(200, ge=1, le=10_000, description="At most this many recent lines")
+
+
+class ConsoleLog(Arguments):
+    name: StrictStr = Field(pattern=DNS_LABEL, description="VM name (a DNS label)")
+    lines: StrictInt = Field(100, ge=1, le=MAX_LOG_LINES, description="The last this many lines")
+
+
+class ListEvents(Arguments):
+    after: StrictInt = Field(0, ge=0, le=2**63 - 1, description="Only events with a larger id")
+    limit: StrictInt = Field(100, ge=1, le=10_000, description="At most this many events")
+    vm: StrictStr | None = Field(None, pattern=DNS_LABEL, description="Only this VM's events")
+    types: list[EventType] = Field([], description="Only events of these types")
 
 
 async def list_vms(engine: Engine, args: ListVMs) -> dict[str, Any]:
@@ -107,12 +142,54 @@ async def list_plugins(engine: Engine, _args: NoArguments) -> dict[str, Any]:
     return {"plugins": [p.to_dict() for p in plugins], "total": len(plugins)}
 
 
+async def call_action(engine: Engine, args: CallAction) -> dict[str, Any]:
+    body = b"" if args.input is None else json.dumps(args.input).encode()
+    content_type = "" if args.input is None else "application/json"
+    reply = await engine.call_action(args.name, args.action, body=body, content_type=content_type)
+    return guest_reply(reply)
+
+
+def guest_reply(reply: GuestReplyLike) -> dict[str, Any]:
+    """A workload's HTTP answer: its status and content type, and its body as `json` when it
+    is JSON, else as `text` when it is UTF-8, else as `base64`."""
+    out: dict[str, Any] = {"status": reply.status, "content_type": reply.content_type}
+    media = reply.content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            return out | {"json": json.loads(reply.body)}
+        except ValueError:
+            pass  # mislabelled: shown as text below
+    try:
+        return out | {"text": reply.body.decode()}
+    except UnicodeDecodeError:
+        return out | {"base64": base64.b64encode(reply.body).decode()}
+
+
+async def vm_logs(engine: Engine, args: VMLogs) -> dict[str, Any]:
+    return {"lines": await engine.vm_recent_logs(args.name, args.limit)}
+
+
+async def console_log(engine: Engine, args: ConsoleLog) -> dict[str, Any]:
+    data = await engine.console_log(args.name, args.lines)
+    return {"text": data.decode(errors="replace")}
+
+
+async def list_events(engine: Engine, args: ListEvents) -> dict[str, Any]:
+    events = await engine.list_events(args.after, args.limit, vm=args.vm, types=args.types)
+    return {"events": [event.to_dict() for event in events]}
+
+
+async def system_status(engine: Engine, _args: NoArguments) -> dict[str, Any]:
+    return asdict(await engine.system_status())
+
+
 @dataclass(frozen=True)
 class ToolDef(Generic[A]):
     """One tool: its name and description for the model, its arguments and its engine call.
 
-    `action` is the polkit action a unix-socket caller needs (None: reading, open to all);
-    TCP callers were already judged by the API key before the MCP request was read.
+    `action` is the polkit action a unix-socket caller needs (None: open to all); TCP callers
+    were already judged by the API key before the MCP request was read. A tool without an
+    action only reads; `read_only` says so of one that needs an action all the same.
     """
 
     name: str
@@ -123,6 +200,7 @@ class ToolDef(Generic[A]):
     action: Action | None = None
     destructive: bool = False
     idempotent: bool = True
+    read_only: bool = False
 
     def describe(self) -> types.Tool:
         schema = inline_refs(self.arguments.model_json_schema())
@@ -134,7 +212,7 @@ class ToolDef(Generic[A]):
             input_schema=schema,
             annotations=types.ToolAnnotations(
                 title=self.title,
-                read_only_hint=self.action is None,
+                read_only_hint=self.action is None or self.read_only,
                 destructive_hint=self.destructive,
                 idempotent_hint=self.idempotent,
                 open_world_hint=False,
@@ -241,6 +319,54 @@ TOOLS: tuple[ToolDef[Any], ...] = (
         "volant://plugins/<name>/manifest.",
         arguments=NoArguments,
         run=list_plugins,
+    ),
+    ToolDef(
+        name="call_action",
+        title="Call a plugin action",
+        description="Run one of the actions the VM's plugin declares (list_plugins, or its "
+        "manifest resource, names them) and answer the workload's HTTP reply: status, and its "
+        "body as json, text or base64. A status of 400 or more is the workload's own answer.",
+        arguments=CallAction,
+        run=call_action,
+        action=Action.MANAGE_VMS,
+        # An action may change anything inside the workload; nothing says it may be repeated.
+        destructive=True,
+        idempotent=False,
+    ),
+    ToolDef(
+        name="vm_logs",
+        title="Workload output",
+        description="The most recent stdout and stderr lines of the VM's workload, oldest "
+        "first, from the agent in the guest (VMs of plugins with a workload only).",
+        arguments=VMLogs,
+        run=vm_logs,
+    ),
+    ToolDef(
+        name="console_log",
+        title="Serial console log",
+        description="The last lines the VM printed on its serial console, over all its boots: "
+        "the kernel's and the guest's own messages. Where to look when a VM ends in error.",
+        arguments=ConsoleLog,
+        run=console_log,
+        # Guests print secrets on their console too: reading it is managing the VM.
+        action=Action.MANAGE_VMS,
+        read_only=True,
+    ),
+    ToolDef(
+        name="list_events",
+        title="List events",
+        description="What happened to VMs (created, starting, running, stopped, crashed, "
+        "deleted, ...), oldest first, from the persisted event log.",
+        arguments=ListEvents,
+        run=list_events,
+    ),
+    ToolDef(
+        name="system_status",
+        title="Host status",
+        description="volantd's version and hypervisor, VMs by status, the address pool, and "
+        "the host's CPUs, load and available memory: what room there is for new VMs.",
+        arguments=NoArguments,
+        run=system_status,
     ),
 )
 
