@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -25,6 +25,14 @@ TAG = "plugins"
 
 SSE_KEEPALIVE = 15.0
 T = TypeVar("T")
+
+
+class ActionCall(Protocol):
+    """Engine.call_action or Engine.call_plugin_action."""
+
+    async def __call__(
+        self, target: str, action: str, /, *, body: bytes, content_type: str
+    ) -> GuestReplyLike: ...
 
 
 def _with_manifest(plugin: Plugin) -> dict[str, Any]:
@@ -82,20 +90,18 @@ async def remove_plugin(request: web.Request) -> web.Response:
 
 
 async def plugin_action(request: web.Request) -> web.Response:
-    await authorize(request)
-    reply = await engine_of(request).call_plugin_action(
-        request.match_info["plugin"],
-        request.match_info["action"],
-        body=await request.read(),
-        content_type=request.content_type if request.can_read_body else "",
-    )
-    return _passthrough(reply)
+    return await _action(request, engine_of(request).call_plugin_action, "plugin")
 
 
 async def vm_action(request: web.Request) -> web.Response:
+    return await _action(request, engine_of(request).call_action, "name")
+
+
+async def _action(request: web.Request, call: ActionCall, target: str) -> web.Response:
+    """Call an action of the VM or plugin the path's `target` names, passing the body through."""
     await authorize(request)
-    reply = await engine_of(request).call_action(
-        request.match_info["name"],
+    reply = await call(
+        request.match_info[target],
         request.match_info["action"],
         body=await request.read(),
         content_type=request.content_type if request.can_read_body else "",
