@@ -38,6 +38,8 @@ def test_version() -> None:
         (["--api", "unix:", "vms", "list"], "'unix:' is not http://host:port"),
         (["vms", "create", "x", "--cpu", "two"], "'two' is not a valid integer"),
         (["vms", "start"], "Missing argument 'VM'"),
+        # Checked before volantd is asked (none runs here).
+        (["vms", "create", "Web_1", "--plugin", "hello"], "'Web_1' is not a DNS label"),
         (["completion", "tcsh"], "'tcsh' is not one of 'bash', 'zsh', 'fish'"),
         (["system", "nope"], "No such command 'nope'"),
     ],

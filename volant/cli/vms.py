@@ -15,6 +15,7 @@ from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, log_line, vm_details, vm_table
 from volant.cli.progress import Boot, boot, final_line
 from volant.client import VolantClient
+from volant.model.validate import NAME_RE, NAME_RULE
 
 FAILED = frozenset({"error", "crashed", "deleted"})
 wait_option = click.option(
@@ -49,8 +50,15 @@ def vms_get(ctx: Context, name: str, as_json: bool) -> None:
     emit_json(vm) if as_json else vm_details(vm)
 
 
+def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
+    """A new VM's name, checked before volantd is asked (a usage error, exit 2)."""
+    if not NAME_RE.fullmatch(name):
+        raise click.BadParameter(f"{name!r} is not {NAME_RULE}")
+    return name
+
+
 @vms.command("create")
-@click.argument("name")
+@click.argument("name", callback=_new_name)
 @click.option("--plugin", default="", shell_complete=complete_plugins, help="Plugin the VM runs.")
 @click.option("--cpu", "cpu_cores", type=int, help="vCPUs (default from the daemon).")
 @click.option("--memory", "memory_mb", type=int, help="Guest RAM in MiB.")

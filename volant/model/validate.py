@@ -14,14 +14,13 @@ RESERVED_KERNEL_KEYS = ("volant.", "ip=", "init=", "rdinit=")
 CMDLINE_MAX = 2047
 
 
+NAME_RULE = "a DNS label (a-z, 0-9, '-', 1-63 characters, not starting or ending with '-')"
+
+
 def validate_name(name: str, what: str = "VM") -> str:
     """A VM or plugin name is a DNS label: it ends up in unit names, paths and hostnames."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid {what} name {name!r}: must be a DNS label (a-z, 0-9, '-', 1-63 characters, "
-            "not starting or ending with '-')",
-            field="name",
-        )
+        raise InvalidArgument(f"invalid {what} name {name!r}: must be {NAME_RULE}", field="name")
     return name
 
 
