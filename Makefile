@@ -93,6 +93,7 @@ bench: deps
 	@$(PY) -m bench.agent_boot
 	@$(PY) -m bench.api_list
 	@$(PY) -m bench.events_latency
+	@$(PY) -m bench.volar_startup
 
 clean:
 	rm -rf $(VENV) .cache dist examples/plugins/*/*.cpio

@@ -175,3 +175,18 @@ def test_data_file_and_json_flags_parse(tmp_path: Path) -> None:
     )
     assert code == 1  # got past argument parsing to the (absent) daemon
     assert "cannot reach volantd" in err
+
+
+def test_starting_volar_loads_no_host_plumbing() -> None:
+    """Every volar command, shell completion included, starts without pyroute2 and the daemon's
+    layers: only `volar setup` needs them, and imports them itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, volant.cli.main; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2' "
+        "or m.startswith(('volant.setup', 'volant.network', 'volant.engine'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

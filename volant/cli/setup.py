@@ -6,6 +6,7 @@ import asyncio
 import os
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,7 +14,9 @@ from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json
 from volant.config import load_config
 from volant.model import VolantError
-from volant.setup import SERVICE_DIRS, Change, host_plan
+
+if TYPE_CHECKING:
+    from volant.setup import Change
 
 EPILOG = """\b
 Steps, each skipped when already in place:
@@ -52,6 +55,10 @@ def setup(
         raise click.UsageError("--force goes with --undo")
     if os.geteuid() != 0:
         fail("volar setup changes the host and must run as root", "sudo volar setup")
+    # Imported here, not at the top: pyroute2 takes a tenth of a second to load, and every
+    # other volar command (shell completion included) does without it.
+    from volant.setup import SERVICE_DIRS, host_plan
+
     try:
         config = load_config(list(configs) or None, env={**os.environ, **SERVICE_DIRS})
         plan = host_plan(config)
