@@ -20,15 +20,8 @@ acpid -c /etc/acpi -a /etc/acpid.conf -l /run/acpid.log
 
 echo "volant-init: ready name=$name plugin=$plugin"
 
-# A root shell on the serial console, as `volar vms console` expects to find (only root on the
-# host reaches the serial socket). ttyS0, not /dev/console, so that it can be the shell's
-# controlling terminal and Ctrl-C works; started again when it exits.
-(
-    while :; do
-        HOME=/root PS1='\h:\w# ' setsid -c sh </dev/ttyS0 >/dev/ttyS0 2>&1
-        sleep 1
-    done
-) &
+# The test guest always has its console shell, as the console tests expect.
+volant_console_shell
 
 # Reap orphans for as long as the guest lives.
 while :; do

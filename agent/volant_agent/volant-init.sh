@@ -40,6 +40,11 @@ trap power_off USR2 TERM
 acpid -c /etc/acpi -a /etc/acpid.conf -l /run/acpid.log
 
 start_agent
+# Only when volantd's runtime.console_shell asked for it: otherwise the console shows output and
+# takes no input.
+if [ "$(volant_cmdline volant.shell)" = 1 ]; then
+    volant_console_shell
+fi
 echo "volant-init: ready name=$name agent=$agent_pid"
 
 # `wait` reaps every child, orphans reparented to PID 1 included; it returns early when a

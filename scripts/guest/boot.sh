@@ -63,3 +63,15 @@ volant_network() {
     fi
     hostname "$name"
 }
+
+# A root shell on the serial console, started again whenever it exits. ttyS0, not /dev/console,
+# so that it can be the shell's controlling terminal and Ctrl-C works. The host's serial socket
+# is root's; through volantd, reaching it takes the right to manage VMs.
+volant_console_shell() {
+    (
+        while :; do
+            HOME=/root PS1='\h:\w# ' setsid -c sh </dev/ttyS0 >/dev/ttyS0 2>&1
+            sleep 1
+        done
+    ) &
+}

@@ -1,10 +1,11 @@
 """Plugins end to end on real QEMU guests running the agent image: volantd (child-process
 supervisor) in a private netns, signatures required, the signed hello example.
 
-Covers: the signed example installs and its workload answers through the action proxies; a
-tampered or unsigned manifest is refused; the health check gates `running` and a workload that
-never gets healthy ends in `error` with the reason; the agent restarts a crashed workload; a
-manifest too large for the kernel command line travels on the config disk.
+Covers: the signed example installs, its workload answers through the action proxies and MCP,
+and its console has the shell runtime.console_shell asks for; a tampered or unsigned manifest is
+refused; the health check gates `running` and a workload that never gets healthy ends in `error`
+with the reason; the agent restarts a crashed workload; a manifest too large for the kernel
+command line travels on the config disk.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tests.integration.daemon import (
     wait_status,
 )
 from tests.integration.mcp_client import call, ok, over_unix, results
+from tests.integration.test_console import until_the_shell_answers
 from volant.client import VolantClient
 from volant.plugins.signing import generate_keypair, sign
 
@@ -62,6 +64,7 @@ def daemon(keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) ->
         "runtime.boot_timeout": BOOT_TIMEOUT,
         "plugins.require_signature": True,
         "plugins.trusted_keys_dir": str(keys[0]),
+        "runtime.console_shell": True,
     }
     with running_daemon(tmp_path_factory.mktemp("volantd"), settings, plugins=()) as d:
         yield d
@@ -141,7 +144,10 @@ def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> N
     assert vm["status"] == "starting"  # the health check gates running
     assert (vm["cpu_cores"], vm["memory_mb"]) == (1, 256)  # from the manifest's resources
     assert "volant.manifest=" in vm["kernel_cmdline"]
+    assert "volant.shell=1" in vm["kernel_cmdline"]  # runtime.console_shell
     wait_status(daemon, "hello1", "running", timeout=90)
+    # The agent guest's console shell answers, beside the agent's own output.
+    daemon.call(lambda c: until_the_shell_answers(c, "hello1"))
 
     status, greet = action(daemon, "/api/v1/vms/hello1/actions/greet")
     assert status == 200, greet

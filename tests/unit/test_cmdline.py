@@ -89,6 +89,14 @@ def test_user_args_may_not_override_reserved_keys() -> None:
             build_cmdline(name="web", runtime="r", plugin="p", **NET, extra=bad)
 
 
+def test_the_console_shell_is_asked_for_only_when_configured() -> None:
+    assert "volant.shell" not in build_cmdline(name="web", runtime="r", plugin="p", **NET)
+    line = build_cmdline(name="web", runtime="r", plugin="p", **NET, console_shell=True, extra="q")
+    assert line.endswith(" volant.shell=1 q")  # before the user's own arguments
+    with pytest.raises(InvalidArgument):
+        build_cmdline(name="web", runtime="r", plugin="p", **NET, extra="volant.shell=1")
+
+
 def test_extras_must_be_single_tokens() -> None:
     with pytest.raises(InvalidArgument):
         build_cmdline(name="web", runtime="r", plugin="p", **NET, hypervisor_extras=["a b"])

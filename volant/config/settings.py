@@ -91,6 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime.boot_timeout", float, 60.0, "Seconds a guest gets to boot and report its "
             "workload healthy (on top of the health check's start period) before the VM is put in "
             "error."),
+    Setting("runtime.console_shell", bool, False, "Give VMs created from now on a root shell "
+            "without login on their serial console (`volar vms console`), for debugging. Whoever "
+            "may manage VMs then has root inside them."),
     Setting("host.supervisor", str, "auto", "Who holds hypervisor processes: transient systemd "
             "scopes, or plain child processes.", ("auto", "systemd", "process")),
     Setting("vm.default_cpus", int, 1, "vCPUs when a create request names none."),
@@ -142,6 +145,7 @@ class Config:
     runtime_stop_timeout: float
     runtime_start_paused: bool
     runtime_boot_timeout: float
+    runtime_console_shell: bool
     host_supervisor: str
     vm_default_cpus: int
     vm_default_memory_mb: int

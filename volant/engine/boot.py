@@ -107,6 +107,7 @@ class Booting:
                 manifest=encoded,
                 extra=extra,
                 hypervisor_extras=self.driver.kernel_extras(),
+                console_shell=self.config.runtime_console_shell,
             )
 
         try:

@@ -14,6 +14,8 @@ from volant.model import InvalidArgument, NetworkMode
 from volant.model.validate import CMDLINE_MAX, validate_kernel_args
 
 BASE_ARGS = ("console=ttyS0", "reboot=k", "panic=1")
+# Read by the guest's /init (scripts/guest/boot.sh, volant_console_shell).
+SHELL_ARG = "volant.shell=1"
 _TOKEN_RE = re.compile(r"[!-~]*")  # printable ASCII, no space
 
 
@@ -78,13 +80,15 @@ def build_cmdline(
     mode: NetworkMode | None = None,
     manifest: str | None = None,
     hypervisor_extras: Sequence[str] = (),
+    console_shell: bool = False,
     extra: str = "",
 ) -> str:
     """Assemble the full command line and refuse it when it exceeds the x86 limit.
 
     `mode` defaults to bridged when `ip` is given and to dhcp when it is None. `manifest` is an
     already encoded value (see encode_manifest); `hypervisor_extras` are the arguments the driver
-    needs (its kernel_extras()); `extra` holds the VM's own kernel arguments.
+    needs (its kernel_extras()); `console_shell` asks the guest's init for a root shell on
+    ttyS0 (`volant.shell=1`); `extra` holds the VM's own kernel arguments.
     Raises InvalidArgument when the result is longer than 2047 characters, because the guest
     kernel panics on such a line and neither hypervisor refuses it.
     """
@@ -106,6 +110,8 @@ def build_cmdline(
         if not arg or not _TOKEN_RE.fullmatch(arg):
             raise InvalidArgument(f"hypervisor kernel argument {arg!r} is not one token")
         parts.append(arg)
+    if console_shell:
+        parts.append(SHELL_ARG)
     user = validate_kernel_args(extra)
     if user:
         parts.append(user)
