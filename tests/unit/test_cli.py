@@ -7,20 +7,14 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
-from volant.cli.main import cli
+from tests.unit.run_volar import volar
 from volant.cli.output import log_line, short_digest, vm_details
 from volant.cli.plugins import InstallRequest, install_request
 
 pytestmark = pytest.mark.unit
 
 MANIFEST = b'{"name": "hello"}\n'
-
-
-def _run(*argv: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(argv), prog_name="volar")
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
@@ -32,8 +26,8 @@ def manifest(tmp_path: Path) -> Path:
 
 def test_install_from_a_file_sends_what_sign_wrote(tmp_path: Path, manifest: Path) -> None:
     keys = tmp_path / "keys"
-    assert _run("plugins", "keygen", "rel", "--dir", str(keys))[0] == 0
-    code, _out, err = _run("plugins", "sign", str(manifest), "--key", str(keys / "rel.key"))
+    assert volar("plugins", "keygen", "rel", "--dir", str(keys))[0] == 0
+    code, _out, err = volar("plugins", "sign", str(manifest), "--key", str(keys / "rel.key"))
     assert code == 0
     assert "volar plugins install" in err
     request = install_request(str(manifest), None)
@@ -45,13 +39,13 @@ def test_install_from_a_file_sends_what_sign_wrote(tmp_path: Path, manifest: Pat
 
 
 def test_keygen_and_sign_json(tmp_path: Path, manifest: Path) -> None:
-    code, out, err = _run("plugins", "keygen", "rel", "--dir", str(tmp_path), "--json")
+    code, out, err = volar("plugins", "keygen", "rel", "--dir", str(tmp_path), "--json")
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "private_key": str(tmp_path / "rel.key"),
         "public_key": str(tmp_path / "rel.pub"),
     }
-    code, out, err = _run(
+    code, out, err = volar(
         "plugins", "sign", str(manifest), "--key", str(tmp_path / "rel.key"), "--json"
     )
     assert (code, err) == (0, "")
@@ -92,13 +86,13 @@ def test_install_source_must_be_a_file_or_http_url(source: str) -> None:
 def test_install_refuses_unreadable_text(tmp_path: Path) -> None:
     binary = tmp_path / "m.json"
     binary.write_bytes(b"\xff\xfe\x00")
-    code, out, err = _run("--api", f"unix:{tmp_path}/none.sock", "plugins", "install", str(binary))
+    code, out, err = volar("--api", f"unix:{tmp_path}/none.sock", "plugins", "install", str(binary))
     assert (code, out) == (1, "")
     assert err == f"volar: error: manifest {binary} is not UTF-8 text\n"
     empty = tmp_path / "empty.sig"
     empty.write_text("\n")
     binary.write_bytes(MANIFEST)
-    code, _out, err = _run("plugins", "install", str(binary), "--signature", str(empty))
+    code, _out, err = volar("plugins", "install", str(binary), "--signature", str(empty))
     assert code == 1
     assert "is empty" in err
 
@@ -119,7 +113,7 @@ def test_install_refuses_unreadable_text(tmp_path: Path) -> None:
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
-    code, out, err = _run(*argv)
+    code, out, err = volar(*argv)
     assert code == 2
     assert out == ""
     assert "Usage: volar" in err
@@ -137,7 +131,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     ],
 )
 def test_no_daemon_is_one_line_and_a_hint(tmp_path: Path, argv: list[str]) -> None:
-    code, out, err = _run("--api", f"unix:{tmp_path}/none.sock", *argv)
+    code, out, err = volar("--api", f"unix:{tmp_path}/none.sock", *argv)
     assert (code, out) == (1, "")
     lines = err.splitlines()
     assert len(lines) == 2
@@ -170,7 +164,7 @@ def test_vm_details_shows_status_reason_only_when_set(capsys: pytest.CaptureFixt
 def test_data_file_and_json_flags_parse(tmp_path: Path) -> None:
     body = tmp_path / "body.json"
     body.write_text(json.dumps({"x": 1}))
-    code, _out, err = _run(
+    code, _out, err = volar(
         "--api", f"unix:{tmp_path}/none.sock", "vms", "action", "web", "echo", "-d", f"@{body}"
     )
     assert code == 1  # got past argument parsing to the (absent) daemon

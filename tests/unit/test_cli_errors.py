@@ -8,21 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
+from tests.unit.run_volar import volar
 from tests.unit.volantd_standin import not_volantd, serving
-from volant.cli.main import cli
 from volant.client import ApiError, VolantClient
 from volant.plugins import signing
 
 pytestmark = pytest.mark.unit
 
 BUG_HINT = "hint: this is a bug in volar; --debug shows where it happened"
-
-
-def volar(*argv: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(argv), prog_name="volar")
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_version() -> None:

@@ -7,10 +7,9 @@ from datetime import datetime
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from tests.unit.run_volar import volar
 from volant.cli.events import _types
-from volant.cli.main import cli
 from volant.cli.output import event_line
 
 pytestmark = pytest.mark.unit
@@ -56,15 +55,13 @@ def test_types_repeat_comma_and_case() -> None:
 
 
 def test_events_refuses_a_negative_since() -> None:
-    result = CliRunner().invoke(cli, ["events", "--since", "-1"], prog_name="volar")
-    assert result.exit_code == 2
-    assert "--since" in result.stderr
+    code, _out, err = volar("events", "--since", "-1")
+    assert code == 2
+    assert "--since" in err
 
 
 def test_unreachable_daemon_fails_at_once() -> None:
-    result = CliRunner().invoke(
-        cli, ["--api", "unix:/nonexistent/volantd.sock", "events"], prog_name="volar"
-    )
-    assert result.exit_code == 1
-    assert "cannot reach volantd" in result.stderr
-    assert "reconnecting" not in result.stderr
+    code, _out, err = volar("--api", "unix:/nonexistent/volantd.sock", "events")
+    assert code == 1
+    assert "cannot reach volantd" in err
+    assert "reconnecting" not in err

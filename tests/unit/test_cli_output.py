@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from click.testing import CliRunner
 
+from tests.unit.run_volar import volar
 from tests.unit.volantd_standin import serving
-from volant.cli.main import cli
 
 pytestmark = pytest.mark.unit
 
@@ -104,68 +103,69 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-def volar(api: str, *argv: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--api", api, *argv], prog_name="volar")
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _fields(out: str) -> list[list[str]]:
     return [line.split(" ", 3)[2:] for line in out.splitlines()]
 
 
 def test_logs(api: str) -> None:
-    code, out, _ = volar(api, "vms", "logs", "web")
+    code, out, _ = volar("--api", api, "vms", "logs", "web")
     assert code == 0
     assert _fields(out) == [["stdout", "listening on :9000"], ["stderr", "GET /greet"]]
-    code, out, _ = volar(api, "vms", "logs", "web", "--json")
+    code, out, _ = volar("--api", api, "vms", "logs", "web", "--json")
     assert json.loads(out) == LINES
 
 
 def test_logs_follow(api: str) -> None:
-    code, out, _ = volar(api, "vms", "logs", "web", "-f")
+    code, out, _ = volar("--api", api, "vms", "logs", "web", "-f")
     assert code == 0
     assert _fields(out) == [["stdout", "listening on :9000"], ["stderr", "GET /greet"]]
-    code, out, _ = volar(api, "vms", "logs", "web", "-f", "--json")
+    code, out, _ = volar("--api", api, "vms", "logs", "web", "-f", "--json")
     assert [json.loads(line) for line in out.splitlines()] == LINES
 
 
 def test_action_prints_the_answer_and_fails_on_non_2xx(api: str, tmp_path: Path) -> None:
-    assert volar(api, "vms", "action", "web", "echo", "-d", '{"a": 1}')[:2] == (0, 'got {"a": 1}\n')
+    assert volar("--api", api, "vms", "action", "web", "echo", "-d", '{"a": 1}')[:2] == (
+        0,
+        'got {"a": 1}\n',
+    )
     body = tmp_path / "body.json"
     body.write_text("[1, 2]")
-    assert volar(api, "vms", "action", "web", "echo", "--data", f"@{body}")[1] == "got [1, 2]\n"
-    code, out, err = volar(api, "vms", "action", "web", "fail")
+    assert (
+        volar("--api", api, "vms", "action", "web", "echo", "--data", f"@{body}")[1]
+        == "got [1, 2]\n"
+    )
+    code, out, err = volar("--api", api, "vms", "action", "web", "fail")
     assert (code, out) == (1, "not ready\n")
     assert err.splitlines()[0] == "volar: error: action 'fail' on VM 'web' answered HTTP 503"
     assert err.splitlines()[1].startswith("hint: `volar vms logs web`")
 
 
 def test_openapi_yaml_as_is_json_pretty(api: str) -> None:
-    assert volar(api, "vms", "openapi", "yaml")[:2] == (0, OPENAPI_YAML)
-    assert volar(api, "vms", "openapi", "json")[1] == '{\n  "openapi": "3.0.0"\n}\n'
+    assert volar("--api", api, "vms", "openapi", "yaml")[:2] == (0, OPENAPI_YAML)
+    assert volar("--api", api, "vms", "openapi", "json")[1] == '{\n  "openapi": "3.0.0"\n}\n'
 
 
 def test_vm_get_shows_why_it_failed(api: str) -> None:
-    code, out, _ = volar(api, "vms", "get", "web")
+    code, out, _ = volar("--api", api, "vms", "get", "web")
     assert code == 0
     assert "status_reason: unhealthy" in out
 
 
 def test_plugins_list_and_show(api: str) -> None:
-    code, out, _ = volar(api, "plugins", "list")
+    code, out, _ = volar("--api", api, "plugins", "list")
     assert code == 0
     header, row = out.splitlines()
     assert header.split() == ["NAME", "VERSION", "RUNTIME", "ENABLED", "SIGNER", "DIGEST"]
     assert row.split() == ["hello", "0.1.0", "hello", "yes", "-", "0123456789ab"]
-    listed: Any = json.loads(volar(api, "plugins", "list", "--json")[1])
+    listed: Any = json.loads(volar("--api", api, "plugins", "list", "--json")[1])
     assert listed == [PLUGIN]
-    code, out, _ = volar(api, "plugins", "show", "hello")
+    code, out, _ = volar("--api", api, "plugins", "show", "hello")
     assert code == 0
     assert "source:     file:///srv/hello/manifest.json" in out
     details, manifest = out.split("manifest:\n")
     assert "digest:     sha256:0123" in details
     assert json.loads(manifest) == {"name": "hello", "labels": {"k": "v"}}
-    shown = json.loads(volar(api, "plugins", "show", "hello", "--json")[1])
+    shown = json.loads(volar("--api", api, "plugins", "show", "hello", "--json")[1])
     assert shown["manifest"]["name"] == "hello"
-    code, out, err = volar(api, "plugins", "show", "nope")
+    code, out, err = volar("--api", api, "plugins", "show", "nope")
     assert (code, out, err) == (1, "", "volar: error: no plugin named 'x'\n")

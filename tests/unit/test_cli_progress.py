@@ -12,12 +12,11 @@ from types import TracebackType
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from tests.terminal import HIDE_CURSOR, SHOW_CURSOR, in_pty, last_line
+from tests.unit.run_volar import volar
 from tests.unit.volantd_standin import IP, StandIn
 from volant.cli import progress
-from volant.cli.main import cli
 from volant.cli.progress import final_line
 
 pytestmark = pytest.mark.unit
@@ -57,16 +56,11 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> type[Recorder]:
     return Recorder
 
 
-def volar(api: str, *argv: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--api", api, *argv], prog_name="volar")
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_create_follows_events_subscribed_before_the_request(
     standin: tuple[StandIn, str], recorder: type[Recorder]
 ) -> None:
     daemon, api = standin
-    code, out, err = volar(api, "vms", "create", "app", "--plugin", "hello")
+    code, out, err = volar("--api", api, "vms", "create", "app", "--plugin", "hello")
     assert (code, err) == (0, "")
     match = FINAL.match(out.rstrip("\n"))
     assert match is not None, out
@@ -82,18 +76,18 @@ def test_create_follows_events_subscribed_before_the_request(
 
 def test_health_gate_is_waited_for(standin: tuple[StandIn, str], recorder: type[Recorder]) -> None:
     _daemon, api = standin
-    code, out, _err = volar(api, "vms", "create", "gated1")
+    code, out, _err = volar("--api", api, "vms", "create", "gated1")
     assert code == 0
     assert FINAL.match(out.rstrip()).group(2) == "running"  # type: ignore[union-attr]
     assert f"gated1: starting ({IP}), waiting for its workload to be healthy…" in recorder.shown
     assert "gated1: running (192.168.127.2)…" in recorder.shown
 
     # Scripts asking for JSON get the daemon's answer at once, unless they ask to wait.
-    code, out, _err = volar(api, "vms", "create", "gated2", "--json")
+    code, out, _err = volar("--api", api, "vms", "create", "gated2", "--json")
     assert (code, '"status": "starting"' in out) == (0, True)
-    code, out, _err = volar(api, "vms", "create", "gated3", "--json", "--wait")
+    code, out, _err = volar("--api", api, "vms", "create", "gated3", "--json", "--wait")
     assert (code, '"status": "running"' in out) == (0, True)
-    code, out, _err = volar(api, "vms", "create", "gated4", "--no-wait")
+    code, out, _err = volar("--api", api, "vms", "create", "gated4", "--no-wait")
     assert FINAL.match(out.rstrip()).group(2) == "starting"  # type: ignore[union-attr]
 
 
@@ -101,7 +95,7 @@ def test_restart_waits_for_the_start_not_the_stop(
     standin: tuple[StandIn, str], recorder: type[Recorder]
 ) -> None:
     _daemon, api = standin
-    code, out, _err = volar(api, "vms", "restart", "late-gated")
+    code, out, _err = volar("--api", api, "vms", "restart", "late-gated")
     assert code == 0
     assert FINAL.match(out.rstrip()).group(2) == "running"  # type: ignore[union-attr]
     # The answer (starting) and the VM_STOPPED event race each other over two connections;
@@ -115,7 +109,7 @@ def test_a_failed_health_gate_is_exit_1(
     standin: tuple[StandIn, str], recorder: type[Recorder]
 ) -> None:
     _daemon, api = standin
-    code, out, err = volar(api, "vms", "create", "gated-fail")
+    code, out, err = volar("--api", api, "vms", "create", "gated-fail")
     assert code == 1
     assert FINAL.match(out.rstrip()).group(2, 3) == (  # type: ignore[union-attr]
         "error",
@@ -132,7 +126,7 @@ def test_without_an_event_stream_volar_polls(
     standin: tuple[StandIn, str], recorder: type[Recorder]
 ) -> None:
     _daemon, api = standin
-    code, out, err = volar(api, "vms", "create", "nostream-gated")
+    code, out, err = volar("--api", api, "vms", "create", "nostream-gated")
     assert (code, err) == (0, "")
     assert FINAL.match(out.rstrip()).group(2) == "running"  # type: ignore[union-attr]
     assert recorder.shown[0] == "creating nostream-gated…"
@@ -140,11 +134,11 @@ def test_without_an_event_stream_volar_polls(
 
 def test_start_and_a_refused_create(standin: tuple[StandIn, str], recorder: type[Recorder]) -> None:
     _daemon, api = standin
-    code, out, _err = volar(api, "vms", "start", "db")
+    code, out, _err = volar("--api", api, "vms", "start", "db")
     assert code == 0
     assert FINAL.match(out.rstrip()).group(1, 2) == ("db", "running")  # type: ignore[union-attr]
     assert recorder.shown[0] == "starting db…"
-    code, out, err = volar(api, "vms", "create", "taken")
+    code, out, err = volar("--api", api, "vms", "create", "taken")
     assert (code, out) == (1, "")
     assert err.splitlines() == ["volar: error: VM 'taken' already exists", "hint: pick another"]
     assert recorder.shown[-1] == "<closed>"
@@ -152,7 +146,7 @@ def test_start_and_a_refused_create(standin: tuple[StandIn, str], recorder: type
 
 def test_not_a_terminal_means_no_status_line(standin: tuple[StandIn, str]) -> None:
     _daemon, api = standin
-    code, out, err = volar(api, "vms", "create", "quiet")
+    code, out, err = volar("--api", api, "vms", "create", "quiet")
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 1
     assert not progress.StatusLine(True).enabled  # CliRunner's stderr is no terminal

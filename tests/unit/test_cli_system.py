@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
+from tests.unit.run_volar import volar
 from tests.unit.volantd_standin import INFO, STATUS, StandIn
-from volant.cli.main import cli
 from volant.cli.system import duration, size
 
 pytestmark = pytest.mark.unit
 
 
-def volar(api: str, *argv: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["--api", api, *argv], prog_name="volar")
-    assert result.stderr == ""
-    return result.exit_code, result.stdout
-
-
 def test_status(standin: tuple[StandIn, str]) -> None:
     _daemon, api = standin
-    assert volar(api, "system", "status") == (
+    assert volar("--api", api, "system", "status") == (
         0,
         "volantd: 0.1.0, supervisor process, hypervisor qemu\n"
         "VMs:     3 (2 running, 1 stopped)\n"
@@ -32,14 +25,15 @@ def test_status(standin: tuple[StandIn, str]) -> None:
         "memory:  1.5 GiB available of 4.0 GiB\n"
         "up:      2 d 3 h\n"
         "events:  1 subscriber\n",
+        "",
     )
-    code, out = volar(api, "system", "status", "--json")
-    assert (code, json.loads(out)) == (0, STATUS)
+    code, out, err = volar("--api", api, "system", "status", "--json")
+    assert (code, json.loads(out), err) == (0, STATUS, "")
 
 
 def test_info(standin: tuple[StandIn, str]) -> None:
     _daemon, api = standin
-    assert volar(api, "system", "info") == (
+    assert volar("--api", api, "system", "info") == (
         0,
         "version:    0.1.0 (API v1)\n"
         "host:       box, Linux 6.1.0-31-cloud-amd64\n"
@@ -49,9 +43,10 @@ def test_info(standin: tuple[StandIn, str]) -> None:
         "network:    bridge vbr0, 192.168.127.0/24, host 192.168.127.1\n"
         "signatures: checked if present\n"
         "API key:    required over TCP\n",
+        "",
     )
-    code, out = volar(api, "system", "info", "--json")
-    assert (code, json.loads(out)) == (0, INFO)
+    code, out, err = volar("--api", api, "system", "info", "--json")
+    assert (code, json.loads(out), err) == (0, INFO, "")
 
 
 @pytest.mark.parametrize(
