@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,8 +64,7 @@ def setup(
         run = plan.undo(dry_run=dry_run, force=force) if undo else plan.apply(dry_run=dry_run)
         changes = asyncio.run(run)
     except VolantError as exc:
-        if ctx.debug:
-            traceback.print_exc()
+        ctx.report()
         fail(str(exc), exc.hint)
     except OSError as exc:
         fail(str(exc))
