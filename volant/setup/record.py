@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from volant.model import InvalidArgument
+from volant.setup.steps import write_file
 
 FORMAT = 1
 
@@ -49,7 +49,4 @@ class Record:
         if not self.made:
             self.path.unlink(missing_ok=True)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "made": self.made}, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_file(self.path, json.dumps({"format": FORMAT, "made": self.made}, indent=2) + "\n")
