@@ -34,11 +34,14 @@ def _scalar(value: Any) -> str:
     return " " + text.removesuffix("\n").removesuffix("\n...").strip()
 
 
+def _meaning(setting: Setting) -> str:
+    """The setting's help, and its choices when it has some."""
+    choices = f" One of: {', '.join(setting.choices)}." if setting.choices else ""
+    return setting.help + choices
+
+
 def _help(setting: Setting, indent: str) -> list[str]:
-    text = setting.help
-    if setting.choices:
-        text += f" One of: {', '.join(setting.choices)}."
-    text += f" Environment: {setting.env}."
+    text = f"{_meaning(setting)} Environment: {setting.env}."
     return textwrap.wrap(text, WIDTH, initial_indent=indent + "# ", subsequent_indent=indent + "# ")
 
 
@@ -77,8 +80,6 @@ def settings_markdown() -> str:
             default = "empty"
         else:
             default = f"`{_cell(default)}`"
-        meaning = setting.help
-        if setting.choices:
-            meaning += f" One of: {', '.join(setting.choices)}."
-        rows.append(f"| `{setting.name}` | `{setting.env}` | {default} | {_cell(meaning)} |")
+        meaning = _cell(_meaning(setting))
+        rows.append(f"| `{setting.name}` | `{setting.env}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
