@@ -104,6 +104,7 @@ INTERNAL = {
     "validate_spec",  # part of create_vm
     "launch_spec",  # part of starting a VM
     "boot_artifacts",  # part of install_plugin and create_vm
+    "prune_artifacts",  # part of start and remove_plugin
 }
 
 

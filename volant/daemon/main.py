@@ -21,7 +21,7 @@ from volant.daemon.bus import serve_dbus
 from volant.daemon.lifecycle import status_lines, stop, watchdog
 from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
-from volant.engine import Engine
+from volant.engine import Engine, Faults
 from volant.host import MachineRegistry, make_supervisor
 from volant.model import VolantError
 from volant.network import HostNetwork, forwarding_enabled, mac_for
@@ -53,7 +53,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
         bridge=config.network_bridge,
         address=IPv4Interface(f"{config.network_host_ip}/{subnet.prefixlen}"),
     )
-    supervisor = make_supervisor(config.host_supervisor)
+    supervisor = make_supervisor(config.host_supervisor, owner=str(config.state_dir))
     log.info(
         "volantd %s: hypervisor %s, supervisor %s, state %s",
         _version(),
@@ -83,6 +83,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 mac_for=mac_for,
                 version=_version(),
                 machines=machines,
+                faults=Faults.from_environment(),
             )
             await engine.start()
             if not forwarding_enabled():

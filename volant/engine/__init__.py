@@ -3,6 +3,7 @@
 from volant.engine.console import Console, ConsoleEnd
 from volant.engine.engine import Engine
 from volant.engine.events import EventBus, Subscription
+from volant.engine.faults import STEPS, Faults
 from volant.engine.feed import EventFeed, EventFilter
 from volant.engine.system import SystemInfo, SystemStatus
 
@@ -13,6 +14,8 @@ __all__ = [
     "EventBus",
     "EventFeed",
     "EventFilter",
+    "Faults",
+    "STEPS",
     "Subscription",
     "SystemInfo",
     "SystemStatus",

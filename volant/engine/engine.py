@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import shutil
 import time
 from ipaddress import IPv4Address, IPv4Network
 
@@ -13,8 +11,11 @@ from volant.config import Config
 from volant.engine.boot import Booting
 from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.events import EventBus
+from volant.engine.faults import Faults
 from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
+from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
+from volant.engine.ledger import Ledger
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
@@ -26,6 +27,7 @@ from volant.engine.ports import (
     Store,
     Supervisor,
 )
+from volant.engine.repair import Paths, Repair
 from volant.engine.system import SystemVerbs
 from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
@@ -35,10 +37,8 @@ from volant.model import (
     HypervisorFailed,
     InvalidArgument,
     InvalidState,
-    LaunchSpec,
     Manifest,
     NetworkMode,
-    ScopeLimits,
     Usage,
     VirtualMachine,
     VMQuery,
@@ -47,7 +47,6 @@ from volant.model import (
     VolantError,
 )
 from volant.model.validate import PREFIX_RE, validate_name
-from volant.runtime.configdisk import write_config_disk
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         mac_for: MacFor,
         version: str = "",
         machines: Machines | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -81,6 +81,15 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.artifacts = artifacts
         self.guest = guest
         self.machines = machines
+        self.faults = faults or Faults()
+        self.ledger = Ledger(store)
+        self.host = HostSteps(self.ledger, supervisor, network, machines)
+        self.repair = Repair(
+            store,
+            self.host,
+            Paths(run_root=config.runtime_dir / "vms", console_root=config.state_dir / "consoles"),
+            self._emit_repair,
+        )
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
@@ -104,6 +113,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         if self.config.network_manage_bridge:
             await self.network.ensure_bridge()
         await self._reconcile()
+        await self.prune_artifacts()
         self._spawn(self._keep_events_trimmed())
 
     async def close(self) -> None:
@@ -170,7 +180,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         spec = self.validate_spec(spec, manifest)
         # Fail before anything exists when an artifact is missing or corrupt.
         await self.boot_artifacts(manifest, plugin.source)
-        async with self._lock(spec.name):
+        async with self._lock(spec.name), self.faults.verb("create"):
             vm = await self.store.create_vm(
                 spec,
                 runtime=self.driver.kind,
@@ -181,12 +191,18 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             )
             undo = Undo()
             undo.push("delete VM row and lease", lambda: self.store.delete_vm(spec.name))
+            run_dir, console_log = (
+                self.config.vm_run_dir(vm.name),
+                self.config.vm_console_log(vm.name),
+            )
+            undo.push("remove files", lambda: self.host.remove_files(run_dir, console_log))
             announced = False
             try:
                 cmdline = self._kernel_cmdline(vm, manifest, spec.kernel_args)
                 vm = await self.store.update_vm(vm.name, kernel_cmdline=cmdline)
                 await self._emit(EventType.VM_CREATED, vm)
                 announced = True
+                self.faults.at("recorded")
                 vm = await self._launch(vm, undo)
                 self.telemetry.create_seconds.observe(time.monotonic() - started)
                 return vm
@@ -197,7 +213,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 raise
 
     async def start_vm(self, name: str) -> VirtualMachine:
-        async with self._lock(validate_name(name)):
+        async with self._lock(validate_name(name)), self.faults.verb("start"):
             vm = await self.store.get_vm(name)
             if vm.status not in STARTABLE:
                 raise InvalidState(f"VM {name!r} is {vm.status}; only a stopped VM can start")
@@ -215,76 +231,94 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
 
     async def stop_vm(self, name: str) -> VirtualMachine:
         """Power the guest off gracefully; kill it after runtime.stop_timeout."""
-        async with self._lock(validate_name(name)):
+        async with self._lock(validate_name(name)), self.faults.verb("stop"):
             vm = await self.store.get_vm(name)
             if vm.status not in STOPPABLE:
                 raise InvalidState(f"VM {name!r} is {vm.status}; only a running VM can stop")
             vm = await self.store.update_vm(name, status=VMStatus.STOPPING)
-            await self._terminate(vm, graceful=True)
-            vm = await self.store.update_vm(name, status=VMStatus.STOPPED, pid=None)
-            await self._emit(EventType.VM_STOPPED, vm)
-            return vm
+            self.faults.at("stopping")
+            return await self._finish_stop(vm)
+
+    async def _resume_stop(self, vm: VirtualMachine) -> None:
+        """Finish a stop an earlier daemon was killed in the middle of."""
+        async with self._lock(vm.name), self.faults.verb("stop"):
+            try:
+                await self._finish_stop(vm, reason="stop finished after a volantd restart")
+            except Exception:
+                log.exception("could not finish stopping VM %s", vm.name, extra={"VM": vm.name})
+
+    async def _finish_stop(self, vm: VirtualMachine, reason: str = "") -> VirtualMachine:
+        """stopping -> stopped: power the guest off (kill it after runtime.stop_timeout)."""
+        await self._terminate(vm, graceful=True)
+        self.faults.at("ended")
+        vm = await self.store.update_vm(vm.name, status=VMStatus.STOPPED, pid=None)
+        await self._emit(EventType.VM_STOPPED, vm, **({"reason": reason} if reason else {}))
+        self.faults.at("stopped")
+        return vm
 
     async def restart_vm(self, name: str) -> VirtualMachine:
         """Stop the VM if it is running, then start it again."""
-        vm = await self.get_vm(name)
-        if vm.status == VMStatus.RUNNING:
-            await self.stop_vm(name)
-        return await self.start_vm(name)
+        async with self.faults.verb("restart"):
+            vm = await self.get_vm(name)
+            if vm.status == VMStatus.RUNNING:
+                await self.stop_vm(name)
+            return await self.start_vm(name)
 
     async def delete_vm(self, name: str) -> None:
         """Kill the hypervisor if any, remove the tap, the row, its lease and its files."""
-        async with self._lock(validate_name(name)):
+        async with self._lock(validate_name(name)), self.faults.verb("delete"):
             vm = await self.store.get_vm(name)
             await self._terminate(vm, graceful=False)
+            self.faults.at("ended")
+            await self.host.remove_files(
+                self.config.vm_run_dir(name), self.config.vm_console_log(name)
+            )
+            self.faults.at("files-removed")
             await self.store.delete_vm(name)
-            shutil.rmtree(self.config.vm_run_dir(name), ignore_errors=True)
-            self.config.vm_console_log(name).unlink(missing_ok=True)
+            self.faults.at("deleted")
             await self._emit(EventType.VM_DELETED, vm)
         self._locks.pop(name, None)
 
     # -- steps ----------------------------------------------------------------------------------
 
     async def _launch(self, vm: VirtualMachine, undo: Undo) -> VirtualMachine:
-        """tap, starting, hypervisor in its scope, API answering, running (or the health gate)."""
+        """tap, starting, hypervisor in its scope, API answering, running (or the health gate).
+
+        Each host change is recorded before and after (the ledger) and has its undo.
+        """
         spec, manifest = await self._boot_files(vm)
         assert spec.tap is not None
-        tap = spec.tap
-        await self.network.create_tap(tap, vm.name)
-        undo.push(f"delete tap {tap}", lambda: self.network.delete_tap(tap))
-        vm = await self.store.update_vm(vm.name, status=VMStatus.STARTING, status_reason="")
+        tap, name = spec.tap, vm.name
+        vm = await self.store.update_vm(name, status=VMStatus.STARTING, status_reason="")
         await self._emit(EventType.VM_STARTING, vm)
-        await asyncio.to_thread(_prepare_dirs, spec)
-        for disk in spec.disks:
-            await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
+        self.faults.at("starting")
+        await self.host.plumb_tap(name, tap)
+        undo.push(f"delete tap {tap}", lambda: self.host.unplumb_tap(name))
+        self.faults.at("tap-created")
+        await self.host.prepare_files(vm, spec)
         live = Live(hv=self.driver.for_vm(spec))
-        self._live[vm.name] = live
-        undo.push("forget process", lambda: self._forget(vm.name, live))
-        launched = await self.supervisor.launch(
-            vm.name,
-            live.hv.command(),
-            ScopeLimits(cpus=vm.cpu_cores, memory_mb=vm.memory_mb),
-            log_path=spec.run_dir / "hypervisor.log",
-        )
+        self._live[name] = live
+        undo.push("forget process", lambda: self._forget(name, live))
+        launched = await self.host.launch(vm, live.hv.command(), spec)
         live.pid = launched.pid
-        undo.push("kill hypervisor", lambda: self._kill(vm.name, live))
-        await self._wait_ready(vm.name, live)
+        undo.push("forget scope", lambda: self.host.end_scope(name))
+        undo.push("kill hypervisor", lambda: self._kill(name, live))
+        self.faults.at("launched")
+        await self._wait_ready(name, live)
+        self.faults.at("ready")
         live.launching = False
         undo.clear()
-        if self.machines is not None:
-            await self.machines.register(vm.name, launched.pid, tap)
+        await self.host.register_machine(name, launched.pid, tap)
         if self._gate_health(vm, live, manifest):
-            return await self.store.update_vm(vm.name, pid=launched.pid, unit=launched.unit)
+            return await self.store.update_vm(name, pid=launched.pid, unit=launched.unit)
         vm = await self.store.update_vm(
-            vm.name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
+            name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
         )
         log.info(
-            "VM %s running (pid %d)",
-            vm.name,
-            launched.pid,
-            extra={"VM": vm.name, "UNIT": launched.unit},
+            "VM %s running (pid %d)", name, launched.pid, extra={"VM": name, "UNIT": launched.unit}
         )
         await self._emit(EventType.VM_RUNNING, vm)
+        self.faults.at("running")
         return vm
 
     def _resume_health_gate(self, vm: VirtualMachine, live: Live) -> bool:
@@ -353,7 +387,11 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             await wait_event(live.exited, KILL_WAIT)
 
     async def _terminate(self, vm: VirtualMachine, *, graceful: bool) -> None:
-        """End the VM's hypervisor (if this daemon knows one) and remove its tap."""
+        """End the VM's hypervisor and remove its machine and tap.
+
+        Without a process this daemon watches, the scope is still killed by its unit name,
+        whatever pid the row holds: a killed daemon may have left one behind.
+        """
         live = self._live.get(vm.name)
         if live is not None:
             live.stop_requested = True
@@ -366,11 +404,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 if not await wait_event(live.exited, 5.0):
                     await self._kill(vm.name, live)
             await self._forget(vm.name, live)
-        elif vm.status.is_active:
-            await self.supervisor.kill(vm.name)
-        if self.machines is not None:
-            await self.machines.unregister(vm.name)
-        await self.network.delete_tap(self.network.tap_name(vm.name))
+        await self.host.unplumb(vm.name)
 
 
 def _reason(exc: BaseException) -> str:
@@ -378,10 +412,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, VolantError):
         return exc.message
     return str(exc) or type(exc).__name__
-
-
-def _prepare_dirs(spec: LaunchSpec) -> None:
-    spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    for stale in (spec.api_socket, spec.serial_socket):
-        stale.unlink(missing_ok=True)

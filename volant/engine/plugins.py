@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from volant.config import Config
-from volant.engine.ports import Store
+from volant.engine.faults import Faults
+from volant.engine.ports import Artifacts, Store
 from volant.model import (
+    Artifact,
     DownloadFailed,
     InvalidArgument,
     Manifest,
     Plugin,
     PluginSource,
+    VolantError,
 )
 from volant.model.validate import validate_name
 from volant.plugins.fetch import fetch_bytes
@@ -40,6 +43,8 @@ class PluginVerbs:
 
     config: Config
     store: Store
+    faults: Faults
+    artifacts: Artifacts
     plugins_changed: asyncio.Event
     """Set after every install, enable, disable and remove; front-ends that mirror the plugin
     list (the D-Bus objects) wait on it and clear it."""
@@ -75,13 +80,39 @@ class PluginVerbs:
 
     async def remove_plugin(self, name: str) -> None:
         """Remove the plugin; refused (Conflict) while any VM uses it."""
-        await self.store.delete_plugin(validate_name(name, "plugin"))
+        async with self.faults.verb("plugin-remove"):
+            await self.store.delete_plugin(validate_name(name, "plugin"))
+            self.faults.at("removed")
         self.plugins_changed.set()
+        await self.prune_artifacts()
         log.info("plugin %s removed", name)
+
+    async def prune_artifacts(self) -> None:
+        """Drop cached artifacts that neither an installed plugin nor a VM boots from any more,
+        and downloads a killed daemon left half-done."""
+        manifests = [p.manifest_json for p in await self.store.list_plugins()]
+        manifests += [vm.manifest_json for vm in await self.store.list_vms() if vm.manifest_json]
+        try:
+            keep = {
+                artifact.checksum
+                for text in manifests
+                for artifact in _artifacts(validate_document(json.loads(text)))
+            }
+        except (VolantError, ValueError) as exc:
+            # What is needed is unknown: keep everything rather than guess.
+            log.warning("not pruning the artifact cache: a stored manifest does not parse: %s", exc)
+            return
+        removed = await self.artifacts.prune(keep)
+        if removed:
+            log.info("removed %d cached artifacts no plugin or VM uses", removed)
 
     async def install_plugin(self, source: PluginSource, *, replace: bool = False) -> Plugin:
         """Verify, validate and record a plugin, caching its artifacts; nothing is recorded
         when any step fails. replace upgrades an installed plugin of the same name in place."""
+        async with self.faults.verb("plugin-install"):
+            return await self._install(source, replace)
+
+    async def _install(self, source: PluginSource, replace: bool) -> Plugin:
         text, signature, origin = await self._read_source(source)
         cfg = self.config
         signer = verify(
@@ -91,7 +122,9 @@ class PluginVerbs:
             required=cfg.plugins_require_signature,
         )
         manifest = parse_manifest(text)
+        self.faults.at("verified")
         await self.boot_artifacts(manifest, origin)
+        self.faults.at("artifacts-cached")
         plugin = await self.store.add_plugin(
             manifest.canonical_json,
             manifest.name,
@@ -131,6 +164,10 @@ class PluginVerbs:
         if signature is None:
             signature = await _fetch_optional(_signature_url(source.url), timeout)
         return text, signature, source.url
+
+
+def _artifacts(manifest: Manifest) -> list[Artifact]:
+    return [a for a in (manifest.kernel, manifest.initramfs, manifest.rootfs) if a is not None]
 
 
 def _signature_url(url: str) -> str:

@@ -16,9 +16,11 @@ from volant.model import (
     Artifact,
     Event,
     EventType,
+    HostResource,
     Launched,
     LaunchSpec,
     Plugin,
+    ResourceKind,
     ScopeLimits,
     Usage,
     VirtualMachine,
@@ -126,6 +128,20 @@ class Store(Protocol):
         """Delete the plugin; Conflict while a VM uses it (checked in the same transaction)."""
         ...
 
+    async def intend_resource(self, kind: ResourceKind, name: str, vm: str) -> None:
+        """Record a host resource about to be made for vm (before the host change)."""
+        ...
+
+    async def resource_made(self, kind: ResourceKind, name: str) -> None:
+        """Record that the resource now exists (after the host change)."""
+        ...
+
+    async def forget_resource(self, kind: ResourceKind, name: str) -> None:
+        """Drop the record of a resource that is gone from the host."""
+        ...
+
+    async def list_resources(self, vm: str | None = None) -> list[HostResource]: ...
+
     async def close(self) -> None: ...
 
 
@@ -178,6 +194,12 @@ class Supervisor(Protocol):
 
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
+    async def scan(self) -> dict[str, str]:
+        """Every live hypervisor holder on the host, whoever started it: VM name -> unit name
+        (systemd: active scopes in volant.slice) or pid (without systemd: processes that carry
+        a VM's name in their environment)."""
+        ...
+
     async def usage(self, name: str) -> Usage:
         """CPU time and memory of the VM's hypervisor; fields are None where unknown."""
         ...
@@ -196,6 +218,10 @@ class Machines(Protocol):
 
     async def unregister(self, name: str) -> None: ...
 
+    async def registered(self) -> list[str]:
+        """Names of the machines registered by Volant (service "volant")."""
+        ...
+
 
 class Network(Protocol):
     async def ensure_bridge(self) -> None: ...
@@ -208,6 +234,10 @@ class Network(Protocol):
 
     async def tap_exists(self, tap: str) -> bool: ...
 
+    async def list_taps(self) -> dict[str, str]:
+        """Every tap with Volant's prefix: its name -> the VM name in its alias ("" if none)."""
+        ...
+
 
 class Artifacts(Protocol):
     """Plugin boot artifacts, verified against their sha256 and cached by digest."""
@@ -218,6 +248,11 @@ class Artifacts(Protocol):
 
     async def concatenated(self, first: Path, second: Path) -> Path:
         """An initramfs that is first followed by second (cached)."""
+        ...
+
+    async def prune(self, keep: set[str]) -> int:
+        """Remove cached artifacts whose checksum is not in keep, every combined file and
+        whatever a killed daemon left half-written; how many cached files went."""
         ...
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from volant.engine.events import EventBus
+from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Hypervisor, HypervisorDriver, Machines, Network, Store, Supervisor
+from volant.engine.repair import Repair
 from volant.model import Event, EventType, LaunchSpec, VirtualMachine, VMStatus
 
 log = logging.getLogger("volant.engine.engine")
@@ -46,6 +48,8 @@ class Watching:
     network: Network
     machines: Machines | None
     bus: EventBus
+    host: HostSteps
+    repair: Repair
     _locks: dict[str, asyncio.Lock]
     _live: dict[str, Live]
     _tasks: set[asyncio.Task[None]]
@@ -78,9 +82,7 @@ class Watching:
             if self._live.get(name) is not live or live.stop_requested:
                 return
             del self._live[name]
-            await self.network.delete_tap(self.network.tap_name(name))
-            if self.machines is not None:
-                await self.machines.unregister(name)
+            await self.host.unplumb(name)
             if stopped:
                 vm = await self.store.update_vm(name, status=VMStatus.STOPPED, pid=None)
                 log.info("VM %s stopped: systemd stopped its scope", name, extra={"VM": name})
@@ -100,39 +102,75 @@ class Watching:
             await self._emit(EventType.VM_CRASHED, vm, exit_status=live.exit_status)
 
     async def _reconcile(self) -> None:
-        """Adopt hypervisors that outlived an earlier daemon; mark the rest crashed."""
+        """Settle every VM an earlier daemon left half-way, then make the host agree with the
+        store (repair), then finish the stops that were under way."""
+        stopping: list[VirtualMachine] = []
         for vm in await self.store.list_vms():
-            if not vm.status.is_active:
-                continue
-            live = Live(hv=self.driver.for_vm(self.launch_spec(vm)), pid=vm.pid or 0)
-            live.launching = False
-            self._live[vm.name] = live
-            if vm.pid and await self.supervisor.adopt(vm.name, vm.pid, vm.unit):
-                log.info(
-                    "adopted VM %s (pid %d, unit %s)",
-                    vm.name,
-                    vm.pid,
-                    vm.unit or "-",
-                    extra={"VM": vm.name, "UNIT": vm.unit},
-                )
-                if vm.status != VMStatus.RUNNING and not self._resume_health_gate(vm, live):
-                    await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
-                continue
-            del self._live[vm.name]
-            await self.network.delete_tap(self.network.tap_name(vm.name))
-            crashed = await self.store.update_vm(
-                vm.name,
-                status=VMStatus.CRASHED,
-                pid=None,
-                status_reason="hypervisor gone when volantd started",
+            if await self._settle(vm) and vm.status is VMStatus.STOPPING:
+                stopping.append(vm)
+        await self.repair.run(await self.store.list_vms(), active=set(self._live))
+        for vm in stopping:
+            log.info("VM %s: finishing the stop volantd was doing", vm.name, extra={"VM": vm.name})
+            self._spawn(self._resume_stop(vm))
+
+    async def _settle(self, vm: VirtualMachine) -> bool:
+        """Bring one VM to a state an operator can act on; True when its hypervisor is adopted.
+
+        A create or start cut short before its outcome was recorded (no pid in the row) ends
+        in error with the reason; a hypervisor that outlived the daemon is adopted; one that is
+        gone makes its VM crashed (stopped, when it was being stopped anyway).
+        """
+        if vm.status is VMStatus.CREATING or (vm.status is VMStatus.STARTING and not vm.pid):
+            doing = "creating" if vm.status is VMStatus.CREATING else "starting"
+            reason = f"volantd stopped while {doing} it; its resources were removed"
+            failed = await self.store.update_vm(
+                vm.name, status=VMStatus.ERROR, pid=None, status_reason=reason
             )
-            log.warning(
-                "VM %s crashed while volantd was down: %s is gone",
+            log.error("VM %s: %s", vm.name, reason, extra={"VM": vm.name})
+            await self._emit(EventType.VM_ERROR, failed, reason=reason)
+            return False
+        if not vm.status.is_active:
+            return False
+        live = Live(hv=self.driver.for_vm(self.launch_spec(vm)), pid=vm.pid or 0)
+        live.launching = False
+        self._live[vm.name] = live
+        if vm.pid and await self.supervisor.adopt(vm.name, vm.pid, vm.unit):
+            log.info(
+                "adopted VM %s (pid %d, unit %s)",
                 vm.name,
-                vm.unit or f"pid {vm.pid}",
+                vm.pid,
+                vm.unit or "-",
                 extra={"VM": vm.name, "UNIT": vm.unit},
             )
-            await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
+            if vm.status is VMStatus.STARTING and not self._resume_health_gate(vm, live):
+                await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
+            return True
+        del self._live[vm.name]
+        if vm.status is VMStatus.STOPPING:
+            stopped = await self.store.update_vm(vm.name, status=VMStatus.STOPPED, pid=None)
+            await self._emit(EventType.VM_STOPPED, stopped, reason="ended while volantd was down")
+            return False
+        crashed = await self.store.update_vm(
+            vm.name,
+            status=VMStatus.CRASHED,
+            pid=None,
+            status_reason="hypervisor gone when volantd started",
+        )
+        log.warning(
+            "VM %s crashed while volantd was down: %s is gone",
+            vm.name,
+            vm.unit or f"pid {vm.pid}",
+            extra={"VM": vm.name, "UNIT": vm.unit},
+        )
+        await self._emit(EventType.VM_CRASHED, crashed, reason="hypervisor gone at start")
+        return False
+
+    async def _resume_stop(self, vm: VirtualMachine) -> None:
+        raise NotImplementedError
+
+    async def _emit_repair(self, vm: str, payload: dict[str, Any]) -> None:
+        event = await self.store.append_event(EventType.HOST_REPAIRED, vm, payload)
+        self.bus.publish(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

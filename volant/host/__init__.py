@@ -21,14 +21,16 @@ def systemd_is_pid1(run_dir: Path = Path("/run/systemd/system")) -> bool:
     return run_dir.is_dir()
 
 
-def make_supervisor(kind: str = "auto") -> SystemdSupervisor | ProcessSupervisor:
-    """The supervisor for kind: "systemd", "process", or "auto" (systemd when it is PID 1)."""
+def make_supervisor(kind: str = "auto", owner: str = "") -> SystemdSupervisor | ProcessSupervisor:
+    """The supervisor for kind: "systemd", "process", or "auto" (systemd when it is PID 1).
+
+    owner tags the hypervisors a process supervisor starts (the daemon's state directory)."""
     if kind == "auto":
         kind = "systemd" if systemd_is_pid1() else "process"
     if kind == "systemd":
         return SystemdSupervisor()
     if kind == "process":
-        return ProcessSupervisor()
+        return ProcessSupervisor(owner)
     raise ValueError(f"unknown supervisor kind {kind!r}: expected auto, systemd or process")
 
 

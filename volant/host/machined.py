@@ -45,6 +45,10 @@ class MachinedManager(DbusInterfaceCommonAsync, interface_name="org.freedesktop.
     ) -> str:
         raise NotImplementedError
 
+    @dbus_method_async(result_signature="a(ssso)", method_name="ListMachines")
+    async def list_machines(self) -> list[tuple[str, str, str, str]]:
+        raise NotImplementedError
+
     @dbus_method_async("s", method_name="TerminateMachine")
     async def terminate_machine(self, name: str) -> None:
         raise NotImplementedError
@@ -111,3 +115,14 @@ class MachineRegistry:
         except SdBusBaseError as exc:
             # Usually it went with its scope already (No machine '…' known).
             log.debug("machined TerminateMachine %s: %s", name, exc)
+
+    async def registered(self) -> list[str]:
+        """Names of the machines whose service is Volant's; [] when machined is not there."""
+        if self._manager is None:
+            return []
+        try:
+            machines = await self._manager.list_machines()
+        except SdBusBaseError as exc:
+            log.debug("machined ListMachines: %s", exc)
+            return []
+        return sorted(name for name, _class, service, _path in machines if service == SERVICE)

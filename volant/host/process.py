@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from volant.host.spawn import pid_alive, spawn, wait_pid
+from volant.host.spawn import pid_alive, scan_processes, spawn, wait_pid
 from volant.host.types import ExitCallback
 from volant.model import HypervisorFailed, Launched, ScopeLimits, Usage
 
@@ -37,7 +37,10 @@ class ProcessSupervisor:
 
     kind = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
+        """owner tags the hypervisors this daemon starts (its state directory), so scan()
+        finds them after a restart and never another daemon's."""
+        self.owner = owner
         self._vms: dict[str, _Child] = {}
         self._callback: ExitCallback | None = None
 
@@ -61,7 +64,7 @@ class ProcessSupervisor:
         """Start argv as a child; limits are not enforced without systemd."""
         if name in self._vms:
             raise HypervisorFailed(f"a hypervisor for {name!r} is already running")
-        proc = await spawn(argv, log_path)
+        proc = await spawn(argv, log_path, vm=name, owner=self.owner)
         self._watch(_Child(name=name, pid=proc.pid, proc=proc))
         log.info("started hypervisor of %s as pid %d (no limits without systemd)", name, proc.pid)
         return Launched(pid=proc.pid, unit="")
@@ -70,6 +73,7 @@ class ProcessSupervisor:
         """SIGKILL the hypervisor's session group and wait until it has ended."""
         child = self._vms.get(name)
         if child is None:
+            await self._kill_stray(name)
             return
         # Launched in a new session, the hypervisor leads its own process group; one adopted
         # from elsewhere may not, so the pid itself is killed too.
@@ -78,6 +82,22 @@ class ProcessSupervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
         await child.gone.wait()
+
+    async def _kill_stray(self, name: str) -> None:
+        """Kill a hypervisor of name that this daemon does not watch (left by an earlier one)."""
+        pid = (await asyncio.to_thread(scan_processes, self.owner)).get(name)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await wait_pid(pid)
+
+    async def scan(self) -> dict[str, str]:
+        """Hypervisors of VMs on this host, whoever started them: VM name -> pid."""
+        found = await asyncio.to_thread(scan_processes, self.owner)
+        return {name: str(pid) for name, pid in found.items()}
 
     async def adopt(self, name: str, pid: int, unit: str) -> bool:
         """Watch a hypervisor left by an earlier daemon; False when that pid is gone."""

@@ -15,12 +15,17 @@ from volant.model import HypervisorFailed
 # without a line means the launch was abandoned, and the hypervisor never runs.
 GATE_SCRIPT = 'read -r _ || exit 111; exec "$@" </dev/null'
 GATE_ABANDONED = 111
+# Every hypervisor carries its VM's name and its daemon's owner tag (the state directory) in its
+# environment, so a scan of /proc finds the ones an earlier daemon of the same state left behind
+# even without systemd (scan_processes), and never those of another daemon on the same host.
+VM_ENV = "VOLANT_VM"
+OWNER_ENV = "VOLANT_OWNER"
 
 
 async def spawn(
-    argv: Sequence[str], log_path: Path, *, gated: bool = False
+    argv: Sequence[str], log_path: Path, *, vm: str, owner: str = "", gated: bool = False
 ) -> asyncio.subprocess.Process:
-    """Start argv in a new session (a SIGTERM to volantd's group must not reach it).
+    """Start argv for VM vm in a new session (a SIGTERM to volantd's group must not reach it).
 
     stdout and stderr go to log_path (appended). With gated=True the process is held until
     `release()`; its stdin is the gate pipe. Raises HypervisorFailed when it cannot start.
@@ -39,6 +44,7 @@ async def spawn(
             stdout=log_fd,
             stderr=log_fd,
             start_new_session=True,
+            env={**os.environ, VM_ENV: vm, OWNER_ENV: owner},
         )
     except OSError as exc:
         raise HypervisorFailed(f"cannot start {argv[0]}: {exc}") from exc
@@ -97,3 +103,27 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def scan_processes(owner: str, proc: Path = Path("/proc")) -> dict[str, int]:
+    """Processes started for a VM by a daemon with this owner tag: VM name -> pid (the lowest
+    pid when several carry the name)."""
+    marker = f"{VM_ENV}=".encode()
+    mine = f"{OWNER_ENV}={owner}".encode()
+    found: dict[str, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        variables = environ.split(b"\0")
+        if mine not in variables:
+            continue
+        for variable in variables:
+            if variable.startswith(marker):
+                name = variable[len(marker) :].decode(errors="replace")
+                pid = int(entry.name)
+                found[name] = min(pid, found.get(name, pid))
+    return found

@@ -22,7 +22,7 @@ from sdbus import SdBusBaseError
 from volant.host.spawn import kill_and_reap, release, spawn
 from volant.host.systemd_dbus import ENDED_STATES, SystemdClient, UnitExistsError
 from volant.host.types import ExitCallback
-from volant.host.units import scope_name, scope_properties
+from volant.host.units import SCOPE_PREFIX, scope_name, scope_properties, vm_of_scope
 from volant.model import HypervisorFailed, Launched, ScopeLimits, Usage
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class SystemdSupervisor:
         if name in self._scopes:
             raise HypervisorFailed(f"a hypervisor for {name!r} is already running")
         unit = scope_name(name)
-        proc = await spawn(argv, log_path, gated=True)
+        proc = await spawn(argv, log_path, vm=name, gated=True)
         try:
             result = await systemd.start_transient_unit(
                 unit, scope_properties(name, proc.pid, limits), JOB_TIMEOUT
@@ -181,6 +181,20 @@ class SystemdSupervisor:
             return False
         self._watch(_Scope(name=name, unit=unit, pid=pid, proc=None))
         return True
+
+    async def scan(self) -> dict[str, str]:
+        """Scopes of VMs that systemd runs now, whoever started them: VM name -> unit."""
+        systemd = await self._systemd()
+        try:
+            units = await systemd.units_matching(f"{SCOPE_PREFIX}*.scope")
+        except SdBusBaseError as exc:
+            raise HypervisorFailed(f"cannot list the VM scopes: {exc}") from exc
+        found: dict[str, str] = {}
+        for unit, state in units.items():
+            name = vm_of_scope(unit)
+            if name is not None and state not in ENDED_STATES:
+                found[name] = unit
+        return found
 
     async def usage(self, name: str) -> Usage:
         """CPUUsageNSec and MemoryCurrent of the VM's scope (None where not accounted)."""

@@ -73,6 +73,12 @@ class SystemdManager(DbusInterfaceCommonAsync, interface_name="org.freedesktop.s
     async def get_unit_by_pid(self, pid: int) -> str:
         raise NotImplementedError
 
+    @dbus_method_async("asas", "a(ssssssouso)", method_name="ListUnitsByPatterns")
+    async def list_units_by_patterns(
+        self, states: list[str], patterns: list[str]
+    ) -> list[tuple[str, str, str, str, str, str, str, int, str, str]]:
+        raise NotImplementedError
+
     @dbus_method_async("ssi", method_name="KillUnit")
     async def kill_unit(self, name: str, whom: str, signal: int) -> None:
         raise NotImplementedError
@@ -249,6 +255,11 @@ class SystemdClient:
         cpu = await scope.cpu_usage_nsec
         memory = await scope.memory_current
         return (None if cpu == UNSET else cpu), (None if memory == UNSET else memory)
+
+    async def units_matching(self, pattern: str) -> dict[str, str]:
+        """Loaded units whose name matches the glob pattern: name -> ActiveState."""
+        units = await self.manager.list_units_by_patterns([], [pattern])
+        return {unit[0]: unit[3] for unit in units}
 
     async def unit_of_pid(self, pid: int) -> str | None:
         """The name of the unit whose cgroup holds pid, or None."""

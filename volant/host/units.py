@@ -31,6 +31,31 @@ def escape_unit_name(text: str) -> str:
     return "".join(out)
 
 
+def unescape_unit_name(text: str) -> str:
+    """The inverse of escape_unit_name (`systemd-escape --unescape`)."""
+    raw = bytearray()
+    index = 0
+    while index < len(text):
+        if text.startswith("\\x", index) and index + 4 <= len(text):
+            try:
+                raw.append(int(text[index + 2 : index + 4], 16))
+            except ValueError:
+                pass
+            else:
+                index += 4
+                continue
+        raw.extend(b"/" if text[index] == "-" else text[index].encode())
+        index += 1
+    return raw.decode(errors="replace")
+
+
+def vm_of_scope(unit: str) -> str | None:
+    """The VM name a scope unit name stands for, or None when it is not a VM scope."""
+    if not unit.startswith(SCOPE_PREFIX) or not unit.endswith(".scope"):
+        return None
+    return unescape_unit_name(unit[len(SCOPE_PREFIX) : -len(".scope")])
+
+
 def scope_name(vm_name: str) -> str:
     """The transient scope unit that holds a VM's hypervisor: volant-vm-<escaped name>.scope."""
     return f"{SCOPE_PREFIX}{escape_unit_name(vm_name)}.scope"

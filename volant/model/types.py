@@ -34,6 +34,27 @@ class EventType(StrEnum):
     VM_CRASHED = "VM_CRASHED"
     VM_DELETED = "VM_DELETED"
     VM_ERROR = "VM_ERROR"
+    # volantd found a host resource that disagreed with its records at start and repaired it
+    # (payload: kind, name, action "removed" or "adopted", reason).
+    HOST_REPAIRED = "HOST_REPAIRED"
+
+
+class ResourceKind(StrEnum):
+    """Host resources volantd makes for a VM; each has a record in the store (DESIGN.md, Host
+    resources and crash safety)."""
+
+    SCOPE = "scope"  # the hypervisor's transient unit (or, without systemd, its process)
+    TAP = "tap"
+    RUN_DIR = "run_dir"
+    CONSOLE_LOG = "console_log"
+    MACHINE = "machine"  # systemd-machined registration
+
+
+class ResourceState(StrEnum):
+    """A record is written as intended before the host change and present after it."""
+
+    INTENDED = "intended"
+    PRESENT = "present"
 
 
 class NetworkMode(StrEnum):
@@ -97,6 +118,17 @@ class VirtualMachine:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class HostResource:
+    """One host resource as the store records it."""
+
+    kind: ResourceKind
+    name: str
+    vm: str
+    state: ResourceState
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

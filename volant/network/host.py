@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from volant.model import Conflict, Unavailable, VolantError
-from volant.network.names import check_ifname, tap_name
+from volant.network.names import TAP_PREFIX, check_ifname, tap_name
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,19 @@ class HostNetwork:
         check_ifname(tap, "tap")
         return await asyncio.to_thread(self._tap_exists, tap)
 
+    async def list_taps(self) -> dict[str, str]:
+        """Every tap named with Volant's prefix: name -> the VM name its alias records."""
+        return await asyncio.to_thread(self._list_taps)
+
     # -- blocking halves, run in worker threads ----------------------------------------------
+
+    def _list_taps(self) -> dict[str, str]:
+        with _host_errors("cannot list the taps"), self._open() as ipr:
+            return {
+                str(link.get("ifname")): str(link.get("ifalias") or "")
+                for link in ipr.get_links()
+                if str(link.get("ifname")).startswith(TAP_PREFIX) and _is_tap(link)
+            }
 
     def _ensure_bridge(self) -> None:
         with _host_errors(f"cannot set up bridge {self.bridge}"), self._open() as ipr:

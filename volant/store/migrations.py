@@ -104,10 +104,30 @@ _REASONS_AND_PROVENANCE = (
 # Retention deletes by age every hour; without it each pass scans the whole event log.
 _EVENT_AGE = ("CREATE INDEX events_ts ON events(ts)",)
 
+# Every host resource volantd makes has a record: the intent is written before the host change
+# and the outcome after, so a restart after a SIGKILL knows what may exist on the host. A record
+# outlives its VM's row until the resource itself is gone (delete removes the row last, but a
+# crash can come in between), hence no foreign key.
+_HOST_RESOURCES = (
+    """
+    CREATE TABLE host_resources (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        vm TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('intended', 'present')),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) STRICT
+    """,
+    "CREATE INDEX host_resources_vm ON host_resources(vm)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
     Migration(3, "index events by time for retention", _EVENT_AGE),
+    Migration(5, "records of host resources", _HOST_RESOURCES),
 )
 
 

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from volant.model import Event, EventType, Plugin, VirtualMachine, VMStatus
+from volant.model import (
+    Event,
+    EventType,
+    HostResource,
+    Plugin,
+    ResourceKind,
+    ResourceState,
+    VirtualMachine,
+    VMStatus,
+)
 
 FREE = "free"
 LEASED = "leased"
@@ -126,6 +135,29 @@ class PluginRow(_Row):
 
     class Meta:
         table_name = "plugins"
+
+
+class ResourceRow(_Row):
+    kind = peewee.TextField()
+    name = peewee.TextField()
+    vm = peewee.TextField()
+    state = peewee.TextField()
+    created_at = _Timestamp()
+    updated_at = _Timestamp()
+
+    class Meta:
+        table_name = "host_resources"
+        primary_key = peewee.CompositeKey("kind", "name")
+
+
+def to_resource(row: ResourceRow) -> HostResource:
+    return HostResource(
+        kind=ResourceKind(row.kind),
+        name=row.name,
+        vm=row.vm,
+        state=ResourceState(row.state),
+        updated_at=row.updated_at,
+    )
 
 
 def to_vm(row: VMRow) -> VirtualMachine:

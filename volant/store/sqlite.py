@@ -25,14 +25,16 @@ import peewee
 from volant.model import (
     Event,
     EventType,
+    HostResource,
     InvalidArgument,
     Plugin,
+    ResourceKind,
     Unavailable,
     VirtualMachine,
     VMQuery,
     VMSpec,
 )
-from volant.store import events, ops, plugins, pool
+from volant.store import events, ops, plugins, pool, resources
 from volant.store.migrations import MIGRATIONS, Migration, apply_migrations, check_order
 from volant.store.ops import MacFor
 from volant.store.rows import run_sql
@@ -301,3 +303,19 @@ class SqliteStore:
     async def delete_plugin(self, name: str) -> None:
         """Delete the plugin; Conflict while any VM uses it, NotFound if absent."""
         await self._call(functools.partial(plugins.delete_plugin, self._db, name))
+
+    async def intend_resource(self, kind: ResourceKind, name: str, vm: str) -> None:
+        """Record a host resource about to be made for vm (before the host change)."""
+        await self._call(functools.partial(resources.intend, self._db, kind, name, vm))
+
+    async def resource_made(self, kind: ResourceKind, name: str) -> None:
+        """Record that the resource now exists (after the host change)."""
+        await self._call(functools.partial(resources.made, self._db, kind, name))
+
+    async def forget_resource(self, kind: ResourceKind, name: str) -> None:
+        """Drop the record of a resource that is gone from the host."""
+        await self._call(functools.partial(resources.forget, self._db, kind, name))
+
+    async def list_resources(self, vm: str | None = None) -> list[HostResource]:
+        """The records of host resources, of one VM or all."""
+        return await self._call(functools.partial(resources.listing, self._db, vm))

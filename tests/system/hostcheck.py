@@ -1,0 +1,95 @@
+"""What a volantd.service in a sysbox has made on its host, compared with what its store says.
+
+Used by the fault-injection walk and the soak: after any kill and restart, the scopes, QEMU
+processes, taps, machined machines, run directories, console logs and resource records must
+match the VMs exactly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from scripts.volantbox import VolantBox
+from volant.host.units import scope_name
+from volant.network.names import tap_name
+
+ACTIVE = ("starting", "running", "stopping")
+STATE_DB = "var/lib/volant/state.db"
+
+
+@dataclass(frozen=True)
+class HostView:
+    scopes: frozenset[str]
+    qemu_pids: frozenset[int]
+    taps: frozenset[str]
+    machines: frozenset[str]
+    run_dirs: frozenset[str]
+    console_logs: frozenset[str]
+    records: frozenset[tuple[str, str, str]]
+    leases: frozenset[tuple[str, str]]
+
+
+def host_view(vb: VolantBox) -> HostView:
+    units = vb.sh(
+        "systemctl list-units 'volant-vm-*' --all --no-legend --plain --state=active,activating,"
+        "deactivating | awk '{print $1}'"
+    )
+    qemu = vb.run("pgrep", "-f", r"^\S*qemu-system-x86_64 ").stdout
+    links = vb.sh("ip -o link show | awk -F': ' '{print $2}'")
+    machines = vb.sh("machinectl list --no-legend --no-pager | awk '{print $1}'")
+    run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
+    logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
+    db = sqlite3.connect(f"file:{vb.box.root / STATE_DB}?mode=ro", uri=True)
+    try:
+        records = db.execute("SELECT kind, name, vm FROM host_resources").fetchall()
+        leases = db.execute(
+            "SELECT a.ip_address, v.name FROM ip_allocations a JOIN vms v ON v.id = a.vm_id"
+            " WHERE a.status = 'leased'"
+        ).fetchall()
+    finally:
+        db.close()
+    return HostView(
+        scopes=frozenset(units.split()),
+        qemu_pids=frozenset(int(pid) for pid in qemu.split()),
+        taps=frozenset(link.split("@")[0] for link in links.split() if link.startswith("vt-")),
+        machines=frozenset(machines.split()),
+        run_dirs=frozenset(run_dirs.split()),
+        console_logs=frozenset(log.removesuffix(".log") for log in logs.split()),
+        records=frozenset((str(k), str(n), str(v)) for k, n, v in records),
+        leases=frozenset((str(ip), str(name)) for ip, name in leases),
+    )
+
+
+def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
+    """Every disagreement between the host and the VMs volantd reports; [] when none."""
+    view = host_view(vb)
+    active = {vm["name"]: vm for vm in vms if vm["status"] in ACTIVE}
+    names = {vm["name"] for vm in vms}
+    problems: list[str] = []
+
+    def differ(what: str, seen: set[Any] | frozenset[Any], expected: set[Any]) -> None:
+        if set(seen) != expected:
+            problems.append(f"{what}: host has {sorted(seen)}, store wants {sorted(expected)}")
+
+    differ("scopes", view.scopes, {scope_name(n) for n in active})
+    differ("qemu", view.qemu_pids, {vm["pid"] for vm in active.values()})
+    differ("taps", view.taps, {tap_name(n) for n in active})
+    differ("machines", view.machines, set(active))
+    if not view.run_dirs <= names:
+        problems.append(f"run dirs without a VM: {sorted(view.run_dirs - names)}")
+    if not view.console_logs <= names:
+        problems.append(f"console logs without a VM: {sorted(view.console_logs - names)}")
+    strays = {record for record in view.records if record[2] not in names}
+    if strays:
+        problems.append(f"resource records without a VM: {sorted(strays)}")
+    for kind, name, vm in view.records:
+        if kind in ("scope", "tap", "machine") and vm not in active:
+            problems.append(f"{kind} record {name} of VM {vm}, which is not running")
+    differ(
+        "leases",
+        view.leases,
+        {(vm["ip_address"], vm["name"]) for vm in vms if vm.get("ip_address")},
+    )
+    return problems

@@ -1,0 +1,143 @@
+"""HostSteps: every change the engine makes on the host for a VM, each recorded in the ledger.
+
+The verbs (engine.py) decide when; this object knows how: tap, run directory and console log,
+the hypervisor's scope, the machined registration, and their removal. Removal is by name, not
+by what this daemon remembers, so it also ends what an earlier, killed daemon left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from volant.engine.ledger import HostChange, Ledger
+from volant.engine.ports import Machines, Network, Supervisor
+from volant.model import Launched, LaunchSpec, ResourceKind, ScopeLimits, VirtualMachine
+from volant.runtime.configdisk import write_config_disk
+
+
+class HostSteps:
+    """Makes and removes a VM's host resources, recorded before and after each change."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        supervisor: Supervisor,
+        network: Network,
+        machines: Machines | None,
+    ) -> None:
+        self.ledger = ledger
+        self.supervisor = supervisor
+        self.network = network
+        self.machines = machines
+
+    async def plumb_tap(self, name: str, tap: str) -> None:
+        """Create the VM's tap on the bridge."""
+        await self.ledger.make(
+            name,
+            ResourceKind.TAP,
+            tap,
+            lambda: self.network.create_tap(tap, name),
+            lambda: self.network.delete_tap(tap),
+        )
+
+    async def prepare_files(self, vm: VirtualMachine, spec: LaunchSpec) -> None:
+        """The run directory (sockets, config disk, logs) and the console log's directory;
+        the console log itself is recorded now and appears with the hypervisor."""
+        store = self.ledger.store
+        await store.intend_resource(ResourceKind.RUN_DIR, str(spec.run_dir), vm.name)
+        await store.intend_resource(ResourceKind.CONSOLE_LOG, str(spec.console_log), vm.name)
+        await asyncio.to_thread(_prepare_dirs, spec)
+        for disk in spec.disks:
+            await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
+        await store.resource_made(ResourceKind.RUN_DIR, str(spec.run_dir))
+
+    async def launch(self, vm: VirtualMachine, argv: Sequence[str], spec: LaunchSpec) -> Launched:
+        """Start the hypervisor in its scope (killed again if the launch fails half-way)."""
+        launched: list[Launched] = []
+
+        async def launch() -> None:
+            launched.append(
+                await self.supervisor.launch(
+                    vm.name,
+                    argv,
+                    ScopeLimits(cpus=vm.cpu_cores, memory_mb=vm.memory_mb),
+                    log_path=spec.run_dir / "hypervisor.log",
+                )
+            )
+
+        await self.ledger.make(
+            vm.name, ResourceKind.SCOPE, vm.name, launch, lambda: self.supervisor.kill(vm.name)
+        )
+        await self.ledger.store.resource_made(ResourceKind.CONSOLE_LOG, str(spec.console_log))
+        return launched[0]
+
+    async def register_machine(self, name: str, pid: int, tap: str) -> None:
+        """Register the VM with systemd-machined, when it is there."""
+        machines = self.machines
+        if machines is not None:
+            await self.ledger.make(
+                name,
+                ResourceKind.MACHINE,
+                name,
+                lambda: machines.register(name, pid, tap),
+                lambda: machines.unregister(name),
+            )
+
+    async def end_scope(self, name: str) -> None:
+        """End the VM's hypervisor scope by its unit name, whether or not this daemon watches
+        it (a killed daemon may have left one behind), whatever pid the VM's row holds."""
+        await self.ledger.remove(ResourceKind.SCOPE, name, lambda: self.supervisor.kill(name))
+
+    async def unplumb(self, name: str) -> None:
+        """Remove what a VM's run leaves on the host: its hypervisor's scope, its machine and
+        its tap."""
+        await self.end_scope(name)
+        machines = self.machines
+        if machines is not None:
+            await self.ledger.remove(ResourceKind.MACHINE, name, lambda: machines.unregister(name))
+        await self.unplumb_tap(name)
+
+    async def unplumb_tap(self, name: str) -> None:
+        tap = self.network.tap_name(name)
+        await self.ledger.remove(ResourceKind.TAP, tap, lambda: self.network.delete_tap(tap))
+
+    async def remove_files(self, run_dir: Path, console_log: Path) -> None:
+        """Remove the VM's run directory and console log (when it is deleted)."""
+        await self.ledger.remove(ResourceKind.RUN_DIR, str(run_dir), _rmtree(run_dir))
+        await self.ledger.remove(ResourceKind.CONSOLE_LOG, str(console_log), _unlink(console_log))
+
+    def destroyer(self, kind: ResourceKind, name: str) -> HostChange:
+        """How to remove a recorded or scanned resource of kind called name."""
+        if kind is ResourceKind.SCOPE:
+            return lambda: self.supervisor.kill(name)
+        if kind is ResourceKind.TAP:
+            return lambda: self.network.delete_tap(name)
+        if kind is ResourceKind.MACHINE:
+            machines = self.machines
+            return (lambda: machines.unregister(name)) if machines else _nothing
+        if kind is ResourceKind.RUN_DIR:
+            return _rmtree(Path(name))
+        return _unlink(Path(name))
+
+
+def _rmtree(path: Path) -> HostChange:
+    return lambda: asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+
+
+def _unlink(path: Path) -> HostChange:
+    return lambda: asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _prepare_dirs(spec: LaunchSpec) -> None:
+    spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    for stale in (spec.api_socket, spec.serial_socket):
+        stale.unlink(missing_ok=True)

@@ -1,0 +1,173 @@
+"""Repair at start: make the host agree with the store again after volantd was killed.
+
+The store says which VMs exist and which of them this daemon now watches (adopted). The host
+is scanned on its own terms, not through the store: VM scopes (or, without systemd, hypervisor
+processes carrying a VM's name), taps with Volant's prefix, machined registrations, run
+directories and console logs; the ledger's records add whatever a scan cannot guess. What a VM
+needs is kept (and recorded when its record is missing); everything else is removed. Each
+repair is logged and recorded as a HOST_REPAIRED event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from volant.engine.hoststeps import HostSteps
+from volant.engine.ports import Store
+from volant.model import ResourceKind, VirtualMachine, VolantError
+
+log = logging.getLogger("volant.engine.engine")
+
+Key = tuple[ResourceKind, str]
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Removed in this order: the hypervisors first, so nothing holds a tap or a file any more.
+ORDER = (
+    ResourceKind.SCOPE,
+    ResourceKind.MACHINE,
+    ResourceKind.TAP,
+    ResourceKind.RUN_DIR,
+    ResourceKind.CONSOLE_LOG,
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where per-VM files live: run directories and console logs."""
+
+    run_root: Path
+    console_root: Path
+
+    def run_dir(self, vm: str) -> str:
+        return str(self.run_root / vm)
+
+    def console_log(self, vm: str) -> str:
+        return str(self.console_root / f"{vm}.log")
+
+
+class Repair:
+    """Compares the host with the store and removes what no VM needs."""
+
+    def __init__(self, store: Store, host: HostSteps, paths: Paths, emit: Emit) -> None:
+        self.store = store
+        self.host = host
+        self.ledger = host.ledger
+        self.supervisor = host.supervisor
+        self.network = host.network
+        self.machines = host.machines
+        self.paths = paths
+        self._emit = emit
+
+    def wanted(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> dict[Key, str]:
+        """What the VMs need on the host: files for every VM; a hypervisor, a tap and a
+        machine for the ones whose hypervisor is watched. Key -> VM name."""
+        wanted: dict[Key, str] = {}
+        for vm in vms:
+            wanted[(ResourceKind.RUN_DIR, self.paths.run_dir(vm.name))] = vm.name
+            wanted[(ResourceKind.CONSOLE_LOG, self.paths.console_log(vm.name))] = vm.name
+            if vm.name in active:
+                wanted[(ResourceKind.SCOPE, vm.name)] = vm.name
+                wanted[(ResourceKind.TAP, self.network.tap_name(vm.name))] = vm.name
+                if self.machines is not None:
+                    wanted[(ResourceKind.MACHINE, vm.name)] = vm.name
+        return wanted
+
+    async def run(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> int:
+        """Repair the host; return how many resources were removed or adopted."""
+        wanted = self.wanted(vms, active)
+        found = await self.scan()
+        records = {(r.kind, r.name): r.vm for r in await self.store.list_resources()}
+        repairs = 0
+        for key in sorted(found.keys() | records.keys(), key=_removal_order):
+            kind, name = key
+            vm = wanted.get(key) or found.get(key) or records.get(key) or ""
+            if key in wanted:
+                if key not in found:
+                    log.info("%s %s of VM %s is not there; forgetting its record", kind, name, vm)
+                    await self.store.forget_resource(kind, name)
+                elif key not in records:
+                    await self.ledger.adopt(vm, kind, name)
+                    await self._repaired(vm, kind, name, "adopted", "it had no record")
+                    repairs += 1
+                continue
+            if key not in found:
+                # Only the intent was written (the kill came before the change), or the
+                # resource went away by itself: the record is all that is left.
+                await self.ledger.remove(kind, name, self.host.destroyer(kind, name))
+                continue
+            reason = "no VM of that name" if vm not in {v.name for v in vms} else "VM not running"
+            try:
+                await self.ledger.remove(kind, name, self.host.destroyer(kind, name))
+            except (VolantError, OSError) as exc:
+                log.error("could not remove %s %s: %s", kind, name, exc, extra={"VM": vm})
+                continue
+            await self._repaired(vm, kind, name, "removed", reason)
+            repairs += 1
+        return repairs
+
+    async def scan(self) -> dict[Key, str]:
+        """What exists on the host now: Key -> the VM name it belongs to (as far as it says)."""
+        found: dict[Key, str] = {}
+        for kind, listing in (
+            (ResourceKind.SCOPE, self._scopes),
+            (ResourceKind.MACHINE, self._machines),
+            (ResourceKind.TAP, self._taps),
+            (ResourceKind.RUN_DIR, self._run_dirs),
+            (ResourceKind.CONSOLE_LOG, self._console_logs),
+        ):
+            try:
+                for name, vm in (await listing()).items():
+                    found[(kind, name)] = vm
+            except (VolantError, OSError) as exc:
+                log.warning("cannot scan the host for %ss: %s", kind, exc)
+        return found
+
+    async def _scopes(self) -> dict[str, str]:
+        return {name: name for name in await self.supervisor.scan()}
+
+    async def _machines(self) -> dict[str, str]:
+        if self.machines is None:
+            return {}
+        return {name: name for name in await self.machines.registered()}
+
+    async def _taps(self) -> dict[str, str]:
+        return await self.network.list_taps()
+
+    async def _run_dirs(self) -> dict[str, str]:
+        return await asyncio.to_thread(_entries, self.paths.run_root, "*", dirs=True)
+
+    async def _console_logs(self) -> dict[str, str]:
+        return await asyncio.to_thread(_entries, self.paths.console_root, "*.log", dirs=False)
+
+    async def _repaired(
+        self, vm: str, kind: ResourceKind, name: str, action: str, reason: str
+    ) -> None:
+        log.warning(
+            "repair: %s %s %s of VM %s (%s)",
+            action,
+            kind,
+            name,
+            vm or "-",
+            reason,
+            extra={"VM": vm},
+        )
+        await self._emit(vm, {"kind": kind.value, "name": name, "action": action, "reason": reason})
+
+
+def _removal_order(key: Key) -> tuple[int, str]:
+    return ORDER.index(key[0]), key[1]
+
+
+def _entries(root: Path, pattern: str, *, dirs: bool) -> dict[str, str]:
+    """Files (or directories) under root matching pattern: path -> VM name (the stem)."""
+    if not root.is_dir():
+        return {}
+    return {
+        str(path): path.stem if not dirs else path.name
+        for path in root.glob(pattern)
+        if path.is_dir() == dirs
+    }
