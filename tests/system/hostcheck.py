@@ -7,7 +7,8 @@ match the VMs exactly.
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,16 @@ from volant.host.units import scope_name
 from volant.network.names import tap_name
 
 ACTIVE = ("starting", "running", "stopping")
-STATE_DB = "var/lib/volant/state.db"
+QUERY = """
+import json, sqlite3
+db = sqlite3.connect("file:/var/lib/volant/state.db?mode=ro", uri=True)
+records = db.execute("SELECT kind, name, vm FROM host_resources").fetchall()
+leases = db.execute(
+    "SELECT a.ip_address, v.name FROM ip_allocations a JOIN vms v ON v.id = a.vm_id"
+    " WHERE a.status = 'leased'"
+).fetchall()
+print(json.dumps({"records": records, "leases": leases}))
+"""
 
 
 @dataclass(frozen=True)
@@ -41,15 +51,9 @@ def host_view(vb: VolantBox) -> HostView:
     machines = vb.sh("machinectl list --no-legend --no-pager | awk '{print $1}'")
     run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
     logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
-    db = sqlite3.connect(f"file:{vb.box.root / STATE_DB}?mode=ro", uri=True)
-    try:
-        records = db.execute("SELECT kind, name, vm FROM host_resources").fetchall()
-        leases = db.execute(
-            "SELECT a.ip_address, v.name FROM ip_allocations a JOIN vms v ON v.id = a.vm_id"
-            " WHERE a.status = 'leased'"
-        ).fetchall()
-    finally:
-        db.close()
+    # Read inside the box (its /var/lib is its own), with the system's python3.
+    tables = json.loads(vb.sh(f"python3 -c {shlex.quote(QUERY)}"))
+    records, leases = tables["records"], tables["leases"]
     return HostView(
         scopes=frozenset(units.split()),
         qemu_pids=frozenset(int(pid) for pid in qemu.split()),

@@ -83,8 +83,10 @@ class PluginVerbs:
         async with self.faults.verb("plugin-remove"):
             await self.store.delete_plugin(validate_name(name, "plugin"))
             self.faults.at("removed")
-        self.plugins_changed.set()
         await self.prune_artifacts()
+        # Last: the D-Bus front-end drops the plugin's object when it sees this, and a Remove
+        # called on that object must be answered first.
+        self.plugins_changed.set()
         log.info("plugin %s removed", name)
 
     async def prune_artifacts(self) -> None:
