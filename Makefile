@@ -14,7 +14,7 @@ DEB_INPUTS := pyproject.toml constraints.txt README.md $(shell find volant agent
 	-o -name '*.cpio' -o -path debian/volant -o -path debian/.debhelper -o -path debian/generated \
 	\) -prune -o -type f -print)
 
-.PHONY: deps apt venv constraints guest deb demo test test-fast lint bench clean
+.PHONY: deps apt venv constraints guest deb demo test test-fast lint bench soak clean
 
 deps: apt venv guest
 
@@ -94,6 +94,10 @@ bench: deps
 	@$(PY) -m bench.api_list
 	@$(PY) -m bench.events_latency
 	@$(PY) -m bench.volar_startup
+
+# Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
+soak: deps
+	@$(PY) -m bench.soak_kills
 
 clean:
 	rm -rf $(VENV) .cache dist examples/plugins/*/*.cpio
