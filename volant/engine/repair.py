@@ -81,6 +81,7 @@ class Repair:
         wanted = self.wanted(vms, active)
         found = await self.scan()
         records = {(r.kind, r.name): r.vm for r in await self.store.list_resources()}
+        names = {vm.name for vm in vms}
         repairs = 0
         for key in sorted(found.keys() | records.keys(), key=_removal_order):
             kind, name = key
@@ -94,19 +95,17 @@ class Repair:
                     await self._repaired(vm, kind, name, "adopted", "it had no record")
                     repairs += 1
                 continue
-            if key not in found:
-                # Only the intent was written (the kill came before the change), or the
-                # resource went away by itself: the record is all that is left.
-                await self.ledger.remove(kind, name, self.host.destroyer(kind, name))
-                continue
-            reason = "no VM of that name" if vm not in {v.name for v in vms} else "VM not running"
             try:
                 await self.ledger.remove(kind, name, self.host.destroyer(kind, name))
             except (VolantError, OSError) as exc:
                 log.error("could not remove %s %s: %s", kind, name, exc, extra={"VM": vm})
                 continue
-            await self._repaired(vm, kind, name, "removed", reason)
-            repairs += 1
+            if key in found:
+                reason = "VM not running" if vm in names else "no VM of that name"
+                await self._repaired(vm, kind, name, "removed", reason)
+                repairs += 1
+            # else only the intent was written (the kill came before the change), or the
+            # resource went away by itself: the record was all that was left.
         return repairs
 
     async def scan(self) -> dict[Key, str]:
