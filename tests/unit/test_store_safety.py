@@ -90,7 +90,7 @@ async def test_pages_overwritten_in_the_middle_are_refused(db_path: Path) -> Non
         f"stop volantd and move state.db, state.db-wal and state.db-shm in {db_path.parent} "
         "aside; then put a backup of your own in its place (no copy from before a migration is "
         "there), or start volantd on an empty database, which forgets every VM and plugin the "
-        "damaged one held"
+        "damaged one held (and stops the guests it finds no record of)"
     )
 
 

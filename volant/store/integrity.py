@@ -57,7 +57,8 @@ def corrupt(path: Path, problems: list[str]) -> StateCorrupt:
     hint = (
         f"stop volantd and move {path.name}, {path.name}-wal and {path.name}-shm in "
         f"{path.parent} aside; then {restore}, or start volantd on an empty database, which "
-        "forgets every VM and plugin the damaged one held"
+        "forgets every VM and plugin the damaged one held (and stops the guests it finds no "
+        "record of)"
     )
     # quick_check puts a "*** in database main ***" line before its findings.
     lines = (line.strip() for problem in problems for line in problem.splitlines())
