@@ -191,6 +191,106 @@ def test_reinstall_restarts_volantd_and_the_vm_runs_on(installed: Sysbox) -> Non
     assert failed_units(box) == ""
 
 
+# The guest's agent is polled this often during an upgrade; any failed request fails the test.
+POLL = (
+    "while [ ! -e /tmp/poll-stop ]; do "
+    'curl -sf --max-time 3 -o /dev/null "http://$1:8080/healthz" || echo FAIL; '
+    "echo ROUND; sleep 0.2; done; echo DONE"
+)
+
+
+def repacked(box: Sysbox, deb: Path, suffix: str) -> tuple[str, str]:
+    """deb rebuilt with suffix appended to its version: the same files and maintainer scripts
+    under a higher version, so that installing it is a real upgrade (prerm upgrade, preinst
+    upgrade, postinst configure <old>). Returns (its path in the box, its version)."""
+    old = sh(box, f"dpkg-deb -f {deb} Version").strip()
+    new = old + suffix
+    sh(box, f"rm -rf /root/repack && dpkg-deb -R {deb} /root/repack")
+    sh(box, f"sed -i 's/^Version: .*/Version: {new}/' /root/repack/DEBIAN/control")
+    path = f"/root/volant_{new}_amd64.deb"
+    sh(box, f"dpkg-deb -Zgzip -z1 -b /root/repack {path} >/dev/null && rm -rf /root/repack")
+    return path, new
+
+
+def test_upgrade_keeps_the_vm_running_and_readopts_it(installed: Sysbox) -> None:
+    """Two builds whose versions differ: the guest answers all through the upgrade, keeps its
+    hypervisor, and the new volantd adopts it."""
+    box = installed
+    vm = volar(box, "vms", "get", "web")
+    old = sh(box, "dpkg-query -W -f='${Version}' volant")
+    daemon = sh(box, "systemctl show -P MainPID volantd").strip()
+    path, new = repacked(box, package(), "+upgrade1")
+    since = sh(box, "date +%s").strip()
+    poller = box.spawn(["/bin/sh", "-c", POLL, "poll", vm["ip_address"]])
+    try:
+        time.sleep(2)
+        proc = box.run(
+            ["apt-get", "install", "-y", path],
+            check=False,
+            timeout=300,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        time.sleep(2)
+    finally:
+        sh(box, "touch /tmp/poll-stop")
+        output, _ = poller.communicate(timeout=60)
+    sh(box, "rm -f /tmp/poll-stop")
+    lines = output.split()
+    assert "DONE" in lines
+    assert lines.count("ROUND") >= 10, output
+    assert "FAIL" not in lines, output
+
+    # dpkg took the upgrade path, and postinst restarted volantd (only volantd).
+    assert f" upgrade volant:amd64 {old} {new}" in sh(box, "cat /var/log/dpkg.log")
+    assert sh(box, "dpkg-query -W -f='${Version}' volant") == new
+    assert sh(box, "systemctl show -P MainPID volantd").strip() not in ("0", daemon)
+    again = volar(box, "vms", "get", "web")
+    assert (again["status"], again["pid"]) == ("running", vm["pid"])
+    assert sh(box, "systemctl is-active volant-vm-web.scope").strip() == "active"
+    journal = sh(box, f"journalctl -u volantd --no-pager --since @{since}")
+    assert f"adopted VM web (pid {vm['pid']}" in journal
+    assert sh(box, "systemctl show -P NRestarts volantd").strip() == "0"
+    assert failed_units(box) == ""
+
+
+def test_a_damaged_state_db_stops_volantd_with_the_way_out_in_the_journal(
+    installed: Sysbox,
+) -> None:
+    box = installed
+    db = "/var/lib/volant/state.db"
+    vm = volar(box, "vms", "get", "web")
+    sh(box, "systemctl stop volantd")  # the VM runs on in its scope
+    sh(box, f"cp -p {db} /root/state.db.good")
+    pages = int(sh(box, f"stat -c %s {db}").strip()) // 4096
+    # Three pages in the middle overwritten, as a torn write or a bad disk would leave them.
+    garbage = "python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 48)'"
+    sh(box, f"{garbage} | dd of={db} bs=4096 seek={pages // 2} conv=notrunc 2>&1")
+    since = sh(box, "date +%s").strip()
+    assert box.run(["systemctl", "start", "volantd"], check=False).returncode != 0
+    time.sleep(4)  # beyond RestartSec=2s: no restart follows exit status 65
+    shown = sh(box, "systemctl show -p ActiveState,ExecMainStatus,NRestarts volantd")
+    assert dict(line.split("=", 1) for line in shown.split()) == {
+        "ActiveState": "failed",
+        "ExecMainStatus": "65",
+        "NRestarts": "0",
+    }
+    journal = sh(box, f"journalctl -u volantd --no-pager -o cat --since @{since}")
+    assert f"volantd failed: the state database {db} is corrupt (SQLite's quick_check: " in journal
+    assert (
+        "hint: stop volantd and move state.db, state.db-wal and state.db-shm in "
+        "/var/lib/volant aside" in journal
+    )
+    assert sh(box, "systemctl is-active volant-vm-web.scope").strip() == "active"
+
+    # The way out: the good copy back in place.
+    sh(box, f"rm -f {db}-wal {db}-shm && cp -p /root/state.db.good {db}")
+    sh(box, "systemctl reset-failed volantd && systemctl start volantd")
+    again = volar(box, "vms", "get", "web")
+    assert (again["status"], again["pid"]) == ("running", vm["pid"])
+    assert failed_units(box) == ""
+
+
 def test_remove_keeps_state_and_purge_deletes_it(installed: Sysbox) -> None:
     box = installed
     qemu = volar(box, "vms", "get", "web")["pid"]

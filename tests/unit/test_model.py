@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 
-from volant.model import ERROR_TABLE, ErrorCode, InvalidArgument, ScopeLimits
+from volant.model import (
+    ERROR_TABLE,
+    ErrorCode,
+    InsufficientStorage,
+    InvalidArgument,
+    ScopeLimits,
+    disk_full_as_error,
+)
 from volant.model.errors import ERROR_CLASSES
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
 
@@ -50,6 +60,28 @@ def test_every_code_has_wire_forms() -> None:
     assert ERROR_TABLE[ErrorCode.INVALID_ARGUMENT].http_status == 400
     assert ERROR_TABLE[ErrorCode.DOWNLOAD_FAILED].http_status == 502
     assert ERROR_TABLE[ErrorCode.DOWNLOAD_FAILED].title == "Download failed"
+    assert ERROR_TABLE[ErrorCode.INSUFFICIENT_STORAGE].http_status == 507
+
+
+def test_a_full_disk_becomes_insufficient_storage() -> None:
+    with (
+        pytest.raises(InsufficientStorage) as caught,
+        disk_full_as_error(Path("/srv"), "cannot write the config disk of VM web"),
+    ):
+        raise OSError(errno.ENOSPC, "No space left on device", "/run/volant/vms/web/config.img")
+    # The directory of the file the error names, else the one given.
+    assert caught.value.message == (
+        "cannot write the config disk of VM web: no space left on device (/run/volant/vms/web)"
+    )
+    assert caught.value.hint == (
+        "free space on the filesystem of /run/volant/vms/web (`df -h /run/volant/vms/web`), "
+        "then try again"
+    )
+    quota = pytest.raises(InsufficientStorage, match=r"disk quota exceeded \(/srv\)")
+    with quota, disk_full_as_error(Path("/srv"), "w"):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(PermissionError), disk_full_as_error(Path("/srv"), "w"):
+        raise PermissionError(errno.EACCES, "Permission denied")
 
 
 def test_scope_limits() -> None:

@@ -23,7 +23,7 @@ from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
 from volant.engine import Engine, Faults
 from volant.host import MachineRegistry, make_supervisor
-from volant.model import VolantError
+from volant.model import StateCorrupt, VolantError
 from volant.network import HostNetwork, forwarding_enabled, mac_for
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
@@ -31,6 +31,10 @@ from volant.runtime.guest import GuestAgent
 from volant.store import SqliteStore
 
 log = logging.getLogger("volantd")
+
+# sysexits' EX_DATAERR: the state database is damaged. volantd.service does not restart on it
+# (RestartPreventExitStatus=): a restart would only fail the same way until the operator acts.
+EXIT_STATE_CORRUPT = 65
 
 
 def _version() -> str:
@@ -171,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(config))
     except VolantError as exc:
-        log.error("volantd failed: %s", exc.message)
-        raise SystemExit(1) from exc
+        log.error("volantd failed: %s%s", exc.message, f"\nhint: {exc.hint}" if exc.hint else "")
+        raise SystemExit(EXIT_STATE_CORRUPT if isinstance(exc, StateCorrupt) else 1) from exc
 
 
 if __name__ == "__main__":

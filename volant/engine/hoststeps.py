@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from volant.engine.ledger import HostChange, Ledger
 from volant.engine.ports import Machines, Network, Supervisor
-from volant.model import Launched, LaunchSpec, ResourceKind, ScopeLimits, VirtualMachine
+from volant.model import (
+    InsufficientStorage,
+    Launched,
+    LaunchSpec,
+    ResourceKind,
+    ScopeLimits,
+    VirtualMachine,
+    disk_full_as_error,
+)
 from volant.runtime.configdisk import write_config_disk
+
+# The hypervisor's pid file and log need this much in its run directory.
+RUN_DIR_MIN_FREE = 64 * 1024
 
 
 class HostSteps:
@@ -50,9 +62,10 @@ class HostSteps:
         store = self.ledger.store
         await store.intend_resource(ResourceKind.RUN_DIR, str(spec.run_dir), vm.name)
         await store.intend_resource(ResourceKind.CONSOLE_LOG, str(spec.console_log), vm.name)
-        await asyncio.to_thread(_prepare_dirs, spec)
-        for disk in spec.disks:
-            await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
+        with disk_full_as_error(spec.run_dir, f"cannot write the files of VM {vm.name}"):
+            await asyncio.to_thread(_prepare_dirs, spec)
+            for disk in spec.disks:
+                await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
         await store.resource_made(ResourceKind.RUN_DIR, str(spec.run_dir))
 
     async def launch(self, vm: VirtualMachine, argv: Sequence[str], spec: LaunchSpec) -> Launched:
@@ -141,3 +154,12 @@ def _prepare_dirs(spec: LaunchSpec) -> None:
     spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     for stale in (spec.api_socket, spec.serial_socket):
         stale.unlink(missing_ok=True)
+    # The hypervisor writes its pid file and log here, and exits without a word it could
+    # leave when it cannot: say why before it starts.
+    st = os.statvfs(spec.run_dir)
+    if st.f_bavail * st.f_frsize < RUN_DIR_MIN_FREE:
+        raise InsufficientStorage.at(
+            spec.run_dir,
+            f"no room for the hypervisor's files of VM {spec.name}",
+            f"less than {RUN_DIR_MIN_FREE // 1024} KiB free",
+        )

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from volant.model import HypervisorFailed
+from volant.model import HypervisorFailed, disk_full_as_error
 
 # The shell waits for one line on stdin (the gate) before it becomes the hypervisor; EOF
 # without a line means the launch was abandoned, and the hypervisor never runs.
@@ -34,7 +34,8 @@ async def spawn(
         raise HypervisorFailed("empty hypervisor command line")
     command = ["/bin/sh", "-c", GATE_SCRIPT, "volant-gate", *argv] if gated else list(argv)
     try:
-        log_fd = await asyncio.to_thread(_open_log, log_path)
+        with disk_full_as_error(log_path.parent, f"cannot open the hypervisor log {log_path.name}"):
+            log_fd = await asyncio.to_thread(_open_log, log_path)
     except OSError as exc:
         raise HypervisorFailed(f"cannot open hypervisor log {log_path}: {exc}") from exc
     try:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Self
 
 
 class ErrorCode(StrEnum):
@@ -23,6 +28,7 @@ class ErrorCode(StrEnum):
     HYPERVISOR_FAILED = "HypervisorFailed"
     DOWNLOAD_FAILED = "DownloadFailed"
     UNAVAILABLE = "Unavailable"
+    INSUFFICIENT_STORAGE = "InsufficientStorage"
     INTERNAL = "Internal"
 
 
@@ -52,6 +58,10 @@ _ROWS: dict[ErrorCode, _Row] = {
     # behalf did not deliver (error status, refused connection, timeout).
     ErrorCode.DOWNLOAD_FAILED: _Row(502, "Download failed"),
     ErrorCode.UNAVAILABLE: _Row(503, "Service unavailable"),
+    # RFC 4918's 507: the host has no room to write what the request needs (state database,
+    # artifact cache, run directory); the request changed nothing and may be retried once
+    # space is freed.
+    ErrorCode.INSUFFICIENT_STORAGE: _Row(507, "Insufficient storage"),
     ErrorCode.INTERNAL: _Row(500, "Internal error"),
 }
 
@@ -158,6 +168,24 @@ class Unavailable(VolantError):
     code = ErrorCode.UNAVAILABLE
 
 
+class StateCorrupt(Unavailable):
+    """The state database fails its integrity check; volantd refuses to run on it."""
+
+
+class InsufficientStorage(VolantError):
+    """A write on the host failed for want of space: ENOSPC, EDQUOT, SQLite's SQLITE_FULL."""
+
+    code = ErrorCode.INSUFFICIENT_STORAGE
+
+    @classmethod
+    def at(cls, where: Path, what: str, reason: str = "no space left on device") -> Self:
+        """`what: reason (where)`, with a hint that names the filesystem to free."""
+        return cls(
+            f"{what}: {reason} ({where})",
+            hint=f"free space on the filesystem of {where} (`df -h {where}`), then try again",
+        )
+
+
 class InternalError(VolantError):
     code = ErrorCode.INTERNAL
 
@@ -178,6 +206,25 @@ ERROR_CLASSES: dict[ErrorCode, type[VolantError]] = {
         HypervisorFailed,
         DownloadFailed,
         Unavailable,
+        InsufficientStorage,
         InternalError,
     )
 }
+
+# Errors of a write that found no room: out of blocks or inodes, or over a quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextlib.contextmanager
+def disk_full_as_error(where: Path, what: str) -> Iterator[None]:
+    """Turn an OSError of a full disk inside into InsufficientStorage. what says which write
+    failed ("cannot write the config disk of VM web"); where is the directory written to,
+    unless the error names its file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        if isinstance(exc.filename, str) and exc.filename:
+            where = Path(exc.filename).parent
+        raise InsufficientStorage.at(where, what, os.strerror(exc.errno).lower()) from exc

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from volant.model import Artifact, InvalidArgument
+from volant.model import Artifact, InvalidArgument, disk_full_as_error
 from volant.plugins.fetch import check_url, display_url, fetch_to_file
 
 log = logging.getLogger(__name__)
@@ -77,24 +77,8 @@ class ArtifactCache:
         if await asyncio.to_thread(final.is_file):
             return final
         source = resolve(artifact, base=base, field=field)
-        async with self._exclusive(f"sha256:{final.name}"):
-            # Another caller may have finished the same artifact while this one waited.
-            if await asyncio.to_thread(final.is_file):
-                return final
-            staging = await self._staging(final.name)
-            try:
-                actual = await self._obtain(source, staging, field)
-                if actual != artifact.checksum:
-                    raise InvalidArgument(
-                        f"{field}.checksum: checksum mismatch for {_shown(source)}: expected "
-                        f"{artifact.checksum}, got {actual}",
-                        field=f"{field}.checksum",
-                    )
-                await asyncio.to_thread(_seal, staging, final)
-            except BaseException:
-                await asyncio.shield(asyncio.to_thread(staging.unlink, missing_ok=True))
-                raise
-        log.info("cached %s %s from %s", field, artifact.checksum, _shown(source))
+        with disk_full_as_error(self.root, f"cannot cache {field} {_shown(source)}"):
+            await self._fill(final, source, artifact.checksum, field)
         return final
 
     async def concatenated(self, first: Path, second: Path) -> Path:
@@ -106,6 +90,32 @@ class ArtifactCache:
         final = self._combined_path(digests)
         if await asyncio.to_thread(final.is_file):
             return final
+        with disk_full_as_error(self.root, "cannot cache the combined initramfs"):
+            return await self._combine(final, first, second, digests)
+
+    async def _fill(self, final: Path, source: Source, checksum: str, field: str) -> None:
+        async with self._exclusive(f"sha256:{final.name}"):
+            # Another caller may have finished the same artifact while this one waited.
+            if await asyncio.to_thread(final.is_file):
+                return
+            staging = await self._staging(final.name)
+            try:
+                actual = await self._obtain(source, staging, field)
+                if actual != checksum:
+                    raise InvalidArgument(
+                        f"{field}.checksum: checksum mismatch for {_shown(source)}: expected "
+                        f"{checksum}, got {actual}",
+                        field=f"{field}.checksum",
+                    )
+                await asyncio.to_thread(_seal, staging, final)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(staging.unlink, missing_ok=True))
+                raise
+        log.info("cached %s %s from %s", field, checksum, _shown(source))
+
+    async def _combine(
+        self, final: Path, first: Path, second: Path, digests: tuple[str, str]
+    ) -> Path:
         async with self._exclusive(f"combined:{final.name}"):
             if await asyncio.to_thread(final.is_file):
                 return final

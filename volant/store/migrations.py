@@ -175,5 +175,13 @@ def apply_migrations(db: peewee.SqliteDatabase, migrations: Sequence[Migration])
     return done
 
 
+def applied_versions(db: peewee.SqliteDatabase) -> set[int]:
+    """The versions recorded so far; empty for a new database, which has no history table."""
+    exists = run_sql(
+        db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    )
+    return _applied_versions(db) if exists else set()
+
+
 def _applied_versions(db: peewee.SqliteDatabase) -> set[int]:
     return {int(version) for (version,) in run_sql(db, "SELECT version FROM schema_migrations")}

@@ -26,6 +26,7 @@ from volant.model import (
     Event,
     EventType,
     HostResource,
+    InsufficientStorage,
     InvalidArgument,
     Plugin,
     ResourceKind,
@@ -33,11 +34,13 @@ from volant.model import (
     VirtualMachine,
     VMQuery,
     VMSpec,
+    VolantError,
 )
 from volant.store import events, ops, plugins, pool, resources
-from volant.store.migrations import MIGRATIONS, Migration, apply_migrations, check_order
+from volant.store.migrations import MIGRATIONS, Migration, check_order
+from volant.store.opening import connect
 from volant.store.ops import MacFor
-from volant.store.rows import run_sql
+from volant.store.space import RESERVE_BYTES, Reserve, full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -68,47 +71,50 @@ def _database(path: Path) -> peewee.SqliteDatabase:
     )
 
 
-def _connect(db: peewee.SqliteDatabase, path: Path, migrations: Sequence[Migration]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db.connect()
-    try:
-        ((mode,),) = run_sql(db, "PRAGMA journal_mode")
-        if str(mode).lower() != "wal":
-            log.warning("state database %s is in %s journal mode, not WAL", path, mode)
-        apply_migrations(db, migrations)
-    except BaseException:
-        db.close()
-        raise
-
-
 class SqliteStore:
     """Persistent state of VMs, the IP pool, plugins and events.
 
     Build it with `await SqliteStore.open()`.
     """
 
-    def __init__(self, db: peewee.SqliteDatabase, executor: ThreadPoolExecutor, path: Path) -> None:
+    def __init__(
+        self, db: peewee.SqliteDatabase, executor: ThreadPoolExecutor, path: Path, reserve: Reserve
+    ) -> None:
         self._db = db
         self._executor = executor
+        self._reserve = reserve
         self._closed = False
         self.path = path
 
     @classmethod
-    async def open(cls, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> Self:
-        """Open (creating it and its parent directories) and migrate the database at path."""
+    async def open(
+        cls,
+        path: Path,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        reserve_bytes: int = RESERVE_BYTES,
+    ) -> Self:
+        """Open (creating it and its parent directories), check and migrate the database at
+        path, copying an existing one aside first when a migration will change it.
+
+        Raises StateCorrupt when an existing database fails SQLite's quick_check, and
+        InsufficientStorage when there is no room to migrate it. Keeps a reserve of
+        reserve_bytes next to it (see volant.store.space).
+        """
         check_order(migrations)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         db = _database(path)
+        reserve = Reserve(path, reserve_bytes)
         try:
             await asyncio.get_running_loop().run_in_executor(
-                executor, _connect, db, path, migrations
+                executor, connect, db, path, migrations, reserve
             )
         except BaseException:
             # Queued behind a connect that may still be running if we were cancelled.
             executor.submit(db.close)
             executor.shutdown(wait=False)
             raise
-        return cls(db, executor, path)
+        return cls(db, executor, path, reserve)
 
     async def __aenter__(self) -> Self:
         return self
@@ -125,7 +131,32 @@ class SqliteStore:
         """Run fn on the store thread and wait for it without blocking the event loop."""
         if self._closed:
             raise Unavailable("the state store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn)
+
+    def _guarded(self, fn: Callable[[], _T]) -> _T:
+        """fn, with a full disk reported as InsufficientStorage; the reserve is given up then,
+        so the caller's clean-up has room to write."""
+        try:
+            return fn()
+        except Exception as exc:
+            if isinstance(exc, VolantError) or not is_disk_full(exc):
+                raise
+            self._reserve.release()
+            raise full_error(self.path) from exc
+
+    async def _add(self, fn: Callable[[], _T]) -> _T:
+        """_call for fn that records something new: refused at once while there is no room for
+        the reserve, so that a request that fails half-way can always undo its first half."""
+        return await self._call(functools.partial(self._adding, fn))
+
+    def _adding(self, fn: Callable[[], _T]) -> _T:
+        if not self._reserve.ensure():
+            raise InsufficientStorage.at(
+                self.path.parent,
+                "no room to record anything new in the state database",
+                f"less than {self._reserve.size // 1024} KiB free",
+            )
+        return fn()
 
     async def close(self) -> None:
         """Close the database and stop the store thread; later calls raise Unavailable."""
@@ -157,7 +188,7 @@ class SqliteStore:
         Raises NameTaken, PoolExhausted, or NotFound/InvalidState when its plugin is not
         installed or disabled, and then leaves nothing behind.
         """
-        return await self._call(
+        return await self._add(
             functools.partial(
                 ops.create_vm,
                 self._db,
@@ -270,7 +301,7 @@ class SqliteStore:
         NameTaken if one of that name exists, unless replace: then its manifest, version and
         provenance change in place and its enabled flag and creation time stay.
         """
-        return await self._call(
+        return await self._add(
             functools.partial(
                 plugins.add_plugin,
                 self._db,

@@ -95,6 +95,11 @@ class UnavailableError(VolantDbusError):
     dbus_error_name = _name(code)
 
 
+class InsufficientStorageError(VolantDbusError):
+    code = ErrorCode.INSUFFICIENT_STORAGE
+    dbus_error_name = _name(code)
+
+
 class InternalDbusError(VolantDbusError):
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
     dbus_error_name = _name(code)
@@ -116,6 +121,7 @@ DBUS_ERRORS: dict[ErrorCode, type[VolantDbusError]] = {
         HypervisorFailedError,
         DownloadFailedError,
         UnavailableError,
+        InsufficientStorageError,
         InternalDbusError,
     )
 }

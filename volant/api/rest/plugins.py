@@ -189,7 +189,7 @@ def add_routes(api: Api) -> None:
         tag=TAG,
         body=InstallPluginRequest,
         ok={201: ("Installed", full)},
-        errors=(400, 403, 409, 502),
+        errors=(400, 403, 409, 502, 507),
     )
     # Before /{plugin}, which would otherwise take it; manifests may not use the name.
     api.add(
@@ -216,7 +216,7 @@ def add_routes(api: Api) -> None:
         summary="Remove a plugin no VM uses",
         tag=TAG,
         ok={204: ("Removed", None)},
-        errors=(404, 409),
+        errors=(404, 409, 507),
     )
     api.add(
         "GET",
@@ -234,7 +234,7 @@ def add_routes(api: Api) -> None:
         summary="Let new VMs use a plugin",
         tag=TAG,
         ok={200: ("The plugin", plugin)},
-        errors=(404,),
+        errors=(404, 507),
     )
     api.add(
         "POST",
@@ -243,7 +243,7 @@ def add_routes(api: Api) -> None:
         summary="Stop new VMs using a plugin",
         tag=TAG,
         ok={200: ("The plugin", plugin)},
-        errors=(404,),
+        errors=(404, 507),
     )
     api.add(
         "POST",

@@ -45,6 +45,7 @@ ERROR_TEXT: Mapping[int, str] = {
     502: "Upstream (guest, download) failed",
     503: "Unavailable",
     504: "Upstream timed out",
+    507: "No space left on the host for the change",
 }
 
 

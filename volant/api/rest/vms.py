@@ -101,7 +101,7 @@ def add_routes(api: Api) -> None:
         tag=TAG,
         body=CreateVMRequest,
         ok={201: ("Created; follow its status", vm)},
-        errors=(400, 404, 409, 502, 503),
+        errors=(400, 404, 409, 502, 503, 507),
     )
     api.add(
         "GET",
@@ -119,7 +119,7 @@ def add_routes(api: Api) -> None:
         summary="Stop a VM and delete it",
         tag=TAG,
         ok={204: ("Deleted", None)},
-        errors=(404, 409),
+        errors=(404, 409, 507),
     )
     api.add(
         "GET",
@@ -142,5 +142,5 @@ def add_routes(api: Api) -> None:
             summary=text,
             tag=TAG,
             ok={200: ("The VM after the change", vm)},
-            errors=(404, 409, 502),
+            errors=(404, 409, 502, 507),
         )
