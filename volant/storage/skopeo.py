@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from volant.storage.reference import ImageRef
 from volant.storage.tools import Finished, raise_if_no_space, run
 
 DEFAULT_TIMEOUT = 1800.0
+_PARSING = re.compile(r'^Error parsing image name "[^"]*": ')
 
 _CORRUPT = ("digest did not match", "invalid checksum", "unexpected eof", "invalid tar header")
 _TLS = ("x509:", "certificate", "tls:", "server gave http response to https client")
@@ -100,12 +102,14 @@ def failure(done: Finished, ref: ImageRef, action: str) -> VolantError:
     """The error a failed skopeo run stands for: the first rule whose marker skopeo printed."""
     raise_if_no_space(done, f"{action} {ref}")
     low = done.stderr.lower()
+    # skopeo says this of any failure to open the source, not only of a bad name.
+    text = _PARSING.sub("", done.message)
     for markers, remote_only, make in _RULES:
         if (ref.is_remote or not remote_only) and any(m in low for m in markers):
-            return make(f"{action} {ref}", done.message)
+            return make(f"{action} {ref}", text)
     if ref.is_remote:
-        return DownloadFailed(f"{action} {ref} failed: {done.message}")
-    return ToolFailed(f"{action} {ref}: skopeo failed: {done.message}")
+        return DownloadFailed(f"{action} {ref} failed: {text}")
+    return ToolFailed(f"{action} {ref}: skopeo failed: {text}")
 
 
 def _corrupt(what: str, text: str) -> VolantError:
