@@ -17,8 +17,17 @@ import pytest
 
 from tests.integration.erofs import erofs_tree
 from tests.integration.oci_images import ESCAPE_TARGET, image_layout
-from volant.model import ErrorCode
-from volant.storage import ImageNotFound, NoSpace, UnsafeImage, import_image
+from volant.model import ErrorCode, InvalidArgument
+from volant.storage import (
+    Access,
+    ImageCache,
+    ImageNotFound,
+    NoSpace,
+    UnsafeImage,
+    import_image,
+    parse_image_ref,
+    pull,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -155,3 +164,19 @@ async def test_cancelled_build_leaves_nothing(tmp_path: Path) -> None:
     assert left_nothing(out, work)
     ps = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True, check=False)
     assert ps.stdout == ""  # no umoci or mkfs.erofs left writing there
+
+
+async def test_partial_blobs_of_a_killed_pull_are_removed(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache")
+    await pull(parse_image_ref(f"oci:{image_layout()}:app"), cache)
+    # What skopeo leaves when it is killed mid-blob (its temporary name in the layout).
+    stale = cache.layout / "oci-put-blob1234567"
+    stale.write_bytes(b"half a layer")
+    await pull(parse_image_ref(f"oci:{image_layout()}:unique"), cache)
+    assert not stale.exists()
+
+
+async def test_missing_auth_file_is_named(tmp_path: Path) -> None:
+    access = Access(authfile=tmp_path / "auth.json")
+    with pytest.raises(InvalidArgument, match=r"authfile: .*auth\.json does not exist"):
+        await pull(parse_image_ref("docker://127.0.0.1:1/x"), ImageCache(tmp_path), access)

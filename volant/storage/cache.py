@@ -101,10 +101,22 @@ class ImageCache:
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             self.remove_blob(digest)
             raise ImageCorrupt(f"cached blob {digest} does not match its digest; it was removed")
-        document = json.loads(data)
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None
         if not isinstance(document, dict):
             raise ImageCorrupt(f"blob {digest} is not a JSON object")
         return document
+
+    def remove_partial_blobs(self) -> int:
+        """Delete what a killed skopeo left: its blobs are written to oci-put-blob* temporary
+        files in the layout and renamed into blobs/ only once their digest matched. Call with
+        the lock held exclusively (no skopeo is writing then). Returns how many were removed."""
+        stale = list(self.layout.glob("oci-put-blob*")) if self.layout.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def image(self, tag: str) -> CachedImage | None:
         """The image tagged `tag`, or None unless its manifest, config and layers are all here."""

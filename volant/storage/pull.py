@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from volant.model import InvalidArgument
 from volant.storage import skopeo
 from volant.storage.cache import CachedImage, ImageCache, tag_for
 from volant.storage.errors import ImageCorrupt, ImageNotFound, UnsupportedImage
@@ -41,7 +42,7 @@ async def pull(ref: ImageRef, cache: ImageCache, access: Access | None = None) -
     that digest, so a tag moving during the pull cannot mix two images.
     """
     access = access or Access()
-    await _check_local_source(ref)
+    await _check_inputs(ref, access)
     if ref.digest:
         async with cache.locked(exclusive=False):
             cached = await asyncio.to_thread(cache.image, tag_for(ref.digest))
@@ -54,6 +55,8 @@ async def pull(ref: ImageRef, cache: ImageCache, access: Access | None = None) -
         if cached is not None:
             return _described(ref, digest, cached, hit=True, fetched=0)
         check_platform(await skopeo.inspect_config(pinned, access), ref)
+        if removed := await asyncio.to_thread(cache.remove_partial_blobs):
+            log.info("removed %d partial blobs of an interrupted pull from %s", removed, cache.root)
         before = await asyncio.to_thread(_blobs_present, cache)
         log.info("pulling %s (%s) into %s", ref, digest, cache.layout)
         await skopeo.copy(pinned, cache.reference(tag_for(digest)), access)
@@ -64,10 +67,12 @@ async def pull(ref: ImageRef, cache: ImageCache, access: Access | None = None) -
     return _described(ref, digest, cached, hit=False, fetched=fetched)
 
 
-async def _check_local_source(ref: ImageRef) -> None:
-    if ref.transport is Transport.DOCKER:
-        return
-    if not await asyncio.to_thread(Path(ref.name).exists):
+async def _check_inputs(ref: ImageRef, access: Access) -> None:
+    # skopeo would report a missing auth file or CA directory as a missing image.
+    for path, field in ((access.authfile, "authfile"), (access.cert_dir, "cert_dir")):
+        if path is not None and not await asyncio.to_thread(path.exists):
+            raise InvalidArgument(f"{field}: {path} does not exist", field=field)
+    if ref.transport is not Transport.DOCKER and not await asyncio.to_thread(Path(ref.name).exists):
         raise ImageNotFound(f"{ref}: {ref.name} does not exist")
 
 
