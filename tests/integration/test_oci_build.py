@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ pytestmark = [
 
 def left_nothing(*dirs: Path) -> bool:
     return all(not d.exists() or not any(d.iterdir()) for d in dirs)
+
+
+def left_nothing_partial(rootfs_cache: Path) -> bool:
+    return not rootfs_cache.exists() or not any(rootfs_cache.glob(".*.part"))
 
 
 @pytest.fixture
@@ -120,31 +125,44 @@ def test_umoci_contains_escapes_even_unchecked(
     assert inside.read_bytes() == b"escaped\n"
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs: the test image unpacks to about 2 MB."""
-    where = tmp_path / "small"
+@contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at where, unmounted afterwards."""
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=True)
 
 
-@pytest.mark.parametrize("full", ["cache", "work", "out"])
-async def test_disk_full(tmp_path: Path, small_disk: Path, full: str) -> None:
+# The app image: 1.1 MB of compressed layers, 2 MB unpacked, a 2 MB erofs.
+@pytest.mark.parametrize(
+    ("full", "size", "step"),
+    [
+        ("cache", "512k", "copying oci:"),  # skopeo
+        ("cache", "1600k", "writing the erofs image"),  # the blobs fit, the build beside them not
+        ("work", "512k", "unpacking"),  # umoci
+        ("out", "512k", "app.erofs"),  # the copy from the cache
+    ],
+)
+async def test_disk_full(tmp_path: Path, full: str, size: str, step: str) -> None:
     dirs = {name: tmp_path / name for name in ("cache", "work", "out")}
-    dirs[full] = small_disk / full
-    with pytest.raises(NoSpace, match="no space left on the device") as caught:
-        await import_image(
-            f"oci:{image_layout()}:app",
-            cache_dir=dirs["cache"],
-            out=dirs["out"] / "app.erofs",
-            work_dir=dirs["work"],
-        )
-    assert caught.value.code is ErrorCode.UNAVAILABLE
-    assert left_nothing(dirs["out"], dirs["work"])
+    with small_disk(dirs[full], size):
+        with pytest.raises(NoSpace, match="no space left on the device") as caught:
+            await import_image(
+                f"oci:{image_layout()}:app",
+                cache_dir=dirs["cache"],
+                out=dirs["out"] / "app.erofs",
+                work_dir=dirs["work"],
+            )
+        assert caught.value.code is ErrorCode.UNAVAILABLE
+        assert step in caught.value.message
+        assert left_nothing(dirs["out"], dirs["work"])
+        assert left_nothing_partial(dirs["cache"] / "rootfs")
+        # Only where the build itself succeeded (out was full) is it kept for the next try.
+        builds = list((dirs["cache"] / "rootfs").glob("*.erofs"))
+        assert len(builds) == (1 if full == "out" else 0)
 
 
 async def test_cancelled_build_leaves_nothing(tmp_path: Path) -> None:

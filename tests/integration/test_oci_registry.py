@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -87,6 +88,7 @@ async def test_pull_builds_the_image_with_both_layers(registry: Registry, tmp_pa
     # The digest is the registry's own: the one `skopeo copy --digestfile` reported at push.
     assert image.digest == registry.push(image_layout(), "app", "volant/app:1")
     assert (image.cache_hit, image.blobs_fetched, image.blobs_reused) == (False, 2, 0)
+    assert not rootfs.reused
     assert image.workload.argv == ("/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/srv/www")
     assert image.workload.env == {"PATH": "/bin", "GREETING": "hello from layer two"}
     assert (image.workload.workdir, image.workload.user) == ("/home/app", "app")
@@ -131,6 +133,24 @@ async def test_second_pull_is_a_cache_hit(registry: Registry, tmp_path: Path) ->
     app2 = parse_image_ref(f"docker://{HOST}/volant/app:2")
     shared = await in_ns(registry, lambda: pull(app2, cache, access(registry)))
     assert (shared.cache_hit, shared.blobs_fetched, shared.blobs_reused) == (False, 1, 2)
+
+
+async def test_second_build_reuses_the_rootfs(registry: Registry, tmp_path: Path) -> None:
+    ref, cache = f"docker://{HOST}/volant/app:1", tmp_path / "cache"
+    first = await import_from(registry, ref, tmp_path / "one", cache)
+    again = await import_from(registry, ref, tmp_path / "two", cache)
+    assert (again.image.cache_hit, again.rootfs.reused) == (True, True)
+    assert again.rootfs.sha256 == first.rootfs.sha256
+    # Same file system: out is a hard link to the kept build, not a copy.
+    assert Path(again.rootfs.path).stat().st_ino == Path(first.rootfs.path).stat().st_ino
+
+    (kept,) = (cache / "rootfs").glob("*.erofs")
+    Path(first.rootfs.path).unlink()
+    Path(again.rootfs.path).unlink()
+    flip_a_byte(kept)
+    rebuilt = await import_from(registry, ref, tmp_path / "three", cache)
+    assert (rebuilt.image.cache_hit, rebuilt.rootfs.reused) == (True, False)
+    assert rebuilt.rootfs.sha256 == first.rootfs.sha256
 
 
 async def test_builds_are_byte_identical(registry: Registry, tmp_path: Path) -> None:
@@ -210,6 +230,12 @@ async def test_corrupt_blob_in_the_registry(registry: Registry, tmp_path: Path) 
         blob.write_bytes(good)
 
 
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def only_layer(layout: Path, digest: str) -> str:
     """The digest of the one layer of the image with manifest `digest` in layout."""
     manifest = json.loads(
@@ -227,9 +253,8 @@ async def test_damaged_cache_blob_is_dropped_and_fetched_again(
     first = await import_from(registry, ref, tmp_path / "one", cache_dir)
     layer = first.image.layers[0].digest
     blob = ImageCache(cache_dir).blob_path(layer)
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    flip_a_byte(blob)
+    shutil.rmtree(cache_dir / "rootfs")  # or the kept build would be reused, blobs unread
 
     with pytest.raises(ImageCorrupt, match="does not match its digest") as caught:
         await import_from(registry, ref, tmp_path / "two", cache_dir)

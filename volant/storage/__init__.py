@@ -19,7 +19,7 @@ from volant.storage.image import Descriptor, ImageWorkload, PulledImage, Rootfs
 from volant.storage.importer import ImportedImage, import_image
 from volant.storage.pull import pull
 from volant.storage.reference import ImageRef, Transport, parse_image_ref
-from volant.storage.rootfs import build_erofs
+from volant.storage.rootfs import build_erofs, cached_rootfs
 from volant.storage.skopeo import Access
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "UnsafeImage",
     "UnsupportedImage",
     "build_erofs",
+    "cached_rootfs",
     "import_image",
     "parse_image_ref",
     "pull",

@@ -62,12 +62,14 @@ class PulledImage:
 
 @dataclass(frozen=True)
 class Rootfs:
-    """An erofs image built from a pulled image."""
+    """An erofs image built from a pulled image; reused when an earlier build was taken from
+    the cache instead of building again."""
 
     path: str
     sha256: str
     size: int
     uuid: str
+    reused: bool = False
 
 
 def _strings(value: object, what: str) -> list[str]:

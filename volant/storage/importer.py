@@ -32,8 +32,10 @@ async def import_image(
     """Pull ref into the blob cache at cache_dir, then build its erofs image at out.
 
     work_dir holds the unpacked tree while the build runs (it is removed afterwards); it needs
-    room for the whole unpacked image. On any failure, cancellation included, out is not
-    created and work_dir is left as it was; the cache keeps only blobs that matched their digest.
+    room for the whole unpacked image. The cache keeps the build too, so importing the same
+    manifest digest again neither fetches nor builds. On any failure, cancellation included,
+    out is not created and work_dir is left as it was; the cache keeps only blobs that matched
+    their digest and builds that completed.
     """
     if isinstance(ref, str):
         ref = parse_image_ref(ref)
