@@ -8,6 +8,7 @@ with `umoci raw add-layer` and `umoci config`. One layout holds every test image
   page gone, a new one added), and adds a file owned by the user app (uid 1000);
 - app2: app plus a third layer, so it shares two layers with app;
 - arm64: app's layers under a linux/arm64 config;
+- multi: an image index (manifest list) of app and arm64; arm-only: an index of arm64 alone;
 - unique: one layer no other image has (tests corrupt it in the registry);
 - dotdot, abslink, rellink: a layer that tries to leave the root.
 
@@ -17,10 +18,12 @@ The layout is rebuilt only when this file or busybox changes.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tests.ocitar import Entry, directory, file, symlink, tar_bytes
 
@@ -28,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "oci-test"
 BUSYBOX = Path("/bin/busybox")
 APP_UID = 1000
+REF = "org.opencontainers.image.ref.name"
+INDEX = "application/vnd.oci.image.index.v1+json"
 # A path outside any image root that the escaping layers aim at; tests check it stays absent.
 ESCAPE_TARGET = "/tmp/volant-oci-escape-target"
 
@@ -101,6 +106,36 @@ def _add_layer(layout: Path, tag: str, entries: list[Entry], work: Path) -> None
     _umoci("raw", "add-layer", "--image", f"{layout}:{tag}", str(tar))
 
 
+def _index(layout: Path, name: str, tags: list[str]) -> None:
+    """Add an image index over the manifests tagged `tags`, tagged `name` (umoci makes none)."""
+    index_path = layout / "index.json"
+    top = json.loads(index_path.read_text())
+    by_tag = {m["annotations"][REF]: m for m in top["manifests"]}
+    entries = []
+    for tag in tags:
+        descriptor = dict(by_tag[tag])
+        manifest = _blob(layout, descriptor["digest"])
+        config = _blob(layout, manifest["config"]["digest"])
+        descriptor.pop("annotations")
+        descriptor["platform"] = {"os": config["os"], "architecture": config["architecture"]}
+        entries.append(descriptor)
+    body = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries}).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(body)
+    top["manifests"].append(
+        {"mediaType": INDEX, "digest": f"sha256:{digest}", "size": len(body),
+         "annotations": {REF: name}}
+    )  # fmt: skip
+    index_path.write_text(json.dumps(top))
+
+
+def _blob(layout: Path, digest: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_text()
+    )
+    return data
+
+
 def _build(layout: Path, work: Path) -> None:
     _umoci("init", "--layout", str(layout))
     _umoci("new", "--image", f"{layout}:app")
@@ -108,6 +143,8 @@ def _build(layout: Path, work: Path) -> None:
     _add_layer(layout, "app", second_layer(), work)
     _umoci("config", "--image", f"{layout}:app", *APP_CONFIG)
     _umoci("config", "--image", f"{layout}:app", "--tag=arm64", "--architecture=arm64")
+    _index(layout, "multi", ["arm64", "app"])
+    _index(layout, "arm-only", ["arm64"])
     _umoci("tag", "--image", f"{layout}:app", "app2")
     _add_layer(layout, "app2", [file("app2.txt", b"third layer\n")], work)
     _umoci("new", "--image", f"{layout}:unique")

@@ -42,10 +42,11 @@ class Registry:
     data: Path
 
     def push(self, layout: Path, tag: str, repo: str) -> str:
-        """Copy layout:tag to HOST/repo; return the manifest digest the registry stores."""
+        """Copy layout:tag (an image or a whole index) to HOST/repo; return the digest of the
+        manifest or index the registry stores."""
         digest_file = self.log.parent / f"digest-{secrets.token_hex(4)}"
         subprocess.run(
-            ["ip", "netns", "exec", self.ns, "skopeo", "copy", "--quiet",
+            ["ip", "netns", "exec", self.ns, "skopeo", "copy", "--quiet", "--all",
              f"--dest-cert-dir={self.cert_dir}", f"--dest-authfile={self.authfile}",
              f"--digestfile={digest_file}", f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}"],
             check=True, capture_output=True,

@@ -51,6 +51,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         reg.push(layout, "app2", "volant/app:2")
         reg.push(layout, "arm64", "volant/app:arm64")
         reg.push(layout, "unique", "volant/unique:1")
+        reg.push(layout, "multi", "volant/multi:1")
+        reg.push(layout, "arm-only", "volant/multi:arm")
         yield reg
 
 
@@ -110,6 +112,20 @@ async def test_pull_builds_the_image_with_both_layers(registry: Registry, tmp_pa
     assert erofs_read(Path(rootfs.path), "srv/www/index.html") == b"<h1>volant test image</h1>\n"
     assert rootfs.size == Path(rootfs.path).stat().st_size
     assert list((tmp_path / "work").iterdir()) == []
+
+
+async def test_pinned_pull_and_index(registry: Registry, tmp_path: Path) -> None:
+    app = registry.push(image_layout(), "app", "volant/app:1")
+    ref = parse_image_ref(f"docker://{HOST}/volant/app@{app}")
+    pinned = await in_ns(registry, lambda: pull(ref, ImageCache(tmp_path / "a"), access(registry)))
+    assert (pinned.digest, pinned.cache_hit) == (app, False)
+    # An index of arm64 and amd64 images resolves to the amd64 one: app's manifest.
+    multi = parse_image_ref(f"docker://{HOST}/volant/multi:1")
+    chosen = await in_ns(
+        registry, lambda: pull(multi, ImageCache(tmp_path / "b"), access(registry))
+    )
+    assert chosen.digest == app
+    assert chosen.workload.user == "app"
 
 
 async def test_second_pull_is_a_cache_hit(registry: Registry, tmp_path: Path) -> None:
@@ -192,6 +208,10 @@ async def test_credentials_are_required(registry: Registry, tmp_path: Path) -> N
          "unreachable"),
         (f"docker://{HOST}/volant/app:arm64", UnsupportedImage, ErrorCode.INVALID_ARGUMENT,
          "linux/arm64 image; Volant runs linux/amd64 images only"),
+        (f"docker://{HOST}/volant/multi:arm", UnsupportedImage, ErrorCode.INVALID_ARGUMENT,
+         r"offers no linux/amd64 image \(platforms: linux/arm64\)"),
+        (f"docker://{HOST}/volant/app@sha256:{'0' * 64}", ImageNotFound, ErrorCode.NOT_FOUND,
+         "no such image"),
     ],
 )  # fmt: skip
 async def test_pull_failures(
