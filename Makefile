@@ -99,6 +99,7 @@ bench: deps
 	@$(PY) -m bench.api_list
 	@$(PY) -m bench.events_latency
 	@$(PY) -m bench.volar_startup
+	@$(PY) -m bench.oci_import
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps
