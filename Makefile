@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 GUEST := .cache/guest
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	qemu-system-x86 qemu-utils busybox-static iproute2 curl socat dbus polkitd \
-	systemd systemd-container util-linux nftables
+	systemd systemd-container util-linux nftables \
+	skopeo umoci erofs-utils docker-registry mmdebstrap
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DEB := dist/volant_$(VERSION)_amd64.deb
 # What the package is built from (the guest's own inputs are checked by build_guest.py).
@@ -19,6 +20,10 @@ DEB_INPUTS := pyproject.toml constraints.txt README.md $(shell find volant agent
 deps: apt venv guest
 
 apt: .cache/apt.stamp
+# The stamp holds the package list it was made for, so adding a package re-runs the check.
+ifneq ($(file <.cache/apt.stamp),$(strip $(APT_PACKAGES)))
+.PHONY: .cache/apt.stamp
+endif
 .cache/apt.stamp:
 	@mkdir -p .cache
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -26,7 +31,7 @@ apt: .cache/apt.stamp
 		echo "installing apt packages: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@touch $@
+	@echo '$(strip $(APT_PACKAGES))' > $@
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml agent/pyproject.toml constraints.txt .cache/apt.stamp
@@ -94,6 +99,7 @@ bench: deps
 	@$(PY) -m bench.api_list
 	@$(PY) -m bench.events_latency
 	@$(PY) -m bench.volar_startup
+	@$(PY) -m bench.oci_import
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps
