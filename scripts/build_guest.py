@@ -53,8 +53,11 @@ __all__ = [
 ]
 
 # Wanted modules; their dependencies are added from .modinfo. button + evdev carry the ACPI power
-# button to acpid; virtio_mmio serves the microvm machine, virtio_pci the pc/q35 machines.
-WANTED_MODULES = ("virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "button", "evdev")
+# button to acpid; virtio_mmio serves the microvm machine, virtio_pci the pc/q35 machines;
+# pvpanic_mmio reports a kernel panic to QEMU's pvpanic device.
+WANTED_MODULES = (
+    "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "button", "evdev", "pvpanic_mmio",
+)  # fmt: skip
 # Bump when the initramfs layout changes in a way the inputs' hashes do not capture.
 FORMAT_VERSION = 1
 HERE = Path(__file__).resolve().parent

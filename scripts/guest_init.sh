@@ -5,6 +5,8 @@ PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export PATH
 
 . /lib/volant/boot.sh
+# busybox `poweroff` asks PID 1 with SIGUSR2, as in the agent guest: a clean ACPI power-off.
+trap 'sync; poweroff -f' USR2
 volant_mount
 volant_load_modules
 volant_network

@@ -36,10 +36,11 @@ AGENT_PACKAGE = REPO / "agent" / "volant_agent"
 INIT_SCRIPT = AGENT_PACKAGE / "volant-init.sh"
 IMAGE = "agent-initramfs.img"
 META = "agent-initramfs.json"
-# virtio_blk carries the config disk; the vsock transport serves vsock mode.
+# virtio_blk carries the config disk; the vsock transport serves vsock mode; pvpanic_mmio tells
+# QEMU of a kernel panic (its pvpanic device), so volantd can tell a panic from a reboot.
 WANTED_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "virtio_blk", "button", "evdev",
-    "vmw_vsock_virtio_transport",
+    "vmw_vsock_virtio_transport", "pvpanic_mmio",
 )  # fmt: skip
 # The standard library promised to plugin workloads that run on the image's python3 (the hello
 # example does); kept with everything they import, on top of what the agent itself needs.

@@ -12,13 +12,21 @@ hypervisor reference (shared/reference/hypervisors.md, A.1-A.4) records for CH v
 - PUT vm.shutdown -> 204; the VM is dropped and vm.info reports "Created" again
 - PUT vmm.shutdown -> 200 with an empty body, then the VMM exits
 - errors: a JSON array of strings, outermost first; a wrong method -> 400; unknown path -> 404.
+
+With `--event-monitor path=FILE` it writes its events there as CH does (reference A.3): the file
+truncated at start, each event pretty-printed JSON `{timestamp{secs,nanos}, source, event,
+properties}` followed by a blank line; vmm starting, vm booting, vm booted at start; vm shutdown,
+vm deleted, vmm shutdown before a clean exit (a guest power-off, vmm.shutdown). `guest_poweroff()`
+plays a guest that powers itself off; `kill()` a SIGKILL (no events, the socket file stays).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +64,7 @@ OPTION_KEYS: dict[str, frozenset[str]] = {
     "--rng": frozenset({"src", "iommu"}),
     "--serial": frozenset({"file", "socket"}),
     "--console": frozenset({"file", "iommu", "id"}),
+    "--event-monitor": frozenset({"path", "fd"}),
 }
 PATH_OPTIONS = frozenset({"--kernel", "--initramfs", "--cmdline", "--firmware"})
 MULTI_OPTIONS = frozenset({"--disk", "--net"})
@@ -153,8 +162,11 @@ class FakeCloudHypervisor:
         config: dict[str, Any] | None = None,
         acpi_handled: bool = True,
         poweroff_delay: float = 0.05,
+        event_monitor: Path | None = None,
     ) -> None:
         self.socket_path = socket_path
+        self.event_monitor = event_monitor
+        self._started = time.monotonic()
         self.config = config or {}
         self.state: str | None = "Running" if config is not None else None
         self.acpi_handled = acpi_handled
@@ -175,15 +187,62 @@ class FakeCloudHypervisor:
     def from_argv(cls, argv: list[str], **kw: Any) -> FakeCloudHypervisor:
         """A fake VMM as CH would start from argv: the VM is booted at once."""
         parsed = parse_cli(argv)
-        return cls(Path(parsed["--api-socket"]["path"]), config=vm_config(parsed), **kw)
+        monitor = parsed.get("--event-monitor", {}).get("path")
+        return cls(
+            Path(parsed["--api-socket"]["path"]),
+            config=vm_config(parsed),
+            event_monitor=None if monitor is None else Path(monitor),
+            **kw,
+        )
 
     async def __aenter__(self) -> FakeCloudHypervisor:
+        if self.event_monitor is not None:
+            self.event_monitor.write_bytes(b"")  # CH opens it with O_TRUNC
+        self._event("vmm", "starting")
+        if self.state == "Running":
+            self._event("vm", "booting")
+            self._event("vm", "booted")
         app = web.Application()
         app.router.add_route("*", "/api/v1/{endpoint}", self._dispatch)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.UnixSite(self._runner, str(self.socket_path)).start()
         return self
+
+    def _event(self, source: str, event: str) -> None:
+        """Append one event to the event monitor file, as CH's monitor thread writes it."""
+        if self.event_monitor is None:
+            return
+        elapsed = time.monotonic() - self._started
+        secs = int(elapsed)
+        record = {
+            "timestamp": {"secs": secs, "nanos": int((elapsed - secs) * 1e9)},
+            "source": source,
+            "event": event,
+            "properties": None,
+        }
+        with self.event_monitor.open("a") as out:
+            out.write(json.dumps(record, indent=2) + "\n\n")
+
+    def _vmm_shutdown_events(self) -> None:
+        # vmm_shutdown -> vm_delete -> vm_shutdown when a VM is booted (vmm/src/lib.rs).
+        if self.state in ("Running", "Paused"):
+            self._event("vm", "shutdown")
+        if self.state is not None:
+            self._event("vm", "deleted")
+        self._event("vmm", "shutdown")
+
+    def guest_poweroff(self, delay: float = 0.0) -> None:
+        """The guest powers itself off (ACPI S5): CH shuts the VM, deletes it and exits 0."""
+        self._exit_later(delay)
+
+    async def kill(self) -> None:
+        """SIGKILL: the VMM is gone at once, with nothing written and its socket file left."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        self.state = None
+        self.exited.set()
 
     async def __aexit__(
         self,
@@ -205,6 +264,7 @@ class FakeCloudHypervisor:
     def _exit_later(self, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
+            self._vmm_shutdown_events()
             self.state = None
             await self._exit()
 
@@ -248,6 +308,7 @@ class FakeCloudHypervisor:
         if self.state not in ("Running", "Paused"):
             return self._error(500, "Error from API", "The VM could not shut down: not booted")
         self.state = "Created"
+        self._event("vm", "shutdown")
         return web.Response(status=204)
 
     async def _vmm_shutdown(self) -> web.Response:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from volant.model import LaunchSpec
+from volant.model import EndCause, HypervisorEnd, LaunchSpec
 from volant.runtime.cmdline import build_cmdline
 from volant.runtime.qemu import QemuDriver, QemuHypervisor
 
@@ -224,8 +224,12 @@ async def test_quit_stops_a_running_guest(
 ) -> None:
     g = await start(launch, guest, run_dir, "auto")
     await g.hv.wait_ready(30)
+    follower = asyncio.create_task(g.hv.follow())
+    await asyncio.sleep(1)  # let it connect: what QEMU says before that is not heard
     assert await g.hv.shutdown(graceful=False, timeout=10)
     assert await wait_exit(g) == 0
+    assert await g.hv.end_cause(5) == HypervisorEnd(EndCause.HOST_REQUEST, "host-qmp-quit")
+    await asyncio.wait_for(follower, 5)  # it ends on its own once QEMU has gone
 
 
 async def test_graceful_shutdown_falls_back_to_quit(
@@ -239,3 +243,78 @@ async def test_graceful_shutdown_falls_back_to_quit(
     assert await g.hv.shutdown(graceful=True, timeout=4)
     assert time.monotonic() - began < 5
     assert await wait_exit(g) == 0
+
+
+async def shell(g: Guest, command: bytes, timeout: float = 90.0) -> None:
+    """Run command in the guest's console shell, once the shell answers, and stay attached
+    until QEMU closes the console (closing it at once can lose the command's newline)."""
+    reader, writer = await asyncio.open_unix_connection(str(g.spec.serial_socket))
+    seen = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while b"\nmark-42\r\n" not in seen:
+                writer.write(b"echo mark-$((6*7))\n")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        while b"\nmark-42\r\n" not in seen:
+                            seen += await reader.read(4096)
+        writer.write(command + b"\n")
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            while await reader.read(4096):
+                pass
+    except TimeoutError:
+        pytest.fail(f"no shell, or no end after {command!r}:\n{g.console()[-3000:]}")
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "cause", "reason"),
+    [
+        (b"poweroff", EndCause.GUEST_POWEROFF, "guest-shutdown"),
+        (b"reboot -f", EndCause.GUEST_RESET, "guest-reset"),  # -no-reboot turns it into an exit
+        (b"echo c > /proc/sysrq-trigger", EndCause.GUEST_PANIC, "guest-panic"),  # via pvpanic
+    ],
+    ids=["poweroff", "reboot", "panic"],
+)
+async def test_qemu_says_why_the_guest_ended(
+    launch: tuple[Netns, list[Guest]],
+    guest: Path,
+    run_dir: Path,
+    command: bytes,
+    cause: EndCause,
+    reason: str,
+) -> None:
+    # q35 needs no TSC hint; a loaded host sometimes stalls a microvm TCG guest's early boot.
+    g = await start(launch, guest, run_dir, "q35")
+    await g.hv.wait_ready(30)
+    follower = asyncio.create_task(g.hv.follow())
+    await shell(g, command)
+    assert await wait_exit(g, 60) == 0  # the exit status alone tells none of them apart
+    assert await g.hv.end_cause(5) == HypervisorEnd(cause, reason)
+    await asyncio.wait_for(follower, 5)
+
+
+async def test_a_killed_qemu_said_nothing(
+    launch: tuple[Netns, list[Guest]], guest: Path, run_dir: Path
+) -> None:
+    g = await start(launch, guest, run_dir, "auto")
+    await g.hv.wait_ready(30)
+    follower = asyncio.create_task(g.hv.follow())
+    await asyncio.sleep(1)  # let it connect
+    # Commands still get through while the listener holds the second monitor.
+    assert (await g.hv.info())["status"] == "running"
+    g.proc.kill()
+    assert await wait_exit(g) == -9
+    assert await g.hv.end_cause(5) == HypervisorEnd(EndCause.UNKNOWN, "")
+    await asyncio.wait_for(follower, 5)
+
+
+async def test_a_qemu_without_the_events_monitor_is_unknown(run_dir: Path) -> None:
+    # Started by an older volantd (no events socket): nothing to listen to, nothing told.
+    driver = QemuDriver(machine="pc")
+    hv = driver.for_vm(make_spec(driver, run_dir, run_dir))
+    await asyncio.wait_for(hv.follow(), 5)
+    assert await hv.end_cause(5) == HypervisorEnd()

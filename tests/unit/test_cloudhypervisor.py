@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fake_cloud_hypervisor import CLIError, FakeCloudHypervisor, parse_cli
-from volant.model import HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.model import EndCause, HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.runtime.ch_events import parse_events
 from volant.runtime.cloudhypervisor import (
     CloudHypervisorAPI,
     CloudHypervisorAPIError,
@@ -60,6 +61,7 @@ def test_argv_follows_the_documented_cli(run_dir: Path) -> None:
     assert argv == [
         "cloud-hypervisor",
         "--api-socket", f"path={run_dir}/api.sock",
+        "--event-monitor", f"path={run_dir}/events.json",
         "--kernel", "/g/vmlinuz",
         "--initramfs", "/g/initramfs.img",
         "--cmdline", "console=ttyS0 reboot=k panic=1 volant.plugin=caddy",
@@ -194,3 +196,47 @@ async def test_hard_shutdown_and_already_gone(run_dir: Path) -> None:
 async def test_info_without_api_is_hypervisor_failed(run_dir: Path) -> None:
     with pytest.raises(HypervisorFailed):
         await vm(run_dir).info()
+
+
+def event_names(path: Path) -> list[str]:
+    return [f"{e['source']} {e['event']}" for e in parse_events(path.read_text())]
+
+
+async def test_guest_poweroff_is_told_by_the_event_monitor(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        await hv.follow()  # CH keeps its events in a file: nothing to hold open
+        fake.guest_poweroff()
+        await asyncio.wait_for(fake.exited.wait(), 2)
+    assert event_names(run_dir / "events.json") == [
+        "vmm starting",
+        "vm booting",
+        "vm booted",
+        "vm shutdown",
+        "vm deleted",
+        "vmm shutdown",
+    ]
+    assert await hv.end_cause(1) == HypervisorEnd(EndCause.GUEST_POWEROFF, "vmm shutdown")
+
+
+async def test_a_killed_vmm_said_nothing(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        await fake.kill()
+    assert event_names(run_dir / "events.json")[-1] == "vm booted"
+    assert await hv.end_cause(1) == HypervisorEnd(EndCause.UNKNOWN, "last event vm booted")
+
+
+async def test_a_vmm_that_never_wrote_events_is_unknown(run_dir: Path) -> None:
+    # e.g. started by a volantd that did not pass --event-monitor yet.
+    assert await vm(run_dir).end_cause(1) == HypervisorEnd()
+
+
+async def test_restart_truncates_the_event_file(run_dir: Path) -> None:
+    hv = vm(run_dir)
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        fake.guest_poweroff()
+    assert (await hv.end_cause(1)).cause is EndCause.GUEST_POWEROFF
+    async with FakeCloudHypervisor.from_argv(hv.command()) as fake:
+        await fake.kill()
+    assert (await hv.end_cause(1)).cause is EndCause.UNKNOWN

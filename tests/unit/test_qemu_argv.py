@@ -68,14 +68,17 @@ def test_microvm_under_tcg() -> None:
     assert option(argv, "-device") == [
         "virtio-net-device,netdev=n0,mac=02:56:0a:0b:0c:0d",
         "virtio-rng-device",
+        "pvpanic",
     ]
     assert option(argv, "-chardev") == [
         "socket,id=ser0,path=/run/volant/vms/web/serial.sock,server=on,wait=off,"
         "logfile=/var/lib/volant/console/web.log,logappend=on",
         "socket,id=qmp,path=/run/volant/vms/web/api.sock,server=on,wait=off",
+        "socket,id=qmpev,path=/run/volant/vms/web/events.sock,server=on,wait=off",
     ]
     assert option(argv, "-serial") == ["chardev:ser0"]
-    assert option(argv, "-mon") == ["chardev=qmp,mode=control"]
+    # Commands use short sessions on the first monitor; a listener holds the second one.
+    assert option(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmpev,mode=control"]
     assert "vhost" not in " ".join(argv)
     assert driver.kernel_extras() == ["random.trust_cpu=on", f"tsc_early_khz={TSC}"]
 
@@ -87,6 +90,7 @@ def test_pc_uses_pci_devices_without_option_rom() -> None:
     assert option(argv, "-device") == [
         "virtio-net-pci,netdev=n0,mac=02:56:0a:0b:0c:0d,romfile=",
         "virtio-rng-pci",
+        "pvpanic",
         "virtio-blk-pci,drive=disk0",
     ]
     assert option(argv, "-drive") == ["file=/d/config.img,if=none,id=disk0,format=raw,readonly=on"]

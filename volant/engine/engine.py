@@ -307,6 +307,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         await self._wait_ready(name, live)
         self.faults.at("ready")
         live.launching = False
+        self._follow(live)
         undo.clear()
         await self.host.register_machine(name, launched.pid, tap)
         if self._gate_health(vm, live, manifest):

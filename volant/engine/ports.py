@@ -17,6 +17,7 @@ from volant.model import (
     Event,
     EventType,
     HostResource,
+    HypervisorEnd,
     Launched,
     LaunchSpec,
     Plugin,
@@ -158,6 +159,17 @@ class Hypervisor(Protocol):
 
     async def shutdown(self, *, graceful: bool, timeout: float) -> bool:
         """Ask the hypervisor to end; True when it went away within timeout."""
+        ...
+
+    async def follow(self) -> None:
+        """Listen to the hypervisor's own events for as long as it runs (a task the engine owns
+        from launch or adoption on); returns once the hypervisor is gone."""
+        ...
+
+    async def end_cause(self, timeout: float) -> HypervisorEnd:
+        """Why the hypervisor ended, by its own events; call after it has exited. Waits up to
+        timeout for events still in flight. UNKNOWN when it said nothing (killed, crashed) or
+        nothing was listening."""
         ...
 
     async def info(self) -> dict[str, Any]: ...

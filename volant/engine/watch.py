@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from volant.engine.ending import judge_end
 from volant.engine.events import EventBus
 from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Hypervisor, HypervisorDriver, Machines, Network, Store, Supervisor
@@ -19,6 +20,8 @@ from volant.engine.repair import Repair
 from volant.model import Event, EventType, LaunchSpec, VirtualMachine, VMStatus
 
 log = logging.getLogger("volant.engine.engine")
+
+END_DRAIN = 2.0  # how long an ended hypervisor's last events may take to arrive
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Live:
     exit_status: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     health: asyncio.Task[None] | None = None  # the health gate, while one is pending
+    follower: asyncio.Task[None] | None = None  # hv.follow(), from launch or adoption on
 
     def cancel_health(self) -> None:
         """Stop waiting for the workload's health (unless the gate itself is asking)."""
@@ -77,29 +81,28 @@ class Watching:
             return  # the verb that is under way finishes the job
         self._spawn(self._mark_ended(name, live, stopped=stopped))
 
+    def _follow(self, live: Live) -> None:
+        """Listen to the hypervisor's own events (they tell why it ends) while it is watched."""
+        live.follower = self._spawn(live.hv.follow())
+
     async def _mark_ended(self, name: str, live: Live, *, stopped: bool) -> None:
         async with self._lock(name):
             if self._live.get(name) is not live or live.stop_requested:
                 return
             del self._live[name]
-            await self.host.unplumb(name)
-            if stopped:
-                vm = await self.store.update_vm(name, status=VMStatus.STOPPED, pid=None)
-                log.info("VM %s stopped: systemd stopped its scope", name, extra={"VM": name})
-                await self._emit(EventType.VM_STOPPED, vm, reason="scope stopped by systemd")
-                return
             live.cancel_health()
-            reason = f"hypervisor exited with status {live.exit_status}"
+            # The hypervisor's last words may still be in flight when its exit is noticed.
+            end = await live.hv.end_cause(END_DRAIN)
+            if live.follower is not None:
+                live.follower.cancel()
+            await self.host.unplumb(name)
+            ending = judge_end(end, live.exit_status, stopped=stopped)
             vm = await self.store.update_vm(
-                name, status=VMStatus.CRASHED, pid=None, status_reason=reason
+                name, status=ending.status, pid=None, status_reason=ending.reason
             )
-            log.warning(
-                "VM %s crashed: hypervisor exited with status %s",
-                name,
-                live.exit_status,
-                extra={"VM": name},
-            )
-            await self._emit(EventType.VM_CRASHED, vm, exit_status=live.exit_status)
+            level = logging.INFO if ending.status is VMStatus.STOPPED else logging.WARNING
+            log.log(level, "VM %s %s: %s", name, ending.status, ending.reason, extra={"VM": name})
+            await self._emit(ending.event, vm, **ending.payload)
 
     async def _reconcile(self) -> None:
         """Settle every VM an earlier daemon left half-way, then make the host agree with the
@@ -142,6 +145,7 @@ class Watching:
                 vm.unit or "-",
                 extra={"VM": vm.name, "UNIT": vm.unit},
             )
+            self._follow(live)
             if vm.status is VMStatus.STARTING and not self._resume_health_gate(vm, live):
                 await self.store.update_vm(vm.name, status=VMStatus.RUNNING)
             return True

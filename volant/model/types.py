@@ -57,6 +57,24 @@ class ResourceState(StrEnum):
     PRESENT = "present"
 
 
+class EndCause(StrEnum):
+    """Why a hypervisor ended, as the hypervisor itself reported it (not what volantd asked)."""
+
+    GUEST_POWEROFF = "guest-poweroff"  # the guest powered itself off (ACPI S5)
+    GUEST_RESET = "guest-reset"  # a reboot or triple fault, turned into an exit (-no-reboot)
+    GUEST_PANIC = "guest-panic"  # the guest kernel panicked (reported through pvpanic)
+    HOST_REQUEST = "host-request"  # a signal or a monitor command from the host
+    UNKNOWN = "unknown"  # it said nothing: killed, crashed, or nobody was listening
+
+
+@dataclass(frozen=True)
+class HypervisorEnd:
+    """A hypervisor's own account of its end: the cause and its words for it."""
+
+    cause: EndCause = EndCause.UNKNOWN
+    detail: str = ""  # e.g. QEMU's SHUTDOWN reason "guest-shutdown"
+
+
 class NetworkMode(StrEnum):
     BRIDGED = "bridged"
     DHCP = "dhcp"
@@ -96,7 +114,7 @@ class VirtualMachine:
     unit: str
     created_at: datetime
     updated_at: datetime
-    status_reason: str = ""  # why the VM is in error or crashed; empty otherwise
+    status_reason: str = ""  # why the VM is in error, crashed or stopped on its own
     # The plugin manifest (canonical JSON) as it was when the VM was created.
     manifest_json: str = field(default="", repr=False)
 

@@ -7,6 +7,8 @@ console log of a CH guest stays empty. `--serial file=` would log, but leave no 
 
 CH boots the payload given on its command line at once and has no "start paused" flag, so
 spec.start_paused is refused here rather than silently ignored.
+
+Why CH ended is read from its `--event-monitor` file in the run dir (volant.runtime.ch_events).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from volant.model import HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.model import HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.runtime.ch_events import EVENTS_FILE, read_end
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,8 @@ class CloudHypervisorDriver:
         if spec.start_paused:
             raise InvalidArgument("cloud-hypervisor cannot start a VM paused", field="start_paused")
         argv = [self.binary, "--api-socket", f"path={_value(spec.api_socket, 'API socket')}"]
+        events = _value(spec.run_dir / EVENTS_FILE, "event monitor file")
+        argv += ["--event-monitor", f"path={events}"]
         argv += ["--kernel", _value(spec.kernel, "kernel")]
         if spec.initramfs is not None:
             argv += ["--initramfs", _value(spec.initramfs, "initramfs")]
@@ -242,6 +247,14 @@ class CloudHypervisorVM:
             log.info("%s: %s", self.spec.name, exc)
             return False
         return True
+
+    async def follow(self) -> None:
+        """CH keeps its events in a file (read by end_cause): there is nothing to hold open."""
+
+    async def end_cause(self, timeout: float) -> HypervisorEnd:
+        """Why CH ended, from its event file. CH has exited by now and wrote all it will, so
+        timeout is not needed."""
+        return await asyncio.to_thread(read_end, self.spec.run_dir / EVENTS_FILE)
 
     async def info(self) -> dict[str, Any]:
         """VM state and CH version; raises HypervisorFailed when CH does not answer."""

@@ -25,7 +25,8 @@ from typing import Any
 
 from qemu.qmp import QMPError
 
-from volant.model import HypervisorFailed, InvalidArgument, LaunchSpec, Unavailable
+from volant.model import HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec, Unavailable
+from volant.runtime.qemu_events import EVENTS_SOCKET, ShutdownListener
 from volant.runtime.qmp import QMPBusy, QMPGone, QMPSession, qmp_session
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class QemuDriver:
 
     def argv(self, spec: LaunchSpec) -> list[str]:
         """The full QEMU command line for spec."""
-        for sock in (spec.api_socket, spec.serial_socket):
+        for sock in (spec.api_socket, spec.serial_socket, spec.run_dir / EVENTS_SOCKET):
             if len(str(sock)) > _UNIX_PATH_MAX:
                 raise InvalidArgument(f"socket path too long for AF_UNIX: {sock}", field="run_dir")
         bus = "device" if self.microvm else "pci"
@@ -160,6 +161,9 @@ class QemuDriver:
             # No PXE option ROM: the kernel is loaded directly, and the ROM only costs boot time.
             argv += ["-device", nic if self.microvm else f"{nic},romfile="]
         argv += ["-device", f"virtio-rng-{bus}"]
+        # A guest kernel panic reaches QEMU through pvpanic (the guest loads pvpanic_mmio) and
+        # ends it with SHUTDOWN reason guest-panic instead of a reset that looks like a reboot.
+        argv += ["-device", "pvpanic"]
         for index, disk in enumerate(spec.disks):
             drive = f"file={_opt(disk)},if=none,id=disk{index},format=raw,readonly=on"
             argv += ["-drive", drive, "-device", f"virtio-blk-{bus},drive=disk{index}"]
@@ -169,6 +173,9 @@ class QemuDriver:
         argv += ["-chardev", serial, "-serial", "chardev:ser0"]
         qmp = f"socket,id=qmp,path={_opt(spec.api_socket)},server=on,wait=off"
         argv += ["-chardev", qmp, "-mon", "chardev=qmp,mode=control"]
+        # A second monitor that only the ShutdownListener holds (see volant.runtime.qemu_events).
+        events = f"socket,id=qmpev,path={_opt(spec.run_dir / EVENTS_SOCKET)},server=on,wait=off"
+        argv += ["-chardev", events, "-mon", "chardev=qmpev,mode=control"]
         argv += ["-pidfile", str(spec.run_dir / "qemu.pid")]
         if spec.start_paused:
             argv.append("-S")
@@ -185,6 +192,7 @@ class QemuHypervisor:
         self.spec = spec
         # QMP serves one client at a time; calls from this object take turns.
         self._lock = asyncio.Lock()
+        self._events = ShutdownListener(spec.run_dir / EVENTS_SOCKET, spec.name)
 
     def command(self) -> list[str]:
         return self._driver.argv(self.spec)
@@ -243,6 +251,15 @@ class QemuHypervisor:
         except (QMPBusy, QMPError, OSError) as exc:
             log.warning("shutdown of %s over QMP failed: %s", self.spec.name, exc)
             return False
+
+    async def follow(self) -> None:
+        """Hold the events monitor while QEMU runs, to learn why it ends; returns once gone."""
+        await self._events.run()
+
+    async def end_cause(self, timeout: float) -> HypervisorEnd:
+        """Why QEMU ended, from its SHUTDOWN event (UNKNOWN when it said none, or when follow()
+        never ran); waits up to timeout for the event still in flight."""
+        return await self._events.end(timeout)
 
     async def info(self) -> dict[str, Any]:
         """Run state, QEMU version, accelerator and machine; raises HypervisorFailed."""

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +44,37 @@ class QMPSession:
         return f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
-        """Run one command; raises qemu.qmp's ExecuteError or ExecInterruptedError."""
+        """Run one command; raises qemu.qmp's ExecuteError or ExecInterruptedError, or QMPGone
+        when QEMU had closed the session before it."""
+        if self._client.runstate != Runstate.RUNNING:
+            raise QMPGone(f"QEMU closed the QMP session before {command}")
         return await self._client.execute(command, arguments)
 
     @property
     def connected(self) -> bool:
         return self._client.runstate == Runstate.RUNNING
 
+    async def hung_up(self) -> None:
+        """Return once QEMU closed the connection (it does so only when it exits)."""
+        while self._client.runstate == Runstate.RUNNING:
+            await self._client.runstate_changed()
+
     async def wait_closed(self, timeout: float) -> bool:
-        """True once QEMU closed the connection (it does so only when it exits)."""
-
-        async def closed() -> None:
-            while self._client.runstate == Runstate.RUNNING:
-                await self._client.runstate_changed()
-
+        """True once QEMU closed the connection within timeout seconds."""
         try:
-            await asyncio.wait_for(closed(), max(timeout, 0.0))
+            await asyncio.wait_for(self.hung_up(), max(timeout, 0.0))
         except TimeoutError:
             return False
         return True
+
+    def heard(self, event: str) -> list[dict[str, Any]]:
+        """The data of each `event` heard so far, oldest first (see qmp_session's listen_for)."""
+        heard: list[dict[str, Any]] = []
+        for message in self._client.events.history:
+            data = message.get("data")
+            if message.get("event") == event:
+                heard.append(dict(data) if isinstance(data, Mapping) else {})
+        return heard
 
 
 async def _connect_unix(path: Path) -> socket.socket:
@@ -82,13 +94,19 @@ async def _connect_unix(path: Path) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def qmp_session(path: Path, name: str, timeout: float) -> AsyncIterator[QMPSession]:
+async def qmp_session(
+    path: Path, name: str, timeout: float, *, listen_for: Collection[str] = ()
+) -> AsyncIterator[QMPSession]:
     """Connect, negotiate capabilities and yield a session; disconnect on the way out.
 
-    Raises QMPGone when no QEMU listens on path, QMPBusy when none answers within timeout.
+    The session keeps the events named in listen_for (QMPSession.heard); others are dropped, so
+    a session held open for QEMU's whole life does not pile them up. Raises QMPGone when no QEMU
+    listens on path, QMPBusy when none answers within timeout.
     """
     sock = await _connect_unix(path)
     client = QMPClient(name)
+    wanted = frozenset(listen_for)
+    client.events.event_filter = lambda event: event.get("event") in wanted
     try:
         try:
             # The client owns the socket from here on and closes it on disconnect.
@@ -99,6 +117,12 @@ async def qmp_session(path: Path, name: str, timeout: float) -> AsyncIterator[QM
             if isinstance(exc.exc, EOFError | ConnectionResetError):
                 raise QMPGone(f"QEMU closed {path} during the greeting") from exc
             raise QMPBusy(f"cannot set up QMP on {path}: {exc}") from exc
+        except AssertionError:
+            # connect() asserts that the session still runs as it returns; QEMU hanging up just
+            # after the negotiation trips it. The session did happen (events it sent before
+            # closing are kept): hand it over, already closed.
+            if client.runstate != Runstate.DISCONNECTING:
+                raise
         yield QMPSession(client)
     finally:
         if client.runstate != Runstate.IDLE:

@@ -172,7 +172,7 @@ class VMInterface(DbusInterfaceCommonAsync, interface_name=VM_INTERFACE):
 
     @dbus_property_async("s", PROP, property_name="StatusReason")
     def status_reason(self) -> str:
-        """Why the VM is in error or crashed; empty otherwise."""
+        """Why the VM is in error or crashed, or stopped on its own; empty otherwise."""
         raise NotImplementedError
 
     @dbus_property_async("s", PROP, property_name="IPAddress")

@@ -27,7 +27,9 @@ class VM(Reply):
     id: int
     name: str
     status: VMStatus
-    status_reason: str = Field(description="Why the VM is in error or crashed; empty otherwise")
+    status_reason: str = Field(
+        description="Why the VM is in error or crashed, or stopped on its own; empty otherwise"
+    )
     pid: int | None = Field(description="Hypervisor process id while it runs")
     ip_address: str | None
     mac_address: str
