@@ -13,6 +13,7 @@ import pytest
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
 from tests.integration.daemon import GUEST_DIR, build_guest
+from volant.network.names import tap_name
 
 pytestmark = pytest.mark.system
 
@@ -132,8 +133,16 @@ def test_scope_gone_while_volantd_down_is_a_crash(
     volantd.sh("systemctl start volantd")
     volantd.wait_healthy()
     assert volantd.vm("alpha")["status"] == "crashed"
-    last = events(volantd, "alpha")[-1]
-    assert (last["type"], last["payload"]["reason"]) == ("VM_CRASHED", "hypervisor gone at start")
+    crashed, repaired = events(volantd, "alpha")[-2:]
+    assert (crashed["type"], crashed["payload"]["reason"]) == (
+        "VM_CRASHED",
+        "hypervisor gone at start",
+    )
+    # The dead hypervisor's tap was still on the bridge: the start-up repair removed it.
+    assert (repaired["type"], repaired["payload"]) == (
+        "HOST_REPAIRED",
+        {"kind": "tap", "name": tap_name("alpha"), "action": "removed", "reason": "VM not running"},
+    )
     for name in NAMES:
         assert volantd.api("DELETE", f"/api/v1/vms/{name}").status == 204
     assert volantd.sh("machinectl list --no-legend --no-pager").strip() == ""
