@@ -1,14 +1,21 @@
-"""The agent's HTTP routes: health, status, logs, power-off and the manifest's actions."""
+"""The agent's HTTP routes: health, status, logs, power-off and the manifest's actions.
+
+Every route but `GET /healthz` needs the VM's agent secret in the X-Volant-Agent-Secret header
+(volantd made it at create and handed it over on the config disk): another guest on the bridge
+must not power this one off, read its logs or drive its workload. Without the secret /healthz
+answers only ok or degraded.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -28,6 +35,7 @@ from volant_agent.manifest import Action, Manifest
 from volant_agent.workload import Health, Supervisor
 
 SSE_KEEPALIVE = 15.0
+SECRET_HEADER = "x-volant-agent-secret"  # noqa: S105 - a header name, not a secret
 
 
 def rss_kib(status: str = "/proc/self/status") -> int | None:
@@ -51,6 +59,8 @@ class Agent:
     logs: LogBuffer
     supervisor: Supervisor | None
     request_poweroff: Callable[[], None]
+    # None when no config disk carried one: then every route but /healthz refuses.
+    secret: str | None = field(default=None, repr=False)
     started: float = field(default_factory=time.monotonic)
     # Seconds since boot (CLOCK_MONOTONIC) of start-up milestones, for /v1/status.
     timeline: dict[str, float | None] = field(default_factory=dict)
@@ -63,11 +73,21 @@ class Agent:
             return {}
         return {(a.method, "/v1" + a.path): a for a in self.manifest.actions}
 
+    def authorized(self, request: Request) -> bool:
+        """True when request carries this VM's secret (compared in constant time)."""
+        given = request.headers.get(SECRET_HEADER)
+        if self.secret is None or given is None:
+            return False
+        return hmac.compare_digest(given.encode(), self.secret.encode())
 
-async def healthz(agent: Agent, _request: Request) -> Response:
+
+def healthz(agent: Agent, authorized: bool) -> Response:
+    """ok (200) or degraded (503); the workload's state only for the host (with the secret)."""
     health = agent.health()
     ok = health in (Health.HEALTHY, Health.NONE)
-    payload = {"status": "ok" if ok else "degraded", "agent": "ok", "workload": health.value}
+    payload = {"status": "ok" if ok else "degraded"}
+    if authorized:
+        payload |= {"agent": "ok", "workload": health.value}
     return json_response(payload, 200 if ok else 503)
 
 
@@ -161,7 +181,10 @@ async def proxy(agent: Agent, request: Request, path: str, timeout_ms: int) -> R
     if workload is None or not workload.base_url:
         return error_response(404, "the manifest declares no workload base_url")
     url = workload.base_url.rstrip("/") + path + (f"?{request.query}" if request.query else "")
-    headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+    # The secret is the host's word to this agent, never the workload's business.
+    headers = {
+        k: v for k, v in request.headers.items() if k not in HOP_BY_HOP and k != SECRET_HEADER
+    }
     try:
         resp = await fetch(
             request.method, url, body=request.body, headers=headers, timeout=timeout_ms / 1000
@@ -175,7 +198,6 @@ async def proxy(agent: Agent, request: Request, path: str, timeout_ms: int) -> R
 
 
 ROUTES = {
-    ("GET", "/healthz"): healthz,
     ("GET", "/v1/status"): status,
     ("GET", "/v1/logs"): logs,
     ("GET", "/v1/logs/stream"): logs_stream,
@@ -185,12 +207,28 @@ ROUTES = {
 
 
 def make_handler(agent: Agent) -> Handler:
-    """The request handler: fixed routes, then the manifest's actions, then /v1/* passthrough."""
-    actions = agent.action_routes()
-    named = {a.name: a for a in actions.values()}
+    """The request handler: /healthz for anyone; with the secret, fixed routes, then the
+    manifest's actions, then /v1/* passthrough."""
+    routes = _routes(agent)
 
     async def handle(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
+        authorized = agent.authorized(request)
+        if (method, request.path) == ("GET", "/healthz"):
+            return healthz(agent, authorized)
+        if not authorized:
+            # The same answer for a missing and a wrong secret, whatever the route.
+            return error_response(401, "unauthorized")
+        return await routes(method, request)
+
+    return handle
+
+
+def _routes(agent: Agent) -> Callable[[str, Request], Awaitable[Response]]:
+    actions = agent.action_routes()
+    named = {a.name: a for a in actions.values()}
+
+    async def dispatch(method: str, request: Request) -> Response:
         route = ROUTES.get((method, request.path))
         if route is not None:
             return await route(agent, request)
@@ -208,4 +246,4 @@ def make_handler(agent: Agent) -> Handler:
             return await proxy(agent, request, request.path[3:], 30_000)
         return error_response(404, "not found")
 
-    return handle
+    return dispatch

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from volant_agent.address import listen_address
 from volant_agent.app import Agent, make_handler
 from volant_agent.http import MAX_HEAD, connection_handler
 from volant_agent.logs import LogBuffer
-from volant_agent.manifest import ManifestError, block_devices, load
+from volant_agent.manifest import block_devices, load
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger("volant_agent")
@@ -35,9 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"))
     parser.add_argument(
         "--disk", type=Path, action="append", default=None,
-        help="config disk(s) to try when the command line has no manifest (default: /dev/vd*)",
+        help="config disk(s) holding the agent secret (and the manifest when the command line "
+        "has none); default: /dev/vd*",
     )  # fmt: skip
-    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - the guest's API port
+    parser.add_argument(
+        "--host", default=None,
+        help="address to listen on (default: the guest's own, from ip= or eth0's DHCP lease)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--vsock", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
@@ -74,30 +79,33 @@ async def _vsock_server(handler: Callable[..., object], port: int) -> asyncio.Se
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     cmdline = args.cmdline.read_text(errors="replace")
     logs = LogBuffer()
-    try:
-        manifest, source = load(cmdline, args.disk if args.disk is not None else block_devices())
-    except ManifestError as exc:
+    config = load(cmdline, args.disk if args.disk is not None else block_devices())
+    manifest, source = config.manifest, config.source
+    if config.error is not None:
         # Serve anyway, without a workload: /v1/status then tells the host what went wrong.
-        log.error("manifest: %s", exc)
-        logs.append("agent", f"manifest error: {exc}")
-        manifest, source = None, f"error: {exc}"
+        log.error("manifest: %s", config.error)
+        logs.append("agent", f"manifest error: {config.error}")
     log.info("manifest from %s: %s", source, manifest.name if manifest else None)
+    if config.secret is None:
+        log.error("no agent secret on any config disk: every request but /healthz is refused")
     supervisor = (
         Supervisor(manifest.workload, logs) if manifest and manifest.workload is not None else None
     )
     signal_init = args.poweroff_signal_init
     if signal_init is None:
         signal_init = os.getppid() == 1
-    agent = Agent(manifest, source, logs, supervisor, init_poweroff if signal_init else stop.set)
+    poweroff = init_poweroff if signal_init else stop.set
+    agent = Agent(manifest, source, logs, supervisor, poweroff, secret=config.secret)
     agent.timeline["agent_launched"] = _float_env("VOLANT_AGENT_LAUNCHED")
     handler = connection_handler(make_handler(agent))
-    servers = [await asyncio.start_server(handler, args.host, args.port, limit=MAX_HEAD)]
+    host = args.host if args.host is not None else await listen_address(cmdline)
+    servers = [await asyncio.start_server(handler, host, args.port, limit=MAX_HEAD)]
     if _vsock_wanted(args.vsock, cmdline):
         vsock = await _vsock_server(handler, args.port)
         if vsock is not None:
             servers.append(vsock)
     agent.timeline["agent_listening"] = time.monotonic()
-    print(f"volant-agent: listening on {args.host}:{args.port}", flush=True)
+    print(f"volant-agent: listening on {host}:{args.port}", flush=True)
     runner = asyncio.create_task(supervisor.run()) if supervisor else None
     await stop.wait()
     if supervisor is not None and runner is not None:

@@ -1,17 +1,18 @@
-"""The plugin manifest as the agent sees it, and where it comes from.
+"""The plugin manifest and the agent secret as the agent sees them, and where they come from.
 
-Sources, first match wins: `volant.manifest=` on the kernel command line (base64url of gzip of
-JSON, no padding), else a config disk. The config disk is a raw block device (no filesystem, so
-the guest needs only virtio_blk) laid out as:
+The manifest: `volant.manifest=` on the kernel command line (base64url of gzip of JSON, no
+padding), else the config disk. The secret every request but /healthz must carry: only on the
+config disk, never on the command line (every local user of the host reads QEMU's argv). The
+config disk is a raw block device (no filesystem, so the guest needs only virtio_blk) laid out as:
 
     offset  size  content
-    0       8     magic b"VOLMANI1"
+    0       8     magic b"VOLCONF1"
     8       4     N, length of the document, unsigned big-endian
     12      32    sha256 of the document
-    44      N     the manifest as UTF-8 JSON (one object)
+    44      N     UTF-8 JSON: {"agent_secret": "...", "manifest": {...} or null}
     44+N    ...   zero padding up to a multiple of 512 bytes (a whole sector)
 
-`encode_config_disk` writes exactly that; the host side may copy the layout.
+`encode_config_disk` writes exactly that; the host side keeps its own copy of the layout.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-DISK_MAGIC = b"VOLMANI1"
+DISK_MAGIC = b"VOLCONF1"
 DISK_HEADER = struct.Struct(">8sI32s")
 DISK_MAX_DOCUMENT = 1 << 20  # far above any sane manifest; bounds what a bad disk can make us read
 SECTOR = 512
@@ -185,18 +186,35 @@ def from_cmdline(cmdline: str) -> Manifest | None:
     return None
 
 
-def encode_config_disk(manifest: Mapping[str, Any]) -> bytes:
-    """A config-disk image holding manifest (see the module docstring for the layout)."""
-    document = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+@dataclass(frozen=True)
+class GuestConfig:
+    """What the host handed over: the manifest (None when there is none or it is bad), where it
+    came from ("cmdline", a disk path, "none", or "error: <why>"), and the agent secret (None
+    when no config disk carries one)."""
+
+    manifest: Manifest | None
+    source: str
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def error(self) -> str | None:
+        return self.source.removeprefix("error: ") if self.source.startswith("error:") else None
+
+
+def encode_config_disk(manifest: Mapping[str, Any] | None, secret: str) -> bytes:
+    """A config-disk image holding manifest and secret (the module docstring has the layout)."""
+    doc = {"agent_secret": secret, "manifest": manifest}
+    document = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     if len(document) > DISK_MAX_DOCUMENT:
-        raise ManifestError("manifest is larger than 1 MiB")
+        raise ManifestError("config disk document is larger than 1 MiB")
     image = DISK_HEADER.pack(DISK_MAGIC, len(document), hashlib.sha256(document).digest())
     image += document
     return image + b"\0" * (-len(image) % SECTOR)
 
 
-def read_config_disk(path: Path) -> Manifest | None:
-    """The manifest on a config disk (a device or an image file); None when it is not one."""
+def read_config_disk(path: Path) -> dict[str, Any] | None:
+    """The JSON object on a config disk (a device or an image file); None when path is not a
+    config disk. ManifestError when it is one but its document is bad."""
     with path.open("rb") as fh:
         header = fh.read(DISK_HEADER.size)
         if len(header) < DISK_HEADER.size:
@@ -210,11 +228,12 @@ def read_config_disk(path: Path) -> Manifest | None:
     if len(document) != length or hashlib.sha256(document).digest() != digest:
         raise ManifestError(f"{path}: config disk document is truncated or corrupt")
     try:
-        return parse(json.loads(document))
+        doc = json.loads(document)
     except ValueError as exc:
-        if isinstance(exc, ManifestError):
-            raise
         raise ManifestError(f"{path}: config disk holds no JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{path}: config disk holds no JSON object")
+    return doc
 
 
 def block_devices(sys_block: Path = Path("/sys/block"), dev: Path = Path("/dev")) -> list[Path]:
@@ -226,16 +245,39 @@ def block_devices(sys_block: Path = Path("/sys/block"), dev: Path = Path("/dev")
     return [dev / name for name in names]
 
 
-def load(cmdline: str, disks: Iterable[Path]) -> tuple[Manifest | None, str]:
-    """The manifest and where it came from ("cmdline", a disk path, or "none")."""
-    found = from_cmdline(cmdline)
-    if found is not None:
-        return found, "cmdline"
+def _first_config_disk(disks: Iterable[Path]) -> tuple[dict[str, Any] | None, str]:
+    """(document, disk) of the first config disk; (None, "none") when there is none."""
     for disk in disks:
         try:
-            found = read_config_disk(disk)
+            doc = read_config_disk(disk)
         except OSError:
             continue
-        if found is not None:
-            return found, str(disk)
+        if doc is not None:
+            return doc, str(disk)
     return None, "none"
+
+
+def load(cmdline: str, disks: Iterable[Path]) -> GuestConfig:
+    """The manifest (the command line's, else the config disk's) and the secret (the config
+    disk's). Never raises: a bad manifest or disk leaves manifest None and says why in source,
+    and the secret is still read when the disk holds one."""
+    doc: dict[str, Any] | None = None
+    where, problem = "none", ""
+    try:
+        doc, where = _first_config_disk(disks)
+    except ManifestError as exc:
+        problem = str(exc)
+    raw_secret = doc.get("agent_secret") if doc is not None else None
+    secret = raw_secret if isinstance(raw_secret, str) and raw_secret else None
+    try:
+        found = from_cmdline(cmdline)
+        if found is not None:
+            return GuestConfig(found, "cmdline", secret)
+        if problem:
+            raise ManifestError(problem)
+        raw = doc.get("manifest") if doc is not None else None
+        if raw is None:
+            return GuestConfig(None, "none", secret)
+        return GuestConfig(parse(raw), where, secret)
+    except ManifestError as exc:
+        return GuestConfig(None, f"error: {exc}", secret)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from volant_agent.app import Agent, make_handler
+from volant_agent.app import SECRET_HEADER, Agent, make_handler
 from volant_agent.http import MAX_HEAD, connection_handler, fetch
 from volant_agent.logs import LogBuffer
-from volant_agent.manifest import Manifest, RestartPolicy, Workload, parse
+from volant_agent.manifest import Manifest, RestartPolicy, Workload, encode_config_disk, parse
 from volant_agent.workload import Health, Supervisor, Timing
 
 from volant.runtime.cmdline import encode_manifest
@@ -29,6 +29,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 HELLO_DIR = ROOT / "examples" / "plugins" / "hello"
 FAST = Timing(backoff_initial=0.1, backoff_max=0.5, health_interval=0.1, unhealthy_after=2)
+SECRET = "unit-test-agent-secret"
+AUTH = {SECRET_HEADER: SECRET}
 
 
 def free_port() -> int:
@@ -69,8 +71,12 @@ class Running:
         assert self.agent.supervisor is not None
         return self.agent.supervisor
 
-    async def get(self, path: str, method: str = "GET", body: bytes = b"") -> tuple[int, object]:
-        resp = await fetch(method, self.url + path, body=body, timeout=10)
+    async def get(
+        self, path: str, method: str = "GET", body: bytes = b"", *, secret: str | None = SECRET
+    ) -> tuple[int, object]:
+        """One request; with the agent's secret unless secret says otherwise (None: none)."""
+        headers = {SECRET_HEADER: secret} if secret is not None else {}
+        resp = await fetch(method, self.url + path, body=body, headers=headers, timeout=10)
         return resp.status, json.loads(resp.body) if resp.body else None
 
 
@@ -86,7 +92,7 @@ async def start_agent(doc: dict[str, object]) -> AsyncIterator[Running]:
         assert running is not None
         running.poweroffs += 1
 
-    agent = Agent(manifest, "test", logs, sup, poweroff)
+    agent = Agent(manifest, "test", logs, sup, poweroff, secret=SECRET)
     server = await asyncio.start_server(
         connection_handler(make_handler(agent)), "127.0.0.1", 0, limit=MAX_HEAD
     )
@@ -209,7 +215,8 @@ async def test_logs_and_the_event_stream(hello: Running) -> None:
 
     port = int(hello.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /v1/logs/stream?limit=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    ask = f"GET /v1/logs/stream?limit=0 HTTP/1.1\r\nHost: x\r\n{SECRET_HEADER}: {SECRET}\r\n\r\n"
+    writer.write(ask.encode())
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert b"text/event-stream" in head
@@ -235,7 +242,8 @@ async def test_bad_requests_are_bounded(hello: Running) -> None:
     await writer.drain()
     assert (await reader.read()).startswith(b"HTTP/1.1 431 ")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /v1/echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+    writer.write(f"POST /v1/echo HTTP/1.1\r\n{SECRET_HEADER}: {SECRET}\r\n".encode())
+    writer.write(b"Content-Length: 99999999\r\n\r\n")
     await writer.drain()
     assert (await reader.read()).startswith(b"HTTP/1.1 413 ")
 
@@ -244,6 +252,8 @@ def test_main_serves_the_cmdline_manifest_and_stops_on_sigterm(tmp_path: Path) -
     port, agent_port = free_port(), free_port()
     cmdline = tmp_path / "cmdline"
     cmdline.write_text(f"console=ttyS0 volant.manifest={encode_manifest(hello_doc(port))}\n")
+    disk = tmp_path / "config.img"
+    disk.write_bytes(encode_config_disk(None, SECRET))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "agent")}
     argv = [
         sys.executable,
@@ -253,6 +263,8 @@ def test_main_serves_the_cmdline_manifest_and_stops_on_sigterm(tmp_path: Path) -
         str(cmdline),
         "--disk",
         "/nonexistent",
+        "--disk",
+        str(disk),
     ]
     argv += ["--host", "127.0.0.1", "--port", str(agent_port)]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -261,7 +273,13 @@ def test_main_serves_the_cmdline_manifest_and_stops_on_sigterm(tmp_path: Path) -
         body = b""
         while time.monotonic() < deadline:
             out = subprocess.run(
-                ["curl", "-s", f"http://127.0.0.1:{agent_port}/healthz"],
+                [
+                    "curl",
+                    "-s",
+                    "-H",
+                    f"{SECRET_HEADER}: {SECRET}",
+                    f"http://127.0.0.1:{agent_port}/healthz",
+                ],
                 capture_output=True,
                 check=False,
             )

@@ -1,14 +1,16 @@
-"""Manifest decoding: the kernel command line and the raw config disk."""
+"""Manifest and secret decoding: the kernel command line and the raw config disk."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 
 import pytest
 from volant_agent.manifest import (
     DISK_MAGIC,
+    GuestConfig,
     ManifestError,
     RestartPolicy,
     encode_config_disk,
@@ -21,6 +23,8 @@ from volant_agent.manifest import (
 from volant.runtime.cmdline import encode_manifest
 
 pytestmark = pytest.mark.unit
+
+SECRET = "s3cret-for-the-agent"
 
 HELLO = {
     "schema_version": 1,
@@ -93,36 +97,66 @@ def test_only_the_workloads_health_check_counts() -> None:
 
 
 def test_config_disk_layout_is_exactly_as_documented(tmp_path: Path) -> None:
-    image = encode_config_disk(HELLO)
+    image = encode_config_disk(HELLO, SECRET)
     assert len(image) % 512 == 0
     magic, length, digest = struct.unpack_from(">8sI32s", image)
-    assert magic == DISK_MAGIC
+    assert magic == DISK_MAGIC == b"VOLCONF1"
     document = image[44 : 44 + length]
     assert hashlib.sha256(document).digest() == digest
+    assert json.loads(document) == {"agent_secret": SECRET, "manifest": HELLO}
     assert image[44 + length :].strip(b"\0") == b""
     disk = tmp_path / "config.img"
     disk.write_bytes(image)
-    m = read_config_disk(disk)
-    assert m is not None
-    assert m.name == "hello"
+    assert read_config_disk(disk) == {"agent_secret": SECRET, "manifest": HELLO}
 
 
 def test_config_disk_is_used_when_the_cmdline_has_none(tmp_path: Path) -> None:
     other = tmp_path / "other.img"
     other.write_bytes(b"\0" * 4096)  # a disk that is not a config disk is skipped
     disk = tmp_path / "config.img"
-    disk.write_bytes(encode_config_disk(HELLO))
-    manifest, source = load("console=ttyS0", [tmp_path / "missing", other, disk])
-    assert manifest is not None
-    assert manifest.name == "hello"
-    assert source == str(disk)
-    assert load("console=ttyS0", [other]) == (None, "none")
+    disk.write_bytes(encode_config_disk(HELLO, SECRET))
+    config = load("console=ttyS0", [tmp_path / "missing", other, disk])
+    assert config.manifest is not None
+    assert config.manifest.name == "hello"
+    assert (config.source, config.secret, config.error) == (str(disk), SECRET, None)
+    assert load("console=ttyS0", [other]) == GuestConfig(None, "none", None)
+
+
+def test_the_secret_comes_from_the_disk_even_when_the_manifest_is_on_the_cmdline(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "config.img"
+    disk.write_bytes(encode_config_disk(None, SECRET))
+    config = load(f"volant.manifest={encode_manifest(HELLO)}", [disk])
+    assert config.manifest is not None
+    assert (config.manifest.name, config.source, config.secret) == ("hello", "cmdline", SECRET)
+    # A disk without a manifest and a command line without one: a secret, no workload.
+    assert load("console=ttyS0", [disk]) == GuestConfig(None, "none", SECRET)
+    # The secret never shows in a repr (a log line, a traceback).
+    assert SECRET not in repr(config)
+
+
+def test_a_bad_manifest_still_yields_the_secret(tmp_path: Path) -> None:
+    disk = tmp_path / "config.img"
+    disk.write_bytes(encode_config_disk({"version": "1"}, SECRET))
+    config = load("console=ttyS0", [disk])
+    assert (config.manifest, config.secret) == (None, SECRET)
+    assert config.error is not None
+    assert "name is required" in config.error
+    bad_cmdline = load("volant.manifest=!!!notbase64", [disk])
+    assert (bad_cmdline.manifest, bad_cmdline.secret) == (None, SECRET)
+    assert bad_cmdline.source.startswith("error: volant.manifest is not valid")
 
 
 def test_corrupt_config_disk_is_an_error(tmp_path: Path) -> None:
-    image = bytearray(encode_config_disk(HELLO))
+    image = bytearray(encode_config_disk(HELLO, SECRET))
     image[50] ^= 0xFF
     disk = tmp_path / "bad.img"
     disk.write_bytes(bytes(image))
     with pytest.raises(ManifestError, match="corrupt"):
         read_config_disk(disk)
+    # load() never raises: the agent serves and says why it has no manifest (nor secret).
+    config = load("console=ttyS0", [disk])
+    assert (config.manifest, config.secret) == (None, None)
+    assert config.error is not None
+    assert "corrupt" in config.error
