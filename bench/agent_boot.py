@@ -4,7 +4,8 @@ Usage: .venv/bin/python -m bench.agent_boot [--runs 3] [--machine auto]
 
 Bare: initramfs.img, launch to the first answer of busybox httpd on :8080. Agent:
 agent-initramfs.img with the hello example plugin's hello.cpio appended, launch to `/healthz`
-reporting the workload healthy. The agent's VmRSS comes from its /v1/status. Needs root and a
+reporting the workload healthy (asked with the agent secret, which a config disk carries as
+volantd's does). The agent's VmRSS comes from its /v1/status. Needs root and a
 built guest (scripts/build_guest.py); each boot gets its own network namespace, deleted
 afterwards.
 """
@@ -28,12 +29,14 @@ HELLO_DIR = ROOT / "examples" / "plugins" / "hello"
 HELLO = json.loads((HELLO_DIR / "manifest.json").read_text())
 # Relative artifact paths in a manifest resolve against the manifest's directory.
 HELLO_CPIO = HELLO_DIR / HELLO["initramfs"]["path"]
+SECRET = "bench-agent-secret"
 
 
 async def _curl(ns: str, path: str) -> bytes:
     curl = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", ns, "curl", "-s", "-m", "0.5",
-        f"http://{GUEST_IP}:8080{path}", stdout=subprocess.PIPE,
+        "-H", f"X-Volant-Agent-Secret: {SECRET}", f"http://{GUEST_IP}:8080{path}",
+        stdout=subprocess.PIPE,
     )  # fmt: skip
     out, _ = await curl.communicate()
     return out
@@ -55,8 +58,9 @@ async def one_boot(machine: str, agent: bool) -> tuple[float, dict[str, Any]]:
             return await _until(ns, "/", b"volant-guest", start), {}
     image, manifest = "agent-initramfs.img", encode_manifest(HELLO)
     async with guest_in_netns(
-        machine, image=image, appended=[HELLO_CPIO], plugin="hello", manifest=manifest
-    ) as (ns, _spec, start):
+        machine, image=image, appended=[HELLO_CPIO], plugin="hello", manifest=manifest,
+        agent_secret=SECRET,
+    ) as (ns, _spec, start):  # fmt: skip
         seconds = await _until(ns, "/healthz", b'"workload": "healthy"', start)
         status: dict[str, Any] = json.loads(await _curl(ns, "/v1/status") or b"{}")
         return seconds, status

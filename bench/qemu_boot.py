@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import shutil
 import statistics
@@ -23,6 +24,7 @@ from pathlib import Path
 from scripts.guest.plugin_image import concat_initramfs
 from volant.model import LaunchSpec
 from volant.runtime.cmdline import build_cmdline
+from volant.runtime.configdisk import write_config_disk
 from volant.runtime.qemu import QemuDriver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,10 +86,12 @@ async def guest_in_netns(
     plugin: str = "bench",
     manifest: str | None = None,
     extra: str = "",
+    agent_secret: str | None = None,
 ) -> AsyncIterator[tuple[str, LaunchSpec, float]]:
     """Launch a guest in a fresh netns; yield (netns, spec, monotonic launch time); clean up.
 
     appended: archives (a plugin's cpio) booted after image, concatenated in the run dir.
+    agent_secret: attach a config disk carrying it, as volantd does for every VM.
     """
     driver = QemuDriver(machine=machine)
     run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
@@ -104,6 +108,9 @@ async def guest_in_netns(
         cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
         console_log=run_dir / "console.log", tap=TAP,
     )  # fmt: skip
+    if agent_secret is not None:
+        disk = write_config_disk(run_dir / "config.img", None, agent_secret)
+        spec = dataclasses.replace(spec, disks=(disk,))
     hv = driver.for_vm(spec)
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())

@@ -123,6 +123,22 @@ class Daemon:
         plugin: dict[str, Any] = self.call(lambda c: c.request("POST", "/api/v1/plugins", body))
         return plugin
 
+    def agent_secret(self, vm: str) -> str:
+        """The VM's agent secret, read from its config disk (as only root and the guest can)."""
+        disk = self.tmp / "run" / "vms" / vm / "config.img"
+        data = disk.read_bytes()
+        length = int.from_bytes(data[8:12], "big")
+        secret: str = json.loads(data[44 : 44 + length])["agent_secret"]
+        return secret
+
+    def agent_curl(
+        self, vm: str, ip: str, path: str, *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """curl the VM's agent from the host side (the namespace), with its secret."""
+        header = f"X-Volant-Agent-Secret: {self.agent_secret(vm)}"
+        return self.in_ns("curl", "-sS", "--max-time", "10", "-H", header, *args,
+                          f"http://{ip}:8080{path}")  # fmt: skip
+
     def link_exists(self, ifname: str) -> bool:
         return self.in_ns("ip", "link", "show", ifname).returncode == 0
 

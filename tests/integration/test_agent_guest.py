@@ -2,7 +2,8 @@
 
 Boots agent-initramfs.img (scripts/build_guest.py) with the example plugin `hello`'s own
 hello.cpio appended (examples/plugins/hello; the kernel unpacks both) inside a private network
-namespace, as test_qemu_guest.py does for the busybox guest. vsock mode is not exercised: this
+namespace, as test_qemu_guest.py does for the busybox guest, with a config disk carrying the
+agent secret (and the manifest, when a test puts it there). vsock mode is not exercised: this
 machine has no /dev/vhost-vsock.
 """
 
@@ -39,6 +40,8 @@ __all__ = ["netns", "run_dir"]  # fixtures re-used from test_qemu_guest
 pytestmark = pytest.mark.integration
 
 AGENT = f"http://{GUEST_IP}:8080"
+SECRET = "agent-guest-test-secret"
+AUTH = ("-H", f"X-Volant-Agent-Secret: {SECRET}")
 HELLO = ROOT / "examples" / "plugins" / "hello" / "manifest.json"
 # Relative artifact paths in a manifest resolve against the manifest's directory.
 HELLO_CPIO = HELLO.parent / json.loads(HELLO.read_text())["initramfs"]["path"]
@@ -61,21 +64,25 @@ def hello_manifest(**workload: Any) -> dict[str, Any]:
 
 async def boot(
     netns: Netns, guest_dir: Path, run_dir: Path, manifest: dict[str, Any] | None,
-    disks: tuple[Path, ...] = (), dhcp: bool = False,
+    on_disk: bool = False, dhcp: bool = False,
 ) -> Guest:  # fmt: skip
+    """Boot the hello guest; its manifest on the command line, or on the config disk (which
+    always carries SECRET) when on_disk."""
     driver = QemuDriver(machine="auto")
+    disk = run_dir / "config.img"
+    disk.write_bytes(encode_config_disk(manifest if on_disk else None, SECRET))
     initramfs = concat_initramfs(
         run_dir / "initramfs.img", [guest_dir / "agent-initramfs.img", HELLO_CPIO]
     )
     cmdline = build_cmdline(
         name="hello1", runtime="hello", plugin="hello", ip=None if dhcp else GUEST_IP,
         gateway=BRIDGE_IP, netmask="255.255.255.0", hypervisor_extras=driver.kernel_extras(),
-        manifest=encode_manifest(manifest) if manifest is not None else None,
+        manifest=encode_manifest(manifest) if manifest is not None and not on_disk else None,
     )  # fmt: skip
     spec = LaunchSpec(
         name="hello1", cpus=1, memory_mb=256, kernel=guest_dir / "vmlinuz",
         initramfs=initramfs, cmdline=cmdline, mac="02:56:c0:a8:7f:02",
-        run_dir=run_dir, console_log=run_dir / "console.log", tap=TAP, disks=disks,
+        run_dir=run_dir, console_log=run_dir / "console.log", tap=TAP, disks=(disk,),
     )  # fmt: skip
     hv = driver.for_vm(spec)
     started = time.monotonic()
@@ -85,9 +92,12 @@ async def boot(
     return Guest(hv, proc, spec, started)
 
 
-async def curl(netns: Netns, *args: str, timeout: float = 5) -> tuple[int, str]:
-    """(HTTP status, body) via curl inside the namespace; status 0 when nothing answered."""
-    argv = netns.argv("curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", *args)
+async def curl(
+    netns: Netns, *args: str, timeout: float = 5, auth: tuple[str, ...] = AUTH
+) -> tuple[int, str]:
+    """(HTTP status, body) via curl inside the namespace, with the agent secret unless auth is
+    (); status 0 when nothing answered."""
+    argv = netns.argv("curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", *auth, *args)
     proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
     out, _ = await proc.communicate()
     body, _, code = out.decode(errors="replace").rpartition("\n")
@@ -132,6 +142,12 @@ async def test_workload_served_restarted_and_powered_off(
         code, health = await wait_for(g, netns, "/healthz", "healthy")
         print(f"\nagent guest: workload healthy {time.monotonic() - g.started:.2f}s after launch")
         assert (code, health) == (200, {"agent": "ok", "status": "ok", "workload": "healthy"})
+        # Without the secret: a bare health probe, and 401 for the rest.
+        code, body = await curl(netns, f"{AGENT}/healthz", auth=())
+        assert (code, json.loads(body)) == (200, {"status": "ok"})
+        for route in ("/v1/status", "/v1/greet"):
+            code, body = await curl(netns, f"{AGENT}{route}", auth=())
+            assert (code, json.loads(body)) == (401, {"error": "unauthorized"})
 
         code, status = await get_json(netns, "/v1/status")
         assert code == 200
@@ -182,9 +198,7 @@ async def test_config_disk_unhealthy_workload_and_poweroff_route(
         env={"HELLO_NAME": "disk", "HELLO_PORT": "9000", "HELLO_UNHEALTHY": "1"},
         health_check={"path": "/health", "timeout_ms": 1000, "start_period_ms": 3000},
     )
-    disk = run_dir / "config.img"
-    disk.write_bytes(encode_config_disk(manifest))
-    g = await boot(netns, guest_dir, run_dir, None, disks=(disk,))
+    g = await boot(netns, guest_dir, run_dir, manifest, on_disk=True)
     try:
         await g.hv.wait_ready(30)
         code, health = await wait_for(g, netns, "/healthz", "unhealthy")
@@ -193,9 +207,15 @@ async def test_config_disk_unhealthy_workload_and_poweroff_route(
         code, status = await get_json(netns, "/v1/status")
         assert status["manifest"]["source"] == "/dev/vda"
         assert status["health"] == "unhealthy"
-        # The workload itself still answers: only its health check fails.
-        code, greet = await get_json(netns, "/v1/actions/greet")
-        assert greet["greeting"] == "hello from disk"
+        # The workload itself answers (once its slow start under TCG is over, which may be after
+        # its 3 s start period): only its health check fails.
+        deadline = time.monotonic() + 60
+        while True:
+            code, greet = await get_json(netns, "/v1/actions/greet")
+            if code != 502 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert (code, greet["greeting"]) == (200, "hello from disk"), greet
 
         code, body = await get_json(netns, "/v1/poweroff", "-X", "POST")
         assert (code, body) == (202, {"status": "powering off"})

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.agent.test_agent import free_port, hello_doc, start_agent
+from tests.agent.test_agent import SECRET, free_port, hello_doc, start_agent
 from tests.integration.netns_thread import run_in_netns
+from tests.integration.test_agent_guest import SECRET as GUEST_SECRET
 from tests.integration.test_agent_guest import (
     boot,
     guest_dir,
@@ -28,21 +29,21 @@ from tests.integration.test_agent_guest import (
     stop,
 )
 from tests.integration.test_qemu_guest import GUEST_IP, Guest, Netns
-from volant.model import Unavailable
+from volant.model import AgentEndpoint, Unavailable
 from volant.runtime.guest import AGENT_PORT, GuestAgent, GuestReply
 
 __all__ = ["guest_dir", "netns", "run_dir"]  # fixtures re-used from test_agent_guest
 
 pytestmark = pytest.mark.integration
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = AgentEndpoint("127.0.0.1", SECRET)
 
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-async def greet_line_after(agent: GuestAgent, ip: str, greet: Any) -> dict[str, Any]:
+async def greet_line_after(agent: GuestAgent, ip: AgentEndpoint, greet: Any) -> dict[str, Any]:
     """Run the greet action, then read the log stream until the workload logs that request.
 
     Returns the log line; it must be newer than every line that existed before the action.
@@ -133,20 +134,36 @@ async def hello_guest(
         await stop(g)
 
 
+async def test_the_wrong_secret_is_refused_and_never_healthy() -> None:
+    async with start_agent(hello_doc(free_port())) as running:
+        port = port_of(running.url)
+        wrong = AgentEndpoint("127.0.0.1", "not-the-secret")
+        async with GuestAgent(port=port) as agent:
+            status = await agent.request(wrong, "GET", "/v1/status", timeout=10)
+            assert (status.status, status.json()) == (401, {"error": "unauthorized"})
+            with pytest.raises(Unavailable, match="does not accept this VM's agent secret"):
+                await agent.wait_healthy(wrong, 2, interval=0.05)
+            # The health probe without the secret tells nothing about the workload.
+            assert await agent.health(wrong, 5) == {"status": "ok"}
+            with pytest.raises(Unavailable, match=r"refused the log stream \(HTTP 401\)"):
+                await anext(agent.stream_logs(wrong))
+
+
 async def test_client_drives_a_real_guest(hello_guest: tuple[Netns, Guest]) -> None:
     ns, g = hello_guest
+    guest = AgentEndpoint(GUEST_IP, GUEST_SECRET)
 
     async def session() -> tuple[dict[str, Any], GuestReply, dict[str, Any]]:
         async with GuestAgent() as agent:
-            healthy = await agent.wait_healthy(GUEST_IP, 120)
+            healthy = await agent.wait_healthy(guest, 120)
 
             async def greet() -> GuestReply:
                 return await agent.action(
-                    GUEST_IP, "greet", method="GET", body=b"", content_type="", timeout=10
+                    guest, "greet", method="GET", body=b"", content_type="", timeout=10
                 )
 
             reply = await greet()
-            line = await greet_line_after(agent, GUEST_IP, greet)
+            line = await greet_line_after(agent, guest, greet)
             return healthy, reply, line
 
     try:

@@ -178,8 +178,11 @@ def test_signed_hello_boots_and_answers_through_the_proxies(daemon: Daemon) -> N
     # The agent restarts a crashed workload (restart: always); the proxy answers again.
     first_pid = greet["pid"]
     ip = vm["ip_address"]
-    killed = daemon.in_ns("curl", "-sS", "-X", "POST", f"http://{ip}:8080/v1/workload/kill")
+    unauthorized = daemon.in_ns("curl", "-sS", "-X", "POST", f"http://{ip}:8080/v1/workload/kill")
+    assert json.loads(unauthorized.stdout) == {"error": "unauthorized"}
+    killed = daemon.agent_curl("hello1", ip, "/v1/workload/kill", "-X", "POST")
     assert killed.returncode == 0, killed.stderr
+    assert json.loads(killed.stdout)["signalled"] == first_pid
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status, greet = action(daemon, "/api/v1/vms/hello1/actions/greet")

@@ -149,7 +149,17 @@ def test_example_plugin_boots_on_the_packaged_guest(installed: Sysbox) -> None:
 
     greet = json.loads(sh(box, "volar vms action web greet"))  # the workload's own JSON
     assert greet["greeting"] == "hello from volant"
-    answer = sh(box, f"curl -sS --max-time 10 http://{vm['ip_address']}:8080/v1/status")
+    # The agent answers only with the VM's secret, which its config disk carries.
+    status = f"http://{vm['ip_address']}:8080/v1/status"
+    assert '"unauthorized"' in sh(box, f"curl -sS --max-time 10 {status}")
+    disk = "/run/volant/vms/web/config.img"
+    assert sh(box, f"stat -c %a {disk}").strip() == "600"
+    read = (
+        "import json, sys; d = open(sys.argv[1], 'rb').read(); "
+        "print(json.loads(d[44 : 44 + int.from_bytes(d[8:12], 'big')])['agent_secret'])"
+    )
+    secret = sh(box, f"python3 -c {shlex.quote(read)} {disk}").strip()
+    answer = sh(box, f"curl -sS --max-time 10 -H 'X-Volant-Agent-Secret: {secret}' {status}")
     assert "hello" in answer
 
 

@@ -1,4 +1,5 @@
-"""The host's config-disk encoder writes exactly what the guest agent reads."""
+"""The host's config-disk encoder writes exactly what the guest agent reads: the manifest and
+the agent secret, in a file only volantd's user may read."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from volant_agent.manifest import encode_config_disk, read_config_disk
+from volant_agent.manifest import encode_config_disk, load, read_config_disk
 
 from volant.model import InvalidArgument
 from volant.runtime.cmdline import encode_manifest
@@ -18,6 +19,7 @@ from volant.runtime.configdisk import MAX_DOCUMENT, config_disk_image, write_con
 
 pytestmark = pytest.mark.unit
 
+SECRET = "Zm9vYmFyYmF6cXV4LXNlY3JldC1vZi10aGUtdm0"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "hello" / "manifest.json"
 
 
@@ -33,17 +35,20 @@ def manifest() -> dict[str, Any]:
 
 
 def test_bytes_equal_the_agents_encoder(manifest: dict[str, Any]) -> None:
-    image = config_disk_image(manifest)
-    assert image == encode_config_disk(manifest)
+    image = config_disk_image(manifest, SECRET)
+    assert image == encode_config_disk(manifest, SECRET)
+    assert config_disk_image(None, SECRET) == encode_config_disk(None, SECRET)
     assert len(image) % 512 == 0
-    assert image.startswith(b"VOLMANI1")
+    assert image.startswith(b"VOLCONF1")
 
 
 def test_agent_reads_what_the_host_writes(manifest: dict[str, Any], tmp_path: Path) -> None:
-    disk = write_config_disk(tmp_path / "config.img", manifest)
+    disk = write_config_disk(tmp_path / "config.img", manifest, SECRET)
     assert disk == tmp_path / "config.img"
-    assert stat.S_IMODE(disk.stat().st_mode) == 0o640
-    read = read_config_disk(disk)
+    assert stat.S_IMODE(disk.stat().st_mode) == 0o600
+    config = load("console=ttyS0", [disk])
+    assert config.secret == SECRET
+    read = config.manifest
     assert read is not None
     assert read.raw == manifest
     assert read.name == "hello"
@@ -56,26 +61,26 @@ def test_agent_reads_what_the_host_writes(manifest: dict[str, Any], tmp_path: Pa
 
 def test_rewrite_replaces_the_disk(manifest: dict[str, Any], tmp_path: Path) -> None:
     disk = tmp_path / "config.img"
-    write_config_disk(disk, {"name": "first"})
-    write_config_disk(disk, manifest)
-    read = read_config_disk(disk)
-    assert read is not None
-    assert read.name == "hello"
+    write_config_disk(disk, {"name": "first"}, "old-secret")
+    write_config_disk(disk, manifest, SECRET)
+    assert stat.S_IMODE(disk.stat().st_mode) == 0o600
+    config = load("console=ttyS0", [disk])
+    assert config.manifest is not None
+    assert (config.manifest.name, config.secret) == ("hello", SECRET)
 
 
-def test_document_is_the_command_lines_json(manifest: dict[str, Any]) -> None:
-    image = config_disk_image(manifest)
-    length = int.from_bytes(image[8:12], "big")
+def test_document_holds_the_command_lines_json(manifest: dict[str, Any], tmp_path: Path) -> None:
+    disk = write_config_disk(tmp_path / "config.img", manifest, SECRET)
     value = encode_manifest(manifest)
     on_cmdline = gzip.decompress(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-    assert image[44 : 44 + length] == on_cmdline
+    assert read_config_disk(disk) == {"agent_secret": SECRET, "manifest": json.loads(on_cmdline)}
 
 
 def test_documents_over_one_mib_are_refused(tmp_path: Path) -> None:
     huge = {"name": "x", "labels": {"pad": "x" * MAX_DOCUMENT}}
     with pytest.raises(InvalidArgument, match="at most 1048576") as info:
-        config_disk_image(huge)
+        config_disk_image(huge, SECRET)
     assert info.value.field == "manifest"
     with pytest.raises(InvalidArgument):
-        write_config_disk(tmp_path / "config.img", huge)
+        write_config_disk(tmp_path / "config.img", huge, SECRET)
     assert list(tmp_path.iterdir()) == []

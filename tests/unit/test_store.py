@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import sqlite3
 import threading
@@ -387,3 +388,46 @@ async def test_every_query_runs_on_the_store_thread(
 async def test_database_refuses_use_from_another_thread(store: SqliteStore) -> None:
     with pytest.raises(peewee.InterfaceError):
         run_sql(store._db, "SELECT 1")
+
+
+# -- agent secrets and isolation (migration 4) ----------------------------------------------
+
+
+async def test_secret_and_isolation_are_recorded_but_never_shown(store: SqliteStore) -> None:
+    secret = "s" * 43
+    isolated = VMSpec(name="web", plugin="caddy", cpu_cores=1, memory_mb=256, isolated=True)
+    vm = await store.create_vm(isolated, runtime="qemu", unit="", mac_for=mac, agent_secret=secret)
+    assert (vm.agent_secret, vm.isolated) == (secret, True)
+    assert await store.get_vm("web") == vm
+    assert vm.to_dict()["isolated"] is True
+    assert secret not in json.dumps(vm.to_dict())
+    assert secret not in repr(vm)
+    await create(store, "open")
+    assert ((await store.get_vm("open")).agent_secret, (await store.get_vm("open")).isolated) == (
+        "",
+        False,
+    )
+
+
+async def test_vms_from_before_secrets_get_one_by_update(db_path: Path) -> None:
+    """A VM recorded before migration 4 has no secret and is not isolated; the engine gives it
+    a secret at its next start through update_vm."""
+    await (await SqliteStore.open(db_path, migrations=MIGRATIONS[:3])).close()
+    with sqlite3.connect(db_path) as conn:  # as the release before secrets wrote it
+        conn.execute(
+            "INSERT INTO vms (name, status, mac, cpu_cores, memory_mb, plugin, runtime, "
+            "created_at, updated_at) VALUES ('veteran', 'stopped', '02:56:00:00:00:01', 1, 256, "
+            "'caddy', 'qemu', '2024-01-01T00:00:00.000000+00:00', "
+            "'2024-01-01T00:00:00.000000+00:00')"
+        )
+    store = await SqliteStore.open(db_path)
+    try:
+        assert query(db_path, "SELECT version FROM schema_migrations WHERE version = 4") == [(4,)]
+        vm = await store.get_vm("veteran")
+        assert (vm.agent_secret, vm.isolated) == ("", False)
+        updated = await store.update_vm("veteran", agent_secret="fresh")
+        assert (await store.get_vm("veteran")).agent_secret == updated.agent_secret == "fresh"
+    finally:
+        await store.close()
+    with pytest.raises(sqlite3.IntegrityError), sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE vms SET isolated = 2")

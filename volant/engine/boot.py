@@ -1,14 +1,17 @@
 """How a VM boots: its resources, kernel command line, boot files and launch spec.
 
 `Booting` is a base of `Engine`. A VM boots the host's agent image with the plugin's own
-initramfs appended, and its manifest on the command line, or on a config disk when the line
-would pass the x86 limit of 2047 characters.
+initramfs appended, and its manifest on the command line when the line stays within the x86
+limit of 2047 characters. Every VM also gets a read-only config disk with its manifest and its
+agent secret: the secret never goes on the command line, which every local user can read in
+QEMU's argv (/proc/<pid>/cmdline).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -29,7 +32,13 @@ from volant.runtime.cmdline import build_cmdline, encode_manifest
 
 log = logging.getLogger("volant.engine.engine")
 
-MANIFEST_ARG = "volant.manifest="
+CONFIG_DISK = "config.img"
+SECRET_BYTES = 32
+
+
+def new_agent_secret() -> str:
+    """A fresh agent secret: 32 random bytes, base64url."""
+    return secrets.token_urlsafe(SECRET_BYTES)
 
 
 class Booting:
@@ -89,11 +98,13 @@ class Booting:
             cpu_cores=cpus,
             memory_mb=memory,
             kernel_args=validate_kernel_args(spec.kernel_args),
+            # The plugin's network.isolated holds for all its VMs; a VM may ask on its own.
+            isolated=spec.isolated or (manifest is not None and manifest.isolated),
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
         """The guest's command line, with the manifest on it when it fits in 2047 characters;
-        otherwise without, and _launch attaches a config disk that holds it."""
+        otherwise without: the config disk holds it either way."""
 
         def line(encoded: str | None) -> str:
             return build_cmdline(
@@ -116,17 +127,25 @@ class Booting:
             cmdline = line(None)  # still too long: the caller's kernel_args are to blame
             log.info(
                 "manifest of VM %s does not fit on the kernel command line; "
-                "it goes on a config disk",
+                "the agent reads it from the config disk",
                 vm.name,
                 extra={"VM": vm.name},
             )
             return cmdline
 
+    async def _ensure_agent_secret(self, vm: VirtualMachine) -> VirtualMachine:
+        """vm, with an agent secret made now when it was created before VMs had one."""
+        if vm.agent_secret:
+            return vm
+        log.info("VM %s gets its first agent secret", vm.name, extra={"VM": vm.name})
+        return await self.store.update_vm(vm.name, agent_secret=new_agent_secret())
+
     async def _boot_files(self, vm: VirtualMachine) -> tuple[LaunchSpec, Manifest | None]:
         """The launch spec with the plugin's kernel, the agent image plus the plugin's own
-        initramfs, and the config disk when the manifest is not on the command line; and the
-        VM's manifest (None for a VM created before VMs carried one)."""
+        initramfs, and the config disk; and the VM's manifest (None for a VM created before VMs
+        carried one)."""
         spec = self.launch_spec(vm)
+        spec = replace(spec, disks=(spec.run_dir / CONFIG_DISK,))
         if not vm.manifest_json:
             return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)
@@ -141,10 +160,7 @@ class Booting:
                     f"cannot read the guest image {initramfs}: {exc.strerror}",
                     hint="check runtime.initramfs in volantd.yaml",
                 ) from exc
-        disks: tuple[Path, ...] = ()
-        if MANIFEST_ARG not in vm.kernel_cmdline:
-            disks = (spec.run_dir / "config.img",)
-        return replace(spec, kernel=kernel, initramfs=initramfs, disks=disks), manifest
+        return replace(spec, kernel=kernel, initramfs=initramfs), manifest
 
     def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
         cfg = self.config

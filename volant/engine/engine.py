@@ -8,7 +8,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
-from volant.engine.boot import Booting
+from volant.engine.boot import Booting, new_agent_secret
 from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
@@ -33,6 +33,7 @@ from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
+    AgentEndpoint,
     EventType,
     HypervisorFailed,
     InvalidArgument,
@@ -188,6 +189,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 mac_for=self._mac_for,
                 lease_ip=manifest.network is NetworkMode.BRIDGED,
                 manifest_json=plugin.manifest_json,
+                agent_secret=new_agent_secret(),
             )
             undo = Undo()
             undo.push("delete VM row and lease", lambda: self.store.delete_vm(spec.name))
@@ -286,13 +288,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
 
         Each host change is recorded before and after (the ledger) and has its undo.
         """
+        vm = await self._ensure_agent_secret(vm)
         spec, manifest = await self._boot_files(vm)
         assert spec.tap is not None
         tap, name = spec.tap, vm.name
         vm = await self.store.update_vm(name, status=VMStatus.STARTING, status_reason="")
         await self._emit(EventType.VM_STARTING, vm)
         self.faults.at("starting")
-        await self.host.plumb_tap(name, tap)
+        await self.host.plumb_tap(name, tap, isolated=vm.isolated)
         undo.push(f"delete tap {tap}", lambda: self.host.unplumb_tap(name))
         self.faults.at("tap-created")
         await self.host.prepare_files(vm, spec)
@@ -341,7 +344,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         assert vm.ip_address is not None
         failure: VolantError | None = None
         try:
-            await self.guest.wait_healthy(vm.ip_address, budget)
+            await self.guest.wait_healthy(AgentEndpoint(vm.ip_address, vm.agent_secret), budget)
         except VolantError as exc:
             failure = exc
         async with self._lock(vm.name):

@@ -1,7 +1,8 @@
 """Verbs that reach into a running guest through its agent: health gate, actions, OpenAPI, logs.
 
-`GuestVerbs` is a base of `Engine`. The agent listens on the guest's address, port 8080; the
-engine only ever talks to it for VMs that are running (or starting, for the health gate).
+`GuestVerbs` is a base of `Engine`. The agent listens on the guest's address, port 8080, and
+answers only requests carrying the VM's agent secret; the engine only ever talks to it for VMs
+that are running (or starting, for the health gate).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from volant.config import Config
 from volant.engine.ports import Guest, GuestReplyLike, Store
 from volant.model import (
+    AgentEndpoint,
     InvalidState,
     Manifest,
     NotFound,
@@ -91,7 +93,7 @@ class GuestVerbs:
                 timeout=self.config.plugins_download_timeout,
             )
             return _guess_type(reference, body), body
-        reply = await self.guest.request(agent_address(vm), "GET", "/v1" + reference, timeout=30.0)
+        reply = await self.guest.request(agent_endpoint(vm), "GET", "/v1" + reference, timeout=30.0)
         if reply.status != 200:
             raise NotFound(
                 f"the workload of {vm.name!r} answered {reply.status} for its OpenAPI "
@@ -103,7 +105,7 @@ class GuestVerbs:
         """The workload's most recent stdout/stderr lines, oldest first."""
         vm = await self.store.get_vm(validate_name(name))
         reply = await self.guest.request(
-            agent_address(vm), "GET", f"/v1/logs?limit={limit}", timeout=10.0
+            agent_endpoint(vm), "GET", f"/v1/logs?limit={limit}", timeout=10.0
         )
         if reply.status != 200:
             raise Unavailable(f"the guest agent of {vm.name!r} answered {reply.status} for logs")
@@ -113,8 +115,7 @@ class GuestVerbs:
     async def vm_logs(self, name: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]:
         """The workload's stdout/stderr lines as the agent streams them (recent ones first)."""
         vm = await self.store.get_vm(validate_name(name))
-        ip = agent_address(vm)
-        async for line in self.guest.stream_logs(ip, backlog):
+        async for line in self.guest.stream_logs(agent_endpoint(vm), backlog):
             yield line
 
     async def _action(
@@ -128,10 +129,10 @@ class GuestVerbs:
                 f"plugin {vm.plugin!r} has no action {action!r} (its actions: {known})",
                 field="action",
             )
-        ip = agent_address(vm)
+        agent = agent_endpoint(vm)
         log.info("action %s on VM %s", action, vm.name, extra={"VM": vm.name})
         return await self.guest.action(
-            ip,
+            agent,
             action,
             method=spec.method,
             body=body,
@@ -140,8 +141,8 @@ class GuestVerbs:
         )
 
 
-def agent_address(vm: VirtualMachine) -> str:
-    """The guest's address, for a VM whose agent can be reached now."""
+def agent_endpoint(vm: VirtualMachine) -> AgentEndpoint:
+    """The guest's address and agent secret, for a VM whose agent can be reached now."""
     if vm.status not in (VMStatus.RUNNING, VMStatus.STARTING):
         raise InvalidState(
             f"VM {vm.name!r} is {vm.status}; its agent answers only while it runs",
@@ -149,7 +150,7 @@ def agent_address(vm: VirtualMachine) -> str:
         )
     if not vm.ip_address:
         raise InvalidState(f"VM {vm.name!r} has no address the host knows (dhcp or vsock mode)")
-    return vm.ip_address
+    return AgentEndpoint(vm.ip_address, vm.agent_secret)
 
 
 def _guess_type(reference: str, body: bytes) -> str:

@@ -46,26 +46,28 @@ class HostSteps:
         self.network = network
         self.machines = machines
 
-    async def plumb_tap(self, name: str, tap: str) -> None:
-        """Create the VM's tap on the bridge."""
+    async def plumb_tap(self, name: str, tap: str, *, isolated: bool = False) -> None:
+        """Create the VM's tap on the bridge (an isolated port for an isolated VM)."""
         await self.ledger.make(
             name,
             ResourceKind.TAP,
             tap,
-            lambda: self.network.create_tap(tap, name),
+            lambda: self.network.create_tap(tap, name, isolated=isolated),
             lambda: self.network.delete_tap(tap),
         )
 
     async def prepare_files(self, vm: VirtualMachine, spec: LaunchSpec) -> None:
-        """The run directory (sockets, config disk, logs) and the console log's directory;
-        the console log itself is recorded now and appears with the hypervisor."""
+        """The run directory (sockets, config disk with the manifest and the agent secret,
+        logs) and the console log's directory; the console log itself is recorded now and
+        appears with the hypervisor."""
         store = self.ledger.store
         await store.intend_resource(ResourceKind.RUN_DIR, str(spec.run_dir), vm.name)
         await store.intend_resource(ResourceKind.CONSOLE_LOG, str(spec.console_log), vm.name)
         with disk_full_as_error(spec.run_dir, f"cannot write the files of VM {vm.name}"):
             await asyncio.to_thread(_prepare_dirs, spec)
+            document = json.loads(vm.manifest_json) if vm.manifest_json else None
             for disk in spec.disks:
-                await asyncio.to_thread(write_config_disk, disk, json.loads(vm.manifest_json))
+                await asyncio.to_thread(write_config_disk, disk, document, vm.agent_secret)
         await store.resource_made(ResourceKind.RUN_DIR, str(spec.run_dir))
 
     async def launch(self, vm: VirtualMachine, argv: Sequence[str], spec: LaunchSpec) -> Launched:

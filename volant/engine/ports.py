@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from volant.model import (
+    AgentEndpoint,
     Artifact,
     Event,
     EventType,
@@ -50,6 +51,7 @@ class Store(Protocol):
         mac_for: MacFor,
         lease_ip: bool = True,
         manifest_json: str = "",
+        agent_secret: str = "",
     ) -> VirtualMachine:
         """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
 
@@ -67,7 +69,8 @@ class Store(Protocol):
         ...
 
     async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
-        """Change status, status_reason, pid, kernel_cmdline or unit; bumps updated_at."""
+        """Change status, status_reason, pid, kernel_cmdline, unit or agent_secret; bumps
+        updated_at."""
         ...
 
     async def delete_vm(self, name: str) -> None:
@@ -240,7 +243,10 @@ class Network(Protocol):
 
     def tap_name(self, vm_name: str) -> str: ...
 
-    async def create_tap(self, tap: str, vm_name: str) -> None: ...
+    async def create_tap(self, tap: str, vm_name: str, *, isolated: bool = False) -> None:
+        """Create (or reuse) the tap on the bridge; an isolated one forwards to no other
+        guest's tap."""
+        ...
 
     async def delete_tap(self, tap: str) -> None: ...
 
@@ -282,16 +288,16 @@ class GuestReplyLike(Protocol):
 
 
 class Guest(Protocol):
-    """The agent inside a guest, reached over HTTP at the guest's address."""
+    """The agent inside a guest, reached over HTTP at the guest's address with its secret."""
 
-    async def wait_healthy(self, ip: str, deadline: float) -> dict[str, Any]:
+    async def wait_healthy(self, agent: AgentEndpoint, deadline: float) -> dict[str, Any]:
         """Return /healthz once the agent reports the workload healthy; Unavailable after
         deadline seconds, naming the last state seen."""
         ...
 
     async def request(
         self,
-        ip: str,
+        agent: AgentEndpoint,
         method: str,
         path: str,
         *,
@@ -301,7 +307,16 @@ class Guest(Protocol):
     ) -> GuestReplyLike: ...
 
     async def action(
-        self, ip: str, name: str, *, method: str, body: bytes, content_type: str, timeout: float
+        self,
+        agent: AgentEndpoint,
+        name: str,
+        *,
+        method: str,
+        body: bytes,
+        content_type: str,
+        timeout: float,
     ) -> GuestReplyLike: ...
 
-    def stream_logs(self, ip: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]: ...
+    def stream_logs(
+        self, agent: AgentEndpoint, backlog: int = 50
+    ) -> AsyncIterator[dict[str, Any]]: ...

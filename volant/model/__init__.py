@@ -37,6 +37,8 @@ from volant.model.plugins import (
     WorkloadType,
 )
 from volant.model.types import (
+    AGENT_PORT,
+    AgentEndpoint,
     EndCause,
     Event,
     EventType,
@@ -58,9 +60,11 @@ from volant.model.types import (
 )
 
 __all__ = [
+    "AGENT_PORT",
     "ERROR_CLASSES",
     "ERROR_TABLE",
     "Action",
+    "AgentEndpoint",
     "Artifact",
     "HealthCheck",
     "Manifest",

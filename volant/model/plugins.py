@@ -88,6 +88,8 @@ class Manifest:
     actions: dict[str, Action] = field(default_factory=dict)
     openapi: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    # network.isolated: every VM of the plugin is cut off from the other guests.
+    isolated: bool = False
     digest: str = ""
     canonical_json: str = field(default="", repr=False, compare=False)
 

@@ -8,6 +8,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+# The guest agent's TCP (and vsock) port.
+AGENT_PORT = 8080
+
 
 class VMStatus(StrEnum):
     """Lifecycle states of a VM (DESIGN.md, VM lifecycle)."""
@@ -94,6 +97,8 @@ class VMSpec:
     cpu_cores: int | None = None
     memory_mb: int | None = None
     kernel_args: str = ""
+    # Cut off from every other guest on the bridge (it still reaches the host and beyond).
+    isolated: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class VirtualMachine:
     status_reason: str = ""  # why the VM is in error, crashed or stopped on its own
     # The plugin manifest (canonical JSON) as it was when the VM was created.
     manifest_json: str = field(default="", repr=False)
+    isolated: bool = False
+    # What the guest's agent wants on every request. Only volantd and that guest know it: it is
+    # in no representation (to_dict), event, log line or repr.
+    agent_secret: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +142,7 @@ class VirtualMachine:
             "runtime": self.runtime,
             "kernel_cmdline": self.kernel_cmdline,
             "unit": self.unit,
+            "isolated": self.isolated,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -147,6 +157,14 @@ class HostResource:
     vm: str
     state: ResourceState
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """A guest agent as the host reaches it: the guest's address and the VM's agent secret."""
+
+    address: str
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ DEFAULT_ADDRESS = IPv4Interface("192.168.127.1/24")
 
 _IFF_UP = 0x1
 _TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE: 1 is tun, 2 is tap
+# The interface group of an isolated VM's tap. The bridge table `volar setup` writes drops
+# forwarding from and to it (volant/network/firewall.py), so an isolated guest reaches no other
+# guest at all; bridge port isolation alone would still let it reach non-isolated ones.
+ISOLATED_GROUP = 0x766F
 
 
 def forwarding_enabled(knob: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> bool:
@@ -145,14 +149,16 @@ class HostNetwork:
         """The tap of vm_name: `vt-` + 10 hex digits of its sha256."""
         return tap_name(vm_name)
 
-    async def create_tap(self, tap: str, vm_name: str) -> None:
+    async def create_tap(self, tap: str, vm_name: str, *, isolated: bool = False) -> None:
         """Create (or reuse a left-over) persistent tap, attach it to the bridge, bring it up.
 
-        The interface alias records vm_name. A tap this call created is removed again when a
-        later step fails.
+        The interface alias records vm_name. An isolated tap is an isolated bridge port (the
+        kernel forwards nothing between two of them) in ISOLATED_GROUP (the bridge table drops
+        what it forwards between it and any other tap). A tap this call created is removed
+        again when a later step fails.
         """
         check_ifname(tap, "tap")
-        await asyncio.to_thread(self._create_tap, tap, vm_name)
+        await asyncio.to_thread(self._create_tap, tap, vm_name, isolated)
 
     async def delete_tap(self, tap: str) -> None:
         """Remove the tap; nothing to do when it is already gone."""
@@ -247,7 +253,7 @@ class HostNetwork:
         }
         return wanted in present
 
-    def _create_tap(self, tap: str, vm_name: str) -> None:
+    def _create_tap(self, tap: str, vm_name: str, isolated: bool) -> None:
         with _host_errors(f"cannot create tap {tap} for VM {vm_name}"), self._open() as ipr:
             bridge = _find(ipr, self.bridge)
             if bridge is None:
@@ -266,7 +272,10 @@ class HostNetwork:
                     _check_reusable(link, tap, vm_name)
                     log.info("reusing tap %s left over by VM %s", tap, vm_name)
                 index = link["index"]
-                ipr.link("set", index=index, master=bridge["index"], ifalias=vm_name)
+                group = ISOLATED_GROUP if isolated else 0
+                ipr.link("set", index=index, master=bridge["index"], ifalias=vm_name, group=group)
+                # Set either way: a reused tap may carry the flag of an earlier VM of its name.
+                ipr.brport("set", index=index, isolated=int(isolated))
                 ipr.link("set", index=index, state="up")
             except BaseException:
                 if created:

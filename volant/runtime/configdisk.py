@@ -1,13 +1,17 @@
-"""The read-only config disk that carries a plugin manifest too long for the kernel command line.
+"""The read-only config disk every VM gets: its agent secret, and its plugin manifest (which the
+agent reads from here when it is too long for the kernel command line).
+
+The secret travels only here, never on the command line: QEMU's argv (-append) is readable by
+every local user through /proc. The image file is mode 0600 in the VM's run directory.
 
 The guest agent (agent/README.md, "Config disk format") reads a raw block device, no filesystem,
 laid out as:
 
     offset  size  content
-    0       8     magic b"VOLMANI1"
+    0       8     magic b"VOLCONF1"
     8       4     N, length of the document, unsigned big-endian (at most 1 MiB)
     12      32    sha256 of the document
-    44      N     the manifest as UTF-8 JSON (one object)
+    44      N     UTF-8 JSON: {"agent_secret": "...", "manifest": {...} or null}
     44+N    ...   zero padding up to a multiple of 512 bytes (a whole sector)
 
 The host keeps its own encoder because `volant` never imports the guest's `volant_agent`; a unit
@@ -27,21 +31,23 @@ from typing import Any
 
 from volant.model import InvalidArgument
 
-MAGIC = b"VOLMANI1"
+MAGIC = b"VOLCONF1"
 HEADER = struct.Struct(">8sI32s")
 # The agent refuses anything larger (it bounds what a bad disk can make it read).
 MAX_DOCUMENT = 1 << 20
 SECTOR = 512
-MODE = 0o640
+# Only the hypervisor, which runs as volantd's user, reads it: the secret is in it.
+MODE = 0o600
 
 
-def config_disk_image(manifest: Mapping[str, Any]) -> bytes:
-    """The config-disk image holding manifest, a whole number of 512-byte sectors.
+def config_disk_image(manifest: Mapping[str, Any] | None, secret: str) -> bytes:
+    """The config-disk image holding manifest and secret, a whole number of 512-byte sectors.
 
-    The document is the same compact, sorted-key JSON that `volant.manifest=` carries, so equal
-    manifests give equal images. Raises InvalidArgument when it is larger than 1 MiB.
+    The document is compact, sorted-key JSON, so equal inputs give equal images. Raises
+    InvalidArgument when it is larger than 1 MiB.
     """
-    document = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    doc = {"agent_secret": secret, "manifest": manifest}
+    document = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     if len(document) > MAX_DOCUMENT:
         raise InvalidArgument(
             f"the manifest is {len(document)} bytes of JSON; a config disk holds at most "
@@ -52,13 +58,13 @@ def config_disk_image(manifest: Mapping[str, Any]) -> bytes:
     return image + b"\0" * (-len(image) % SECTOR)
 
 
-def write_config_disk(path: Path, manifest: Mapping[str, Any]) -> Path:
-    """Write manifest's config disk to path (mode 0640) and return path.
+def write_config_disk(path: Path, manifest: Mapping[str, Any] | None, secret: str) -> Path:
+    """Write the config disk with manifest and secret to path (mode 0600) and return path.
 
     Written to a temporary file beside path and renamed over it, so a hypervisor never opens a
     half-written disk. Blocking: call it off the event loop.
     """
-    image = config_disk_image(manifest)
+    image = config_disk_image(manifest, secret)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -1,5 +1,9 @@
 """The host's HTTP client for the guest agent (agent/README.md, "HTTP API") on port 8080.
 
+Every request carries the VM's agent secret (X-Volant-Agent-Secret); the agent refuses any
+other (401), /healthz aside, which then says only ok or degraded. The secret is never logged and
+never part of an error message.
+
 The agent serves one request per connection and answers `Connection: close`, so the session
 never pools connections. Only transport failures raise (Unavailable, naming the guest's address):
 any HTTP answer, a 502 or 504 from a workload behind the agent included, comes back as a
@@ -20,11 +24,13 @@ from typing import Any, Self
 
 import aiohttp
 
-from volant.model import Unavailable
+from volant.model import AGENT_PORT, AgentEndpoint, Unavailable
 
 log = logging.getLogger(__name__)
 
-AGENT_PORT = 8080
+__all__ = ["AGENT_PORT", "GuestAgent", "GuestReply"]
+
+SECRET_HEADER = "X-Volant-Agent-Secret"  # noqa: S105 - a header name, not a secret
 STREAM_IDLE = 45.0  # three of the agent's 15 s keepalives
 # One /healthz probe: long enough for a TCG guest under load, short enough to poll.
 PROBE_TIMEOUT = 2.0
@@ -97,9 +103,14 @@ class GuestAgent:
             raise ValueError(f"agent paths start with '/', not {path!r}")
         return f"http://{self.address(ip)}{path}"
 
+    @staticmethod
+    def _headers(agent: AgentEndpoint) -> dict[str, str]:
+        # A VM from before agent secrets has none until its next start; its agent wants none.
+        return {SECRET_HEADER: agent.secret} if agent.secret else {}
+
     async def request(
         self,
-        ip: str,
+        agent: AgentEndpoint,
         method: str,
         path: str,
         *,
@@ -111,7 +122,10 @@ class GuestAgent:
 
         timeout bounds the whole exchange. Raises Unavailable when the agent does not answer.
         """
-        headers = {"Content-Type": content_type} if content_type else {}
+        ip = agent.address
+        headers = self._headers(agent)
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             async with self.session.request(
                 method.upper(),
@@ -127,49 +141,61 @@ class GuestAgent:
             raise _agent_error(self.address(ip), exc) from exc
 
     async def action(
-        self, ip: str, name: str, *, method: str, body: bytes, content_type: str, timeout: float
+        self,
+        agent: AgentEndpoint,
+        name: str,
+        *,
+        method: str,
+        body: bytes,
+        content_type: str,
+        timeout: float,
     ) -> GuestReply:
         """Run the manifest action name through `/v1/actions/<name>`."""
+        path = f"/v1/actions/{name}"
         return await self.request(
-            ip, method, f"/v1/actions/{name}", body=body, content_type=content_type, timeout=timeout
+            agent, method, path, body=body, content_type=content_type, timeout=timeout
         )
 
-    async def _probe(self, ip: str, timeout: float) -> tuple[int, dict[str, Any]] | None:
+    async def _probe(
+        self, agent: AgentEndpoint, timeout: float
+    ) -> tuple[int, dict[str, Any]] | None:
         try:
-            reply = await self.request(ip, "GET", "/healthz", timeout=timeout)
+            reply = await self.request(agent, "GET", "/healthz", timeout=timeout)
             doc = reply.json()
         except (Unavailable, ValueError):
             return None
         return (reply.status, doc) if isinstance(doc, dict) else None
 
-    async def health(self, ip: str, timeout: float) -> dict[str, Any] | None:
+    async def health(self, agent: AgentEndpoint, timeout: float) -> dict[str, Any] | None:
         """The agent's /healthz document, whether it answered 200 (healthy) or 503 (degraded).
 
         None when the agent does not answer within timeout, or answers with no JSON object.
         """
-        probed = await self._probe(ip, timeout)
+        probed = await self._probe(agent, timeout)
         return None if probed is None else probed[1]
 
     async def wait_healthy(
-        self, ip: str, deadline: float, *, interval: float = 0.25
+        self, agent: AgentEndpoint, deadline: float, *, interval: float = 0.25
     ) -> dict[str, Any]:
-        """Poll /healthz until it answers 200; return that document.
+        """Poll /healthz until it answers 200 with the workload's state; return that document.
 
-        deadline is the budget in seconds. Raises Unavailable when it runs out, saying what the
-        agent last reported (or that it never answered).
+        The agent tells the workload's state only to a caller with the VM's secret: a 200
+        without it is an agent that does not take this secret, never healthy. deadline is the
+        budget in seconds. Raises Unavailable when it runs out, saying what the agent last
+        reported (or that it never answered).
         """
         end = time.monotonic() + deadline
         last: dict[str, Any] | None = None
         while (left := end - time.monotonic()) > 0:
-            probed = await self._probe(ip, min(PROBE_TIMEOUT, left))
+            probed = await self._probe(agent, min(PROBE_TIMEOUT, left))
             if probed is not None:
                 status, last = probed
-                if status == 200:
+                if status == 200 and "workload" in last:
                     return last
             left = end - time.monotonic()
             if left > 0:
                 await asyncio.sleep(min(interval, left))
-        raise self._never_healthy(ip, deadline, last)
+        raise self._never_healthy(agent.address, deadline, last)
 
     def _never_healthy(self, ip: str, deadline: float, last: dict[str, Any] | None) -> Unavailable:
         if last is None:
@@ -178,13 +204,20 @@ class GuestAgent:
                 hint="the guest may have failed to boot or configure its network; "
                 "see its console log",
             )
+        if "workload" not in last:
+            return Unavailable(
+                f"the guest agent at {self.address(ip)} does not accept this VM's agent secret",
+                hint="its config disk may be missing or stale; restart the VM",
+            )
         return Unavailable(
             f"workload never became healthy within {deadline:g} s "
             f'(agent says workload "{last.get("workload", "unknown")}")',
             hint="the agent's log stream (/v1/logs) shows the workload's output",
         )
 
-    async def stream_logs(self, ip: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]:
+    async def stream_logs(
+        self, agent: AgentEndpoint, backlog: int = 50
+    ) -> AsyncIterator[dict[str, Any]]:
         """Each log line of `/v1/logs/stream` (its SSE `data:` object) until the stream ends,
         starting with up to backlog recent lines.
 
@@ -195,10 +228,10 @@ class GuestAgent:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_read=STREAM_IDLE
         )
-        address = self.address(ip)
-        url = self._url(ip, f"/v1/logs/stream?limit={backlog}")
+        address = self.address(agent.address)
+        url = self._url(agent.address, f"/v1/logs/stream?limit={backlog}")
         try:
-            async with self.session.get(url, timeout=timeout) as resp:
+            async with self.session.get(url, timeout=timeout, headers=self._headers(agent)) as resp:
                 if resp.status != 200:
                     raise Unavailable(
                         f"the guest agent at {address} refused the log stream (HTTP {resp.status})"

@@ -104,6 +104,13 @@ _REASONS_AND_PROVENANCE = (
 # Retention deletes by age every hour; without it each pass scans the whole event log.
 _EVENT_AGE = ("CREATE INDEX events_ts ON events(ts)",)
 
+# The secret a VM's agent wants on every request (VMs older than this get one at their next
+# start), and whether the VM is cut off from the other guests on the bridge.
+_AGENT_SECRET_AND_ISOLATION = (
+    "ALTER TABLE vms ADD COLUMN agent_secret TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE vms ADD COLUMN isolated INTEGER NOT NULL DEFAULT 0 CHECK (isolated IN (0, 1))",
+)
+
 # Every host resource volantd makes has a record: the intent is written before the host change
 # and the outcome after, so a restart after a SIGKILL knows what may exist on the host. A record
 # outlives its VM's row until the resource itself is gone (delete removes the row last, but a
@@ -127,6 +134,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
     Migration(3, "index events by time for retention", _EVENT_AGE),
+    Migration(4, "agent secrets and guest isolation", _AGENT_SECRET_AND_ISOLATION),
     Migration(5, "records of host resources", _HOST_RESOURCES),
 )
 

@@ -26,7 +26,8 @@ from volant.store.rows import PluginRow, VMRow, to_vm, utcnow
 MacFor = Callable[[str, str | None], str]
 
 # ip_address is absent on purpose: it changes only with its lease, in create_vm and delete_vm.
-UPDATABLE = frozenset({"status", "pid", "kernel_cmdline", "unit", "status_reason"})
+# agent_secret only to give a VM from before secrets its first one.
+UPDATABLE = frozenset({"status", "pid", "kernel_cmdline", "unit", "status_reason", "agent_secret"})
 
 
 def _row(db: peewee.SqliteDatabase, name: str) -> VMRow:
@@ -45,6 +46,7 @@ def create_vm(
     mac_for: MacFor,
     lease_ip: bool,
     manifest_json: str = "",
+    agent_secret: str = "",
 ) -> VirtualMachine:
     """Insert the VM and take its lease in one transaction; on error nothing remains.
 
@@ -81,6 +83,8 @@ def create_vm(
             "kernel_cmdline": "",
             "unit": unit,
             "manifest_json": manifest_json,
+            "isolated": spec.isolated,
+            "agent_secret": agent_secret,
             "created_at": now,
             "updated_at": now,
         }

@@ -89,6 +89,8 @@ class VMRow(_Row):
     unit = peewee.TextField()
     status_reason = peewee.TextField(default="")
     manifest_json = peewee.TextField(default="")
+    isolated = peewee.BooleanField(default=False)
+    agent_secret = peewee.TextField(default="")
     created_at = _Timestamp()
     updated_at = _Timestamp()
 
@@ -176,6 +178,8 @@ def to_vm(row: VMRow) -> VirtualMachine:
         unit=row.unit,
         status_reason=row.status_reason,
         manifest_json=row.manifest_json,
+        isolated=bool(row.isolated),
+        agent_secret=row.agent_secret,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

@@ -182,9 +182,11 @@ class SqliteStore:
         mac_for: MacFor,
         lease_ip: bool = True,
         manifest_json: str = "",
+        agent_secret: str = "",
     ) -> VirtualMachine:
         """Insert the VM in status creating, leasing the lowest free IP in the same transaction.
 
+        spec.isolated is recorded as it is (the caller folds the plugin's setting in).
         Raises NameTaken, PoolExhausted, or NotFound/InvalidState when its plugin is not
         installed or disabled, and then leaves nothing behind.
         """
@@ -198,6 +200,7 @@ class SqliteStore:
                 mac_for=mac_for,
                 lease_ip=lease_ip,
                 manifest_json=manifest_json,
+                agent_secret=agent_secret,
             )
         )
 
@@ -213,7 +216,8 @@ class SqliteStore:
         return await self._call(functools.partial(ops.query_vms, self._db, query))
 
     async def update_vm(self, name: str, **fields: Any) -> VirtualMachine:
-        """Change status, pid, kernel_cmdline or unit; bumps updated_at.
+        """Change status, status_reason, pid, kernel_cmdline, unit or agent_secret; bumps
+        updated_at.
 
         Unknown fields or wrong types raise TypeError before anything is written.
         """
