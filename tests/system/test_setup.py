@@ -17,6 +17,7 @@ import pytest
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VENV_BIN, VolantBox
 from tests.integration.daemon import GUEST_DIR, build_guest
+from volant.network import bridge_table_text
 from volant.setup.nft import table_text
 
 pytestmark = pytest.mark.system
@@ -66,6 +67,7 @@ def state(vb: VolantBox) -> dict[str, Any]:
     return {
         "bridge": vb.run("ip", "-j", "addr", "show", "vbr0").stdout.strip(),
         "table": vb.run("nft", "list", "table", "inet", "volant").stdout,
+        "bridge_table": vb.run("nft", "list", "table", "bridge", "volant").stdout,
         "forward": vb.sh("cat /proc/sys/net/ipv4/ip_forward").strip(),
         "enabled": vb.run("systemctl", "is-enabled", "volantd").stdout.strip(),
         "active": vb.run("systemctl", "is-active", "volantd").stdout.strip(),
@@ -82,7 +84,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(box: VolantBox) -> None:
     assert plan["bridge vbr0 192.168.127.1/24"] == "create"
     assert plan["systemctl enable --now volantd.service"] == "create"
     assert plan["sysctl net.ipv4.ip_forward=1 (/etc/sysctl.d/60-volant.conf)"] == "create"
-    assert any(what.startswith("nftables table inet volant") for what in plan)
+    assert any(what.startswith("nftables tables inet and bridge volant") for what in plan)
     assert state(box) == before
     assert before["bridge"] == ""
     assert before["active"] == "inactive"
@@ -100,7 +102,8 @@ def test_setup_prepares_the_host(box: VolantBox) -> None:
     assert {"local": "192.168.127.1", "prefixlen": 24} in [
         {k: a[k] for k in ("local", "prefixlen")} for a in link["addr_info"]
     ]
-    assert now["table"] == table_text("vbr0", IPv4Network("192.168.127.0/24"))
+    assert now["table"] == table_text("vbr0", IPv4Network("192.168.127.0/24"), 7777)
+    assert now["bridge_table"] == bridge_table_text()
     assert now["forward"] == "1"
     assert (now["enabled"], now["active"]) == ("enabled", "active")
     assert sorted(now["files"]) == sorted([SYSCTL, RULES, DROPIN, RECORD])
@@ -119,12 +122,24 @@ def test_setup_repairs_drift_and_volantd_restores_the_table(box: VolantBox) -> N
     code, out, _ = setup(box)
     assert code == 0
     assert [what for what, verb in lines(out).items() if verb == "created"] == [
-        f"nftables table inet volant: masquerade 192.168.127.0/24, forward vbr0 ({RULES})"
+        "nftables tables inet and bridge volant: masquerade 192.168.127.0/24, forward vbr0, "
+        f"API port 7777 closed to it, guests kept from each other's agents ({RULES})"
     ]
-    # The drop-in loads the table whenever volantd starts: after a reboot, say.
-    box.sh("nft delete table inet volant && systemctl restart volantd")
+    box.sh("nft flush chain bridge volant forward")  # the bridge table drifts too
+    code, out, _ = setup(box)
+    assert "created" in lines(out).values()
+    assert box.sh("nft list table bridge volant") == bridge_table_text()
+    # The drop-in loads the tables whenever volantd starts: after a reboot, say.
+    box.sh("nft delete table inet volant && nft delete table bridge volant")
+    since = box.sh("date +%s").strip()
+    box.sh("systemctl restart volantd")
     assert "masquerade" in box.sh("nft list table inet volant")
+    assert box.sh("nft list table bridge volant") == bridge_table_text()
     box.wait_healthy()
+    # With the tables in place, volantd does not warn about them at start.
+    log = box.sh(f"journalctl -u volantd --since @{since} --no-pager -o cat")
+    assert "ready" in log
+    assert "table bridge volant" not in log
 
 
 def test_a_guest_reaches_the_outside_through_nat(box: VolantBox) -> None:
@@ -179,7 +194,7 @@ def test_undo_removes_what_setup_made(box: VolantBox) -> None:
     assert code == 0, err
     now = state(box)
     assert now["bridge"] == ""
-    assert now["table"] == ""
+    assert now["table"] == now["bridge_table"] == ""
     assert now["forward"] == "0"
     assert (now["enabled"], now["active"]) == ("disabled", "inactive")
     assert now["files"] == []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from volant.model import InvalidArgument
+from volant.network import ISOLATED_GROUP, bridge_table_text
 from volant.setup import Action, Record, SetupPlan
 from volant.setup.nft import ruleset_file, table_text
 from volant.setup.steps import SYSCTL_TEXT, DirectoryStep, ForwardingStep, Step
@@ -145,12 +146,37 @@ def test_a_damaged_record_is_a_clear_error(tmp_path: Path) -> None:
     assert "remove it" in err.value.hint
 
 
-def test_the_nft_file_replaces_the_table_it_lists() -> None:
+def test_the_nft_file_replaces_the_tables_it_lists() -> None:
     subnet = IPv4Network("10.77.0.0/24")
     text = ruleset_file("vbr9", subnet)
     assert text.index("delete table inet volant") < text.index(table_text("vbr9", subnet))
+    assert text.index("delete table bridge volant") < text.index(bridge_table_text())
     assert "ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade" in text
     assert 'oifname "vbr9" ct state established,related accept' in text
+    # No API port: no input chain.
+    assert "hook input" not in text
+    with_api = ruleset_file("vbr9", subnet, 7777)
+    assert 'iifname "vbr9" tcp dport 7777 drop' in with_api
+    assert with_api.count("hook input") == 1
+
+
+def test_the_bridge_table_keeps_guests_from_each_others_agents() -> None:
+    text = bridge_table_text()
+    assert text.startswith("table bridge volant {\n")
+    assert 'iifname "vt-*" oifname "vt-*" tcp dport 8080 drop' in text
+    assert f"iifgroup {ISOLATED_GROUP} drop" in text
+    assert f"oifgroup {ISOLATED_GROUP} drop" in text
+
+
+@pytest.mark.parametrize(
+    ("listen", "port"),
+    [("127.0.0.1:7777", 7777), ("0.0.0.0:80", 80), ("[::1]:9000", 9000), ("", None)],
+)
+def test_the_api_port_comes_from_api_listen(listen: str, port: int | None, tmp_path: Path) -> None:
+    from volant.config import load_config
+
+    config = load_config([], env={"HOME": str(tmp_path), "VOLANT_API_LISTEN": listen})
+    assert config.api_port == port
 
 
 def test_without_systemd_the_service_step_is_reported_skipped(tmp_path: Path) -> None:

@@ -169,6 +169,12 @@ class Config:
     def vm_run_dir(self, name: str) -> Path:
         return self.runtime_dir / "vms" / name
 
+    @property
+    def api_port(self) -> int | None:
+        """The TCP port of api.listen; None when the API serves no TCP (or it names none)."""
+        _host, sep, port = self.api_listen.rpartition(":")
+        return int(port) if sep and port.isdigit() else None
+
     @functools.cached_property
     def allowed_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """api.allow_cidr parsed (once: access control asks on every request); empty when

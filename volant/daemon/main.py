@@ -24,7 +24,12 @@ from volant.daemon.notify import Notifier
 from volant.engine import Engine, Faults
 from volant.host import MachineRegistry, make_supervisor
 from volant.model import StateCorrupt, VolantError
-from volant.network import HostNetwork, forwarding_enabled, mac_for
+from volant.network import (
+    HostNetwork,
+    forwarding_enabled,
+    mac_for,
+    warn_without_bridge_table,
+)
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
 from volant.runtime.guest import GuestAgent
@@ -95,6 +100,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                     "net.ipv4.ip_forward is 0: guests cannot reach other networks "
                     "(run `volar setup`)"
                 )
+            await warn_without_bridge_table()
             try:
                 yield engine
             finally:

@@ -1,8 +1,10 @@
 """Host networking: the bridge, per-VM taps (pyroute2) and the names and MACs they use."""
 
+from volant.network.firewall import bridge_table_text, warn_without_bridge_table
 from volant.network.host import (
     DEFAULT_ADDRESS,
     DEFAULT_BRIDGE,
+    ISOLATED_GROUP,
     BridgeState,
     HostNetwork,
     forwarding_enabled,
@@ -12,9 +14,12 @@ from volant.network.names import mac_for, tap_name
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_BRIDGE",
+    "ISOLATED_GROUP",
     "BridgeState",
     "HostNetwork",
+    "bridge_table_text",
     "forwarding_enabled",
     "mac_for",
     "tap_name",
+    "warn_without_bridge_table",
 ]

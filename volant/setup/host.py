@@ -11,7 +11,7 @@ from typing import Any
 
 from volant.model import Conflict, Unavailable
 from volant.network import HostNetwork
-from volant.setup.nft import TABLE, ruleset_file, table_text
+from volant.setup.nft import FAMILIES, TABLE, listed_tables, ruleset_file
 from volant.setup.steps import read_text, write_file
 
 UNIT = "volantd.service"
@@ -92,26 +92,40 @@ class BridgeStep:
 
 
 class NatStep:
-    """The nftables table, its file and the unit drop-in that loads it whenever volantd starts."""
+    """The nftables tables, their file and the unit drop-in that loads it whenever volantd
+    starts."""
 
     key = "nftables"
 
-    def __init__(self, bridge: str, subnet: IPv4Network, rules: Path, dropin: Path) -> None:
+    def __init__(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        rules: Path,
+        dropin: Path,
+        *,
+        api_port: int | None = None,
+    ) -> None:
         self.bridge = bridge
         self.subnet = subnet
         self.rules = rules
         self.dropin = dropin
+        self.api_port = api_port
 
     def describe(self) -> str:
+        api = f", API port {self.api_port} closed to it" if self.api_port is not None else ""
         return (
-            f"nftables table inet {TABLE}: masquerade {self.subnet}, forward {self.bridge} "
-            f"({self.rules})"
+            f"nftables tables inet and bridge {TABLE}: masquerade {self.subnet}, forward "
+            f"{self.bridge}{api}, guests kept from each other's agents ({self.rules})"
         )
+
+    def _ruleset(self) -> str:
+        return ruleset_file(self.bridge, self.subnet, self.api_port)
 
     def _dropin_text(self) -> str:
         # `+`: nft runs with full privileges, outside the service's sandbox.
         return (
-            "# Written by `volar setup`: restore the NAT table whenever volantd starts.\n"
+            "# Written by `volar setup`: restore the nftables tables whenever volantd starts.\n"
             f"[Service]\nExecStartPre=+/usr/sbin/nft -f {self.rules}\n"
         )
 
@@ -123,22 +137,26 @@ class NatStep:
         pass
 
     async def in_place(self) -> bool:
-        if read_text(self.rules) != ruleset_file(self.bridge, self.subnet):
+        if read_text(self.rules) != self._ruleset():
             return False
         if read_text(self.dropin) != self._dropin_text():
             return False
-        code, listed = await command("nft", "list", "table", "inet", TABLE, check=False)
-        return code == 0 and listed == table_text(self.bridge, self.subnet)
+        for family, wanted in listed_tables(self.bridge, self.subnet, self.api_port).items():
+            code, listed = await command("nft", "list", "table", family, TABLE, check=False)
+            if code != 0 or listed != wanted:
+                return False
+        return True
 
     async def apply(self) -> dict[str, Any]:
-        write_file(self.rules, ruleset_file(self.bridge, self.subnet))
+        write_file(self.rules, self._ruleset())
         write_file(self.dropin, self._dropin_text())
         await command("nft", "-f", str(self.rules))
         await daemon_reload()
         return {}
 
     async def revert(self, made: dict[str, Any]) -> str:
-        await command("nft", "delete", "table", "inet", TABLE, check=False)
+        for family in FAMILIES:
+            await command("nft", "delete", "table", family, TABLE, check=False)
         self.rules.unlink(missing_ok=True)
         self.dropin.unlink(missing_ok=True)
         # Other drop-ins may live there too, or it is gone already.

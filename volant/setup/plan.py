@@ -133,6 +133,7 @@ def host_plan(config: Config, root: Path = Path("/")) -> SetupPlan:
             subnet,
             rules=etc / "volant/nftables.conf",
             dropin=etc / "systemd/system/volantd.service.d/50-volant-nat.conf",
+            api_port=config.api_port,
         ),
     ]
     skipped: list[Change] = []
