@@ -207,6 +207,24 @@ async def test_objects_and_errors_over_the_proxy(created: str, bus: SdBus) -> No
     assert status["vms_total"] == ("x", 1)
 
 
+async def test_the_agent_secret_is_on_no_dbus_reply(
+    created: str, bus: SdBus, daemon: Daemon, bus_address: str
+) -> None:
+    """GetVM shows isolated but never the VM's agent secret; nor do the list, the events, the
+    VM object's properties or the daemon's log."""
+    secret = daemon.agent_secret(VM)
+    assert len(secret) >= 43
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    got = await manager.get_vm(VM)
+    assert got["isolated"] == ("b", False)
+    seen = [repr(got), repr(await manager.list_vms()), repr(await manager.list_events(0, 1000))]
+    properties = busctl(bus_address, "introspect", SERVICE, created, f"{SERVICE}.VM")
+    assert properties.returncode == 0, properties.stderr
+    assert VM in properties.stdout  # the values are there: Name, Status, ...
+    seen += [properties.stdout, daemon.log_text()]
+    assert all(secret not in text for text in seen)
+
+
 async def test_actions_reach_the_vm_of_the_plugin(created: str, bus: SdBus) -> None:
     # The busybox guest runs no agent: only what is decided before reaching it is checked here
     # (tests/integration/test_agent_guest.py drives real actions).

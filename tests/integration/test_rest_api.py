@@ -5,12 +5,16 @@ limit). Guests start paused: nothing here needs them to boot."""
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.daemon import Daemon, build_guest, netns, raw, start_daemon, stop_daemon
+from tests.integration.mcp_client import call, over_unix, results
+from volant.network import ISOLATED_GROUP, tap_name
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +132,68 @@ def test_body_limit_is_413_and_creates_nothing(daemon: Daemon) -> None:
     status, ctype, problem = raw(daemon, "POST", "/api/v1/vms", body.encode())
     assert (status, ctype, problem["code"]) == (413, "application/problem+json", "TooLarge")
     assert "big" not in names(daemon, "")[0]
+
+
+def isolation_of(daemon: Daemon, vm: str) -> tuple[bool, str]:
+    """(bridge port isolated, interface group) of the VM's tap, as the kernel has them."""
+    proc = daemon.in_ns("ip", "-j", "-d", "link", "show", "dev", tap_name(vm))
+    (info,) = json.loads(proc.stdout)
+    return bool(info["linkinfo"]["info_slave_data"]["isolated"]), str(info.get("group"))
+
+
+def test_isolated_vms_and_plugins(daemon: Daemon) -> None:
+    """isolated from the create body or the plugin's network.isolated: recorded, shown, and
+    put on the VM's tap; a value that is not a JSON boolean is refused."""
+    status, _ctype, vm = raw(
+        daemon, "POST", "/api/v1/vms", {"name": "iso-1", "plugin": "demo", "isolated": True}
+    )
+    assert (status, vm["isolated"]) == (201, True), vm
+    assert raw(daemon, "GET", "/api/v1/vms/web-1")[2]["isolated"] is False
+    daemon.install_plugin("lonely", network={"mode": "bridged", "isolated": True})
+    status, _ctype, vm = raw(daemon, "POST", "/api/v1/vms", {"name": "iso-2", "plugin": "lonely"})
+    assert (status, vm["isolated"]) == (201, True), vm
+    try:
+        assert raw(daemon, "GET", "/api/v1/vms/iso-2")[2]["isolated"] is True
+        shown = daemon.volar("vms", "get", "iso-1").stdout.splitlines()
+        assert "isolated:       yes" in shown, shown
+        for name in ("iso-1", "iso-2"):
+            assert isolation_of(daemon, name) == (True, str(ISOLATED_GROUP))
+        assert isolation_of(daemon, "web-1") == (False, "default")
+        for bad in ("yes", 1, None):
+            body = {"name": "iso-3", "plugin": "demo", "isolated": bad}
+            status, _ctype, problem = raw(daemon, "POST", "/api/v1/vms", body)
+            assert (status, problem["code"]) == (400, "InvalidArgument"), problem
+            assert "isolated" in problem["detail"]
+    finally:
+        for name in ("iso-1", "iso-2"):
+            raw(daemon, "DELETE", f"/api/v1/vms/{name}")
+        raw(daemon, "DELETE", "/api/v1/plugins/lonely")
+
+
+def test_the_agent_secret_is_in_no_reply_event_or_log(daemon: Daemon) -> None:
+    """Every VM has an agent secret on its config disk (0600), and no REST or MCP reply, event,
+    `volar` output, log line or the hypervisor's argv carries it."""
+    vm = raw(daemon, "GET", "/api/v1/vms/web-1")[2]
+    secret = daemon.agent_secret("web-1")
+    assert len(secret) >= 43  # 32 random bytes, base64url
+    disk = daemon.tmp / "run" / "vms" / "web-1" / "config.img"
+    assert stat.S_IMODE(disk.stat().st_mode) == 0o600
+    assert secret not in vm["kernel_cmdline"]
+    assert secret.encode() not in Path(f"/proc/{vm['pid']}/cmdline").read_bytes()
+    seen = [
+        json.dumps(raw(daemon, "GET", path)[2])
+        for path in ("/api/v1/vms/web-1", "/api/v1/vms", "/api/v1/events?limit=10000",
+                     "/api/v1/system/status")
+    ]  # fmt: skip
+    seen += [daemon.volar(*argv).stdout for argv in
+             (("vms", "get", "web-1"), ("vms", "get", "web-1", "--json"), ("vms", "list"),
+              ("events", "--no-follow", "--json"))]  # fmt: skip
+    steps = [call("get_vm", name="web-1"), call("list_vms")]
+    seen += [json.dumps(result) for result in results(over_unix(daemon.api, steps))]
+    seen.append(daemon.log_text())
+    assert all(secret not in text for text in seen)
+    # Each VM has its own.
+    assert daemon.agent_secret("web-2") != secret
 
 
 def test_allowed_networks(tmp_path_factory: pytest.TempPathFactory) -> None:

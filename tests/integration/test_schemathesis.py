@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,22 @@ def test_generated_requests_get_documented_answers(daemon: Daemon, tmp_path: Pat
     assert "broke the OpenAPI document" not in daemon.log_text()
     cases = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(cases) > 20  # the run did test something
+    # The create body's newer fields were generated too, good values and bad.
+    isolated = [body["isolated"] for body in create_bodies(cases) if "isolated" in body]
+    assert any(value is True or value is False for value in isolated), isolated
+    assert any(not isinstance(value, bool) for value in isolated), isolated
+
+
+def create_bodies(report: Any) -> list[dict[str, Any]]:
+    """Every JSON object body of a generated POST /api/v1/vms in the ndjson report."""
+    found: list[dict[str, Any]] = []
+    if isinstance(report, dict):
+        request = (report.get("method"), report.get("path"))
+        if request == ("POST", "/api/v1/vms") and isinstance(report.get("body"), dict):
+            found.append(report["body"])
+        for value in report.values():
+            found += create_bodies(value)
+    elif isinstance(report, list):
+        for value in report:
+            found += create_bodies(value)
+    return found

@@ -4,16 +4,21 @@ has it or says why an agent goes without."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 from typing import cast
 
 import pytest
 from sdbus.dbus_proxy_async_method import DbusMethodAsync
 
 from volant.api.dbus import ManagerInterface
+from volant.api.dbus.codec import SPEC_KEYS
 from volant.api.mcp.resources import TEMPLATE
-from volant.api.mcp.tools import TOOLS
+from volant.api.mcp.tools import TOOLS, CreateVM
 from volant.api.rest import make_app
+from volant.api.rest.schemas import CreateVMRequest
+from volant.cli.vms import vms_create
 from volant.engine import Engine
+from volant.model import VMSpec
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +149,14 @@ def test_mcp_has_each_verb_or_says_why_not() -> None:
     assert set(MCP) | set(MCP_WITHOUT) == verbs
     assert not set(MCP) & set(MCP_WITHOUT)
     assert set(MCP.values()) == {tool.name for tool in TOOLS} | {TEMPLATE}
+
+
+def test_create_takes_the_same_fields_everywhere() -> None:
+    """A field of VMSpec (isolated, say) reaches the engine from REST, D-Bus, MCP and volar."""
+    spec = {field.name for field in fields(VMSpec)}
+    assert "isolated" in spec
+    assert set(CreateVMRequest.model_fields) == spec
+    assert set(SPEC_KEYS) == spec
+    assert set(CreateVM.model_fields) == spec
+    cli = {param.name for param in vms_create.params} - {"wait", "as_json"}
+    assert cli == spec

@@ -309,3 +309,16 @@ def test_several_errors_are_reported_together(doc: dict[str, Any]) -> None:
         validate_document(doc)
     assert "name:" in caught.value.message
     assert "network.mode:" in caught.value.message
+
+
+def test_network_isolated_is_a_boolean_and_mode_defaults_to_bridged(doc: dict[str, Any]) -> None:
+    assert validate_document(doc).isolated is False
+    doc["network"] = {"isolated": True}
+    manifest = validate_document(doc)
+    assert (manifest.isolated, manifest.network) == (True, NetworkMode.BRIDGED)
+    doc["network"] = {"mode": "dhcp", "isolated": False}
+    assert validate_document(doc).isolated is False
+    for bad in ("yes", 1, None):
+        doc["network"] = {"isolated": bad}
+        with pytest.raises(InvalidArgument, match=r"network\.isolated"):
+            validate_document(doc)

@@ -101,19 +101,23 @@ def test_kernel_args_are_refused_or_safe_on_the_command_line(args: str) -> None:
     assert line.count(" ip=") == 1
 
 
-@given(st.dictionaries(st.sampled_from(["name", "plugin", "cpu_cores", "memory_mb",
-                                        "kernel_args", "colour"]), json_values))  # fmt: skip
+SPEC_FIELDS = ["name", "plugin", "cpu_cores", "memory_mb", "kernel_args", "isolated"]
+
+
+@given(st.dictionaries(st.sampled_from([*SPEC_FIELDS, "colour"]), json_values))
 def test_rest_create_bodies_parse_or_name_the_problem(body: dict[str, Any]) -> None:
     request, error = attempt(parse_body, CreateVMRequest, body)
     if request is None:
         assert error is not None
         assert error.message
         return
-    assert set(body) <= {"name", "plugin", "cpu_cores", "memory_mb", "kernel_args"}
+    assert set(body) <= set(SPEC_FIELDS)
     assert isinstance(request.name, str)
     assert isinstance(request.plugin, str)
     for value in (request.cpu_cores, request.memory_mb):
         assert value is None or (type(value) is int and value >= 1)
+    # Only a JSON boolean isolates: never 1, "true" or null.
+    assert request.isolated is body.get("isolated", False)
 
 
 variants = st.one_of(
@@ -123,8 +127,7 @@ variants = st.one_of(
 )
 
 
-@given(st.dictionaries(st.sampled_from(["name", "plugin", "cpu_cores", "memory_mb",
-                                        "kernel_args", "bogus"]), variants))  # fmt: skip
+@given(st.dictionaries(st.sampled_from([*SPEC_FIELDS, "bogus"]), variants))
 def test_dbus_specs_decode_or_name_the_problem(spec: dict[str, tuple[str, Any]]) -> None:
     decoded, error = attempt(spec_from_dbus, spec)
     if decoded is None:
@@ -133,6 +136,10 @@ def test_dbus_specs_decode_or_name_the_problem(spec: dict[str, tuple[str, Any]])
         return
     assert decoded.name == spec["name"][1]
     assert "bogus" not in spec
+    # isolated only from a boolean variant ("b"), never from an integer or a string.
+    assert decoded.isolated is (spec["isolated"][1] if "isolated" in spec else False)
+    if "isolated" in spec:
+        assert spec["isolated"][0] == "b"
 
 
 QUERY_KEYS = ["status", "plugin", "prefix", "sort", "limit", "offset", "api_key", "x"]

@@ -63,6 +63,11 @@ def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
 @click.option("--cpu", "cpu_cores", type=int, help="vCPUs (default from the daemon).")
 @click.option("--memory", "memory_mb", type=int, help="Guest RAM in MiB.")
 @click.option("--kernel-args", default="", help="Extra kernel command line arguments.")
+@click.option(
+    "--isolated",
+    is_flag=True,
+    help="Cut the VM off from every other guest (it still reaches the host and beyond).",
+)
 @wait_option
 @json_option
 @pass_ctx
@@ -73,6 +78,7 @@ def vms_create(
     cpu_cores: int | None,
     memory_mb: int | None,
     kernel_args: str,
+    isolated: bool,
     wait: bool | None,
     as_json: bool,
 ) -> None:
@@ -86,6 +92,8 @@ def vms_create(
         spec["cpu_cores"] = cpu_cores
     if memory_mb is not None:
         spec["memory_mb"] = memory_mb
+    if isolated:
+        spec["isolated"] = True
     _boot(ctx, Boot(name, "creating", _waits(wait, as_json)), as_json, lambda c: c.create_vm(spec))
 
 

@@ -258,6 +258,7 @@ def _build(doc: dict[str, Any]) -> Manifest:
         actions={name: Action(**spec) for name, spec in doc.get("actions", {}).items()},
         openapi=doc.get("openapi", ""),
         labels=dict(doc.get("labels", {})),
+        isolated=doc.get("network", {}).get("isolated", False),
         digest="sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         canonical_json=canonical,
     )

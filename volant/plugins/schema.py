@@ -146,8 +146,11 @@ _SCHEMA: dict[str, Any] = {
         "network": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["mode"],
-            "properties": {"mode": {"enum": ["bridged", "dhcp", "vsock"]}},
+            "properties": {
+                "mode": {"enum": ["bridged", "dhcp", "vsock"]},
+                # The plugin's VMs reach the host and beyond, never another guest.
+                "isolated": {"type": "boolean"},
+            },
         },
         "actions": {
             "type": "object",

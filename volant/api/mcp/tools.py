@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from mcp import types
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, StrictStr
 
 from volant.api.validation import validate_model
 from volant.auth.polkit import Action
@@ -62,6 +62,9 @@ class CreateVM(Arguments):
     cpu_cores: StrictInt | None = Field(None, ge=1, description="vCPUs (default: the plugin's)")
     memory_mb: StrictInt | None = Field(None, ge=1, description="RAM in MiB (default: plugin's)")
     kernel_args: StrictStr = Field("", description="Extra kernel command line arguments")
+    isolated: StrictBool = Field(
+        False, description="Cut the VM off from every other guest (it still reaches the host)"
+    )
 
 
 class CallAction(Arguments):
@@ -116,6 +119,7 @@ async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
         cpu_cores=args.cpu_cores,
         memory_mb=args.memory_mb,
         kernel_args=args.kernel_args,
+        isolated=args.isolated,
     )
     return (await engine.create_vm(spec)).to_dict()
 

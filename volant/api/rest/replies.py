@@ -39,6 +39,10 @@ class VM(Reply):
     runtime: str = Field(description="Hypervisor kind: qemu or cloud-hypervisor")
     kernel_cmdline: str
     unit: str = Field(description="The systemd scope holding the hypervisor; empty without one")
+    isolated: bool = Field(
+        description="Cut off from every other guest (asked at create, or the plugin's "
+        "network.isolated)"
+    )
     created_at: str = Field(description="ISO 8601 time")
     updated_at: str = Field(description="ISO 8601 time")
 

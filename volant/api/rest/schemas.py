@@ -52,6 +52,11 @@ class CreateVMRequest(BaseModel):
         description="Extra kernel arguments, printable ASCII (no volant.*, ip= or init=)",
         json_schema_extra={"pattern": "^[\\x20-\\x7e]*$"},
     )
+    isolated: StrictBool = Field(
+        False,
+        description="Cut the VM off from every other guest (it still reaches the host and "
+        "beyond); a plugin's network.isolated makes every VM of it so",
+    )
 
 
 SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"

@@ -40,6 +40,7 @@ async def create_vm(request: web.Request) -> web.Response:
         cpu_cores=body.cpu_cores,
         memory_mb=body.memory_mb,
         kernel_args=body.kernel_args,
+        isolated=body.isolated,
     )
     vm = await engine_of(request).create_vm(spec)
     return web.json_response(vm.to_dict(), status=201)
