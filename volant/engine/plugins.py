@@ -106,7 +106,7 @@ class PluginVerbs:
             return
         removed = await self.artifacts.prune(keep)
         if removed:
-            log.info("removed %d cached artifacts no plugin or VM uses", removed)
+            log.info("removed %d cached files no plugin or VM uses", removed)
 
     async def install_plugin(self, source: PluginSource, *, replace: bool = False) -> Plugin:
         """Verify, validate and record a plugin, caching its artifacts; nothing is recorded
