@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from scripts.sysbox import Sysbox
+from scripts.volantbox import VolantBox
+from tests.integration.daemon import GUEST_DIR, build_guest
 
 
 def sysbox_unavailable() -> str:
@@ -31,3 +33,15 @@ def sysbox() -> Iterator[Sysbox]:
         pytest.skip(reason)
     with Sysbox() as box:
         yield box
+
+
+@pytest.fixture(scope="module")
+def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
+    """volantd.service with the test settings and the demo plugin (modules that need other
+    settings define their own)."""
+    if not (GUEST_DIR / "vmlinuz").exists() or not (GUEST_DIR / "initramfs.img").exists():
+        build_guest()
+    vb = VolantBox(sysbox)
+    vb.install()
+    yield vb
+    vb.run("systemctl", "stop", "volantd")

@@ -5,25 +5,12 @@ and the journal says why."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
 
 import pytest
 
-from scripts.sysbox import Sysbox
 from scripts.volantbox import VENV_BIN, VolantBox
-from tests.integration.daemon import GUEST_DIR, build_guest
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture(scope="module")
-def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
-    if not (GUEST_DIR / "vmlinuz").exists() or not (GUEST_DIR / "initramfs.img").exists():
-        build_guest()
-    vb = VolantBox(sysbox)
-    vb.install()
-    yield vb
-    vb.run("systemctl", "stop", "volantd")
 
 
 def poweroff_from_inside(vb: VolantBox, name: str) -> None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
-from tests.integration.daemon import GUEST_DIR, build_guest
 from volant.network.names import tap_name
 
 pytestmark = pytest.mark.system
@@ -24,16 +21,6 @@ POLL = (
     'curl -sf --max-time 3 -o /dev/null "http://$ip:8080/" || echo "FAIL $ip"; done; '
     "echo ROUND; sleep 0.2; done; echo DONE"
 )
-
-
-@pytest.fixture(scope="module")
-def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
-    if not (GUEST_DIR / "vmlinuz").exists() or not (GUEST_DIR / "initramfs.img").exists():
-        build_guest()
-    vb = VolantBox(sysbox)
-    vb.install()
-    yield vb
-    vb.run("systemctl", "stop", "volantd")
 
 
 @pytest.fixture(scope="module")
