@@ -55,10 +55,6 @@ class Repair:
     def __init__(self, store: Store, host: HostSteps, paths: Paths, emit: Emit) -> None:
         self.store = store
         self.host = host
-        self.ledger = host.ledger
-        self.supervisor = host.supervisor
-        self.network = host.network
-        self.machines = host.machines
         self.paths = paths
         self._emit = emit
 
@@ -71,8 +67,8 @@ class Repair:
             wanted[(ResourceKind.CONSOLE_LOG, self.paths.console_log(vm.name))] = vm.name
             if vm.name in active:
                 wanted[(ResourceKind.SCOPE, vm.name)] = vm.name
-                wanted[(ResourceKind.TAP, self.network.tap_name(vm.name))] = vm.name
-                if self.machines is not None:
+                wanted[(ResourceKind.TAP, self.host.network.tap_name(vm.name))] = vm.name
+                if self.host.machines is not None:
                     wanted[(ResourceKind.MACHINE, vm.name)] = vm.name
         return wanted
 
@@ -91,12 +87,12 @@ class Repair:
                     log.info("%s %s of VM %s is not there; forgetting its record", kind, name, vm)
                     await self.store.forget_resource(kind, name)
                 elif key not in records:
-                    await self.ledger.adopt(vm, kind, name)
+                    await self.host.ledger.adopt(vm, kind, name)
                     await self._repaired(vm, kind, name, "adopted", "it had no record")
                     repairs += 1
                 continue
             try:
-                await self.ledger.remove(kind, name, self.host.destroyer(kind, name))
+                await self.host.ledger.remove(kind, name, self.host.destroyer(kind, name))
             except (VolantError, OSError) as exc:
                 log.error("could not remove %s %s: %s", kind, name, exc, extra={"VM": vm})
                 continue
@@ -126,15 +122,15 @@ class Repair:
         return found
 
     async def _scopes(self) -> dict[str, str]:
-        return {name: name for name in await self.supervisor.scan()}
+        return {name: name for name in await self.host.supervisor.scan()}
 
     async def _machines(self) -> dict[str, str]:
-        if self.machines is None:
+        if self.host.machines is None:
             return {}
-        return {name: name for name in await self.machines.registered()}
+        return {name: name for name in await self.host.machines.registered()}
 
     async def _taps(self) -> dict[str, str]:
-        return await self.network.list_taps()
+        return await self.host.network.list_taps()
 
     async def _run_dirs(self) -> dict[str, str]:
         return await asyncio.to_thread(_entries, self.paths.run_root, "*", dirs=True)
