@@ -304,11 +304,8 @@ def _copy_hashing(src: Path, dest: Path, max_bytes: int, key: str) -> str:
 
 
 def _hash_file(path: Path) -> str:
-    hasher = hashlib.sha256()
     with path.open("rb") as inp:
-        while chunk := inp.read(COPY_CHUNK):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+        return "sha256:" + hashlib.file_digest(inp, "sha256").hexdigest()
 
 
 def _concatenate(first: Path, second: Path, dest: Path) -> tuple[str, str]:

@@ -30,7 +30,6 @@ from volant.storage.layers import DigestMismatch, TreeCheck, check_layer
 from volant.storage.tools import raise_if_no_space, run
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 # Part of a cached build's name: bump it when a change here makes builds differ, so older
 # builds in caches are not reused.
 BUILD_FORMAT = 1
@@ -146,11 +145,8 @@ def _sum_path(rootfs: Path) -> Path:
 
 
 def _hash(path: Path) -> str:
-    hasher = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _verified(rootfs: Path) -> tuple[str, int] | None:
