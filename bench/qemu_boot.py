@@ -110,7 +110,7 @@ async def guest_in_netns(
     )  # fmt: skip
     if agent_secret is not None:
         disk = write_config_disk(run_dir / "config.img", None, agent_secret)
-        spec = dataclasses.replace(spec, disks=(disk,))
+        spec = dataclasses.replace(spec, config_disk=disk)
     hv = driver.for_vm(spec)
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, *hv.command())

@@ -82,7 +82,7 @@ async def boot(
     spec = LaunchSpec(
         name="hello1", cpus=1, memory_mb=256, kernel=guest_dir / "vmlinuz",
         initramfs=initramfs, cmdline=cmdline, mac="02:56:c0:a8:7f:02",
-        run_dir=run_dir, console_log=run_dir / "console.log", tap=TAP, disks=(disk,),
+        run_dir=run_dir, console_log=run_dir / "console.log", tap=TAP, config_disk=disk,
     )  # fmt: skip
     hv = driver.for_vm(spec)
     started = time.monotonic()

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fake_cloud_hypervisor import CLIError, FakeCloudHypervisor, parse_cli
-from volant.model import EndCause, HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.model import (
+    Disk,
+    EndCause,
+    HypervisorEnd,
+    HypervisorFailed,
+    InvalidArgument,
+    LaunchSpec,
+)
 from volant.runtime.ch_events import parse_events
 from volant.runtime.cloudhypervisor import (
     CloudHypervisorAPI,
@@ -57,7 +64,8 @@ def vm(run_dir: Path, **kw: object) -> CloudHypervisorVM:
 
 
 def test_argv_follows_the_documented_cli(run_dir: Path) -> None:
-    argv = vm(run_dir, disks=(Path("/d/config.img"),)).command()
+    disks = (Disk(Path("/d/vol.img"), "data", read_only=False),)
+    argv = vm(run_dir, config_disk=Path("/d/config.img"), disks=disks).command()
     assert argv == [
         "cloud-hypervisor",
         "--api-socket", f"path={run_dir}/api.sock",
@@ -71,10 +79,14 @@ def test_argv_follows_the_documented_cli(run_dir: Path) -> None:
         "--serial", f"socket={run_dir}/serial.sock",
         "--console", "off",
         "--rng", "src=/dev/urandom",
-        "--disk", "path=/d/config.img,readonly=on,image_type=raw",
+        "--disk", "path=/d/config.img,readonly=on,image_type=raw,serial=volant-config",
+        "--disk", "path=/d/vol.img,readonly=off,image_type=raw,serial=data",
     ]  # fmt: skip
     parsed = parse_cli(argv)
-    assert parsed["--disk"] == [{"path": "/d/config.img", "readonly": "on", "image_type": "raw"}]
+    assert parsed["--disk"] == [
+        {"path": "/d/config.img", "readonly": "on", "image_type": "raw", "serial": "volant-config"},
+        {"path": "/d/vol.img", "readonly": "off", "image_type": "raw", "serial": "data"},
+    ]
 
 
 def test_argv_without_optional_parts_still_parses(run_dir: Path) -> None:
@@ -97,7 +109,7 @@ def test_start_paused_and_commas_are_refused(run_dir: Path) -> None:
     with pytest.raises(InvalidArgument, match="paused"):
         vm(run_dir, start_paused=True).command()
     with pytest.raises(InvalidArgument, match="comma"):
-        vm(run_dir, disks=(Path("/d/a,b.img"),)).command()
+        vm(run_dir, disks=(Disk(Path("/d/a,b.img"), "data"),)).command()
 
 
 def test_no_kernel_extras() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from volant.engine.ports import Hypervisor, HypervisorDriver
-from volant.model import InvalidArgument, LaunchSpec, Unavailable
+from volant.model import Disk, InvalidArgument, LaunchSpec, Unavailable
 from volant.runtime import select_driver
 from volant.runtime.cloudhypervisor import CloudHypervisorDriver
 from volant.runtime.qemu import Accel, Machine, QemuDriver, host_tsc_khz, resolve_machine
@@ -85,15 +85,22 @@ def test_microvm_under_tcg() -> None:
 
 def test_pc_uses_pci_devices_without_option_rom() -> None:
     driver = QemuDriver(machine="pc", accel="tcg")
-    argv = driver.for_vm(spec(disks=(Path("/d/config.img"),))).command()
+    disks = (Disk(Path("/d/rootfs.erofs"), "rootfs"), Disk(Path("/d/a,b.img"), "data", False))
+    argv = driver.for_vm(spec(config_disk=Path("/d/config.img"), disks=disks)).command()
     assert option(argv, "-M") == ["pc"]
     assert option(argv, "-device") == [
         "virtio-net-pci,netdev=n0,mac=02:56:0a:0b:0c:0d,romfile=",
         "virtio-rng-pci",
         "pvpanic",
-        "virtio-blk-pci,drive=disk0",
+        "virtio-blk-pci,drive=disk0,serial=volant-config",
+        "virtio-blk-pci,drive=disk1,serial=rootfs",
+        "virtio-blk-pci,drive=disk2,serial=data",
     ]
-    assert option(argv, "-drive") == ["file=/d/config.img,if=none,id=disk0,format=raw,readonly=on"]
+    assert option(argv, "-drive") == [
+        "file=/d/config.img,if=none,id=disk0,format=raw,readonly=on",
+        "file=/d/rootfs.erofs,if=none,id=disk1,format=raw,readonly=on",
+        "file=/d/a,,b.img,if=none,id=disk2,format=raw,discard=unmap",
+    ]
     assert driver.kernel_extras() == ["random.trust_cpu=on"]
 
 

@@ -145,7 +145,7 @@ class Booting:
         initramfs, and the config disk; and the VM's manifest (None for a VM created before VMs
         carried one)."""
         spec = self.launch_spec(vm)
-        spec = replace(spec, disks=(spec.run_dir / CONFIG_DISK,))
+        spec = replace(spec, config_disk=spec.run_dir / CONFIG_DISK)
         if not vm.manifest_json:
             return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)

@@ -66,8 +66,10 @@ class HostSteps:
         with disk_full_as_error(spec.run_dir, f"cannot write the files of VM {vm.name}"):
             await asyncio.to_thread(_prepare_dirs, spec)
             document = json.loads(vm.manifest_json) if vm.manifest_json else None
-            for disk in spec.disks:
-                await asyncio.to_thread(write_config_disk, disk, document, vm.agent_secret)
+            if spec.config_disk is not None:
+                await asyncio.to_thread(
+                    write_config_disk, spec.config_disk, document, vm.agent_secret
+                )
         await store.resource_made(ResourceKind.RUN_DIR, str(spec.run_dir))
 
     async def launch(self, vm: VirtualMachine, argv: Sequence[str], spec: LaunchSpec) -> Launched:
@@ -83,11 +85,12 @@ class HostSteps:
                     log_path=spec.run_dir / "hypervisor.log",
                 )
             )
+            # Inside the scope's make: when this record cannot be written, the scope ends too.
+            await self.ledger.store.resource_made(ResourceKind.CONSOLE_LOG, str(spec.console_log))
 
         await self.ledger.make(
             vm.name, ResourceKind.SCOPE, vm.name, launch, lambda: self.supervisor.kill(vm.name)
         )
-        await self.ledger.store.resource_made(ResourceKind.CONSOLE_LOG, str(spec.console_log))
         return launched[0]
 
     async def register_machine(self, name: str, pid: int, tap: str) -> None:

@@ -29,15 +29,17 @@ class Ledger:
     async def make(
         self, vm: str, kind: ResourceKind, name: str, create: HostChange, destroy: HostChange
     ) -> None:
-        """Record the intent, run create, record the outcome. When create fails, destroy
-        undoes whatever it did and the record goes, shielded from cancellation."""
+        """Record the intent, run create, record the outcome. When create fails, or the
+        outcome cannot be recorded (a full disk), destroy undoes whatever create did and the
+        record goes, shielded from cancellation: the caller only undoes what `make` returned
+        from."""
         await self.store.intend_resource(kind, name, vm)
         try:
             await create()
+            await self.store.resource_made(kind, name)
         except BaseException:
             await asyncio.shield(self._quietly(kind, name, destroy))
             raise
-        await self.store.resource_made(kind, name)
 
     async def remove(self, kind: ResourceKind, name: str, destroy: HostChange) -> None:
         """Remove the resource from the host, then its record."""

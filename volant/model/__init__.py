@@ -38,7 +38,9 @@ from volant.model.plugins import (
 )
 from volant.model.types import (
     AGENT_PORT,
+    CONFIG_DISK_SERIAL,
     AgentEndpoint,
+    Disk,
     EndCause,
     Event,
     EventType,
@@ -61,10 +63,12 @@ from volant.model.types import (
 
 __all__ = [
     "AGENT_PORT",
+    "CONFIG_DISK_SERIAL",
     "ERROR_CLASSES",
     "ERROR_TABLE",
     "Action",
     "AgentEndpoint",
+    "Disk",
     "Artifact",
     "HealthCheck",
     "Manifest",

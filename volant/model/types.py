@@ -188,6 +188,20 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Disk:
+    """A raw disk image the hypervisor attaches as virtio-blk. The guest finds it by its
+    serial (/sys/block/vdX/serial; virtio-blk keeps at most 20 bytes of it)."""
+
+    path: Path
+    serial: str
+    read_only: bool = True
+
+
+# The serial of the config disk every VM gets (volant.runtime.configdisk).
+CONFIG_DISK_SERIAL = "volant-config"
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a hypervisor launcher needs to build its command line."""
 
@@ -201,8 +215,17 @@ class LaunchSpec:
     run_dir: Path
     console_log: Path
     tap: str | None = None
-    disks: tuple[Path, ...] = ()
+    # The config disk (written by volantd before launch), then the plugin's and the VM's
+    # disks, attached in this order.
+    config_disk: Path | None = None
+    disks: tuple[Disk, ...] = ()
     start_paused: bool = False
+
+    @property
+    def all_disks(self) -> tuple[Disk, ...]:
+        """Every disk the hypervisor attaches: the config disk first."""
+        config = () if self.config_disk is None else (Disk(self.config_disk, CONFIG_DISK_SERIAL),)
+        return (*config, *self.disks)
 
     @property
     def api_socket(self) -> Path:

@@ -165,9 +165,11 @@ class CloudHypervisorDriver:
             argv += ["--net", f"tap={spec.tap},mac={spec.mac}"]
         argv += ["--serial", f"socket={_value(spec.serial_socket, 'serial socket')}"]
         argv += ["--console", "off", "--rng", "src=/dev/urandom"]
-        for disk in spec.disks:
+        for disk in spec.all_disks:
             # Auto-detection of image types is deprecated since v52: say raw.
-            argv += ["--disk", f"path={_value(disk, 'disk')},readonly=on,image_type=raw"]
+            readonly = "on" if disk.read_only else "off"
+            option = f"path={_value(disk.path, 'disk')},readonly={readonly},image_type=raw"
+            argv += ["--disk", f"{option},serial={_value(disk.serial, 'disk serial')}"]
         return argv
 
 

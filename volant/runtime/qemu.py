@@ -164,9 +164,11 @@ class QemuDriver:
         # A guest kernel panic reaches QEMU through pvpanic (the guest loads pvpanic_mmio) and
         # ends it with SHUTDOWN reason guest-panic instead of a reset that looks like a reboot.
         argv += ["-device", "pvpanic"]
-        for index, disk in enumerate(spec.disks):
-            drive = f"file={_opt(disk)},if=none,id=disk{index},format=raw,readonly=on"
-            argv += ["-drive", drive, "-device", f"virtio-blk-{bus},drive=disk{index}"]
+        for index, disk in enumerate(spec.all_disks):
+            drive = f"file={_opt(disk.path)},if=none,id=disk{index},format=raw"
+            drive += ",readonly=on" if disk.read_only else ",discard=unmap"
+            device = f"virtio-blk-{bus},drive=disk{index},serial={_opt(disk.serial)}"
+            argv += ["-drive", drive, "-device", device]
         serial = f"socket,id=ser0,path={_opt(spec.serial_socket)},server=on,wait=off"
         # The socket keeps nothing while no client is attached; the logfile keeps everything.
         serial += f",logfile={_opt(spec.console_log)},logappend=on"
