@@ -197,6 +197,16 @@ class Disk:
     read_only: bool = True
 
 
+@dataclass(frozen=True)
+class GuestMount:
+    """A disk (found by its serial) that the guest agent mounts at path inside the workload's
+    root: a volume. Its Disk is in LaunchSpec.disks with the same serial."""
+
+    serial: str
+    path: str
+    read_only: bool = False
+
+
 # The serial of the config disk every VM gets (volant.runtime.configdisk).
 CONFIG_DISK_SERIAL = "volant-config"
 
@@ -219,6 +229,8 @@ class LaunchSpec:
     # disks, attached in this order.
     config_disk: Path | None = None
     disks: tuple[Disk, ...] = ()
+    # Where the agent mounts disks of `disks` in the workload's root (the config disk says).
+    mounts: tuple[GuestMount, ...] = ()
     start_paused: bool = False
 
     @property
