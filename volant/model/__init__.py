@@ -33,6 +33,8 @@ from volant.model.plugins import (
     PluginSource,
     Resources,
     RestartPolicy,
+    RootfsArtifact,
+    RootfsFormat,
     Workload,
     WorkloadType,
 )
@@ -78,6 +80,8 @@ __all__ = [
     "PluginSource",
     "Resources",
     "RestartPolicy",
+    "RootfsArtifact",
+    "RootfsFormat",
     "SignatureInvalid",
     "StateCorrupt",
     "Workload",

@@ -47,6 +47,8 @@ class Workload:
     base_url: str = ""
     health_check: HealthCheck | None = None
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    # "name|uid[:group|gid]" in the rootfs' /etc/passwd and /etc/group; "" is root.
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,23 @@ class Artifact:
     url: str = ""
     path: str = ""
     checksum: str = ""  # "sha256:<64 hex>"; required for a URL
+
+
+class RootfsFormat(StrEnum):
+    """The file system of a rootfs disk."""
+
+    EROFS = "erofs"
+    SQUASHFS = "squashfs"
+    EXT4 = "ext4"
+
+
+@dataclass(frozen=True)
+class RootfsArtifact(Artifact):
+    """A read-only root file system disk shared by every VM of the plugin."""
+
+    format: RootfsFormat = RootfsFormat.EROFS
+    # Writes go to a tmpfs (lost at stop) instead of a per-VM disk.
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,13 +102,16 @@ class Manifest:
     workload: Workload
     network: NetworkMode
     initramfs: Artifact | None = None
-    rootfs: Artifact | None = None
+    rootfs: RootfsArtifact | None = None
     kernel: Artifact | None = None
     actions: dict[str, Action] = field(default_factory=dict)
     openapi: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     # network.isolated: every VM of the plugin is cut off from the other guests.
     isolated: bool = False
+    # The OCI image the plugin was built from, and its manifest digest ("" when none).
+    image: str = ""
+    image_digest: str = ""
     digest: str = ""
     canonical_json: str = field(default="", repr=False, compare=False)
 

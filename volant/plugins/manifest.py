@@ -27,6 +27,8 @@ from volant.model import (
     NetworkMode,
     Resources,
     RestartPolicy,
+    RootfsArtifact,
+    RootfsFormat,
     Workload,
     WorkloadType,
 )
@@ -229,6 +231,18 @@ def _artifact(raw: dict[str, Any] | None) -> Artifact | None:
     )
 
 
+def _rootfs(raw: dict[str, Any] | None) -> RootfsArtifact | None:
+    if raw is None:
+        return None
+    return RootfsArtifact(
+        url=raw.get("url", ""),
+        path=raw.get("path", ""),
+        checksum=raw.get("checksum", ""),
+        format=RootfsFormat(raw.get("format", RootfsFormat.EROFS)),
+        ephemeral=raw.get("ephemeral", False),
+    )
+
+
 def _workload(raw: dict[str, Any]) -> Workload:
     health = raw.get("health_check")
     return Workload(
@@ -239,6 +253,7 @@ def _workload(raw: dict[str, Any]) -> Workload:
         base_url=raw.get("base_url", ""),
         health_check=None if health is None else HealthCheck(**health),
         restart=RestartPolicy(raw.get("restart", RestartPolicy.ON_FAILURE)),
+        user=raw.get("user", ""),
     )
 
 
@@ -253,12 +268,14 @@ def _build(doc: dict[str, Any]) -> Manifest:
         workload=_workload(doc["workload"]),
         network=NetworkMode(doc.get("network", {}).get("mode", NetworkMode.BRIDGED)),
         initramfs=_artifact(doc.get("initramfs")),
-        rootfs=_artifact(doc.get("rootfs")),
+        rootfs=_rootfs(doc.get("rootfs")),
         kernel=_artifact(doc.get("kernel")),
         actions={name: Action(**spec) for name, spec in doc.get("actions", {}).items()},
         openapi=doc.get("openapi", ""),
         labels=dict(doc.get("labels", {})),
         isolated=doc.get("network", {}).get("isolated", False),
+        image=doc.get("image", ""),
+        image_digest=doc.get("image_digest", ""),
         digest="sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         canonical_json=canonical,
     )

@@ -53,6 +53,20 @@ _ARTIFACT: dict[str, Any] = {
     "x-message": "needs exactly one of url or path",
 }
 
+# A root file system disk: an artifact, with its file system and whether VMs keep their writes.
+_ROOTFS: dict[str, Any] = {
+    **_ARTIFACT,
+    "properties": {
+        **_ARTIFACT["properties"],
+        "format": {"enum": ["erofs", "squashfs", "ext4"]},
+        # true: each VM's writes go to a tmpfs and are lost at stop (no per-VM disk).
+        "ephemeral": {"type": "boolean"},
+    },
+}
+
+# A user name or uid, optionally with a group name or gid: resolved in the rootfs' /etc/passwd.
+USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$"
+
 _HEALTH_CHECK: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -85,6 +99,11 @@ _WORKLOAD: dict[str, Any] = {
             "additionalProperties": {"type": "string"},
         },
         "workdir": {"type": "string", "pattern": ABS_PATH, "x-message": "must be absolute"},
+        "user": {
+            "type": "string",
+            "pattern": USER,
+            "x-message": "must be a user name or uid, optionally followed by :group or :gid",
+        },
         "base_url": {"type": "string", "pattern": HTTP_URL, "x-message": "must be an http(s) URL"},
         "health_check": _HEALTH_CHECK,
         "restart": {"enum": ["always", "on-failure", "never"]},
@@ -141,7 +160,7 @@ _SCHEMA: dict[str, Any] = {
         },
         "workload": _WORKLOAD,
         "initramfs": {"$ref": "#/$defs/artifact"},
-        "rootfs": {"$ref": "#/$defs/artifact"},
+        "rootfs": _ROOTFS,
         "kernel": {"$ref": "#/$defs/artifact"},
         "network": {
             "type": "object",
@@ -164,6 +183,13 @@ _SCHEMA: dict[str, Any] = {
             "type": "string",
             "pattern": r"^(https?://\S+|/\S*)$",
             "x-message": "must be an http(s) URL or a path on base_url",
+        },
+        # The OCI image the plugin was built from (`volar plugins build`) and its digest.
+        "image": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "image_digest": {
+            "type": "string",
+            "pattern": SHA256,
+            "x-message": "must be 'sha256:' followed by 64 lowercase hex digits",
         },
         "labels": {
             "type": "object",
