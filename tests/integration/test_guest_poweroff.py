@@ -5,6 +5,7 @@ their console shell."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -36,14 +37,21 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def from_inside(daemon: Daemon, name: str, command: str) -> None:
-    """Type command into the guest's console shell; return once the console closes."""
+    """Type command into the guest's console shell; return once the console closes (the
+    hypervisor exited), or fail after 120 s with the console's tail."""
 
     async def run(client: VolantClient) -> None:
         async with client.console(name) as stream:
             await converse(stream, ASK, ANSWER, timeout=90)
             await stream.send(command.encode() + b"\n")
-            while await stream.receive() is not None:
-                pass
+            seen = b""
+            try:
+                async with asyncio.timeout(120):
+                    while (data := await stream.receive()) is not None:
+                        seen = (seen + data)[-2000:]
+            except TimeoutError:
+                tail = seen.decode(errors="replace")
+                pytest.fail(f"the guest still runs 120 s after {command!r}:\n{tail}")
 
     daemon.call(run)
 

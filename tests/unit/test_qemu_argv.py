@@ -80,7 +80,7 @@ def test_microvm_under_tcg() -> None:
     # Commands use short sessions on the first monitor; a listener holds the second one.
     assert option(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmpev,mode=control"]
     assert "vhost" not in " ".join(argv)
-    assert driver.kernel_extras() == ["random.trust_cpu=on", f"tsc_early_khz={TSC}"]
+    assert driver.kernel_extras() == ["reboot=t", "random.trust_cpu=on", f"tsc_early_khz={TSC}"]
 
 
 def test_pc_uses_pci_devices_without_option_rom() -> None:
@@ -125,7 +125,7 @@ def test_kvm_uses_host_cpu_and_needs_no_hints() -> None:
     driver = QemuDriver(accel="kvm")
     assert driver.machine is Machine.MICROVM
     assert option(driver.argv(spec()), "-cpu") == ["host"]
-    assert driver.kernel_extras() == []
+    assert driver.kernel_extras() == ["reboot=t"]
 
 
 def test_auto_accel_is_tcg() -> None:

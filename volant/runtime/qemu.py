@@ -130,6 +130,11 @@ class QemuDriver:
     def kernel_extras(self) -> list[str]:
         """Kernel arguments this driver's guests need; pass them to build_cmdline(extras=...)."""
         extras: list[str] = []
+        if self.microvm:
+            # microvm has no i8042, so the base line's reboot=k spins forever at "machine
+            # restart" (seen under TCG); a triple fault resets any machine, and under
+            # -no-reboot QEMU then exits with SHUTDOWN guest-reset. The last reboot= wins.
+            extras.append("reboot=t")
         if self.accel is Accel.TCG:
             # TCG offers RDRAND with -cpu max; trusting it avoids early entropy starvation.
             extras.append("random.trust_cpu=on")
