@@ -109,6 +109,12 @@ SETTINGS: tuple[Setting, ...] = (
             "may take."),
     Setting("plugins.max_artifact_mb", int, 1024, "Largest plugin artifact (kernel, initramfs) "
             "that is downloaded or cached, in MiB."),
+    Setting("images.cache_dir", str, "", "Cache of OCI image blobs and built root file systems "
+            "(`volar plugins build`). Default: <state_dir>/images."),
+    Setting("images.authfile", str, "", "Registry credentials for image pulls "
+            "(containers-auth.json, as `skopeo login` writes it); empty: none."),
+    Setting("images.cert_dir", str, "", "Directory of extra CA certificates (*.crt) for image "
+            "registries; /etc/containers/certs.d/HOST:PORT/ applies too. TLS is always verified."),
 )  # fmt: skip
 
 
@@ -156,6 +162,19 @@ class Config:
     plugins_trusted_keys_dir: Path
     plugins_download_timeout: float
     plugins_max_artifact_mb: int
+    images_cache_dir: str
+    images_authfile: str
+    images_cert_dir: str
+
+    @property
+    def image_cache(self) -> Path:
+        """The OCI image cache (blobs and built root file systems)."""
+        return Path(self.images_cache_dir) if self.images_cache_dir else self.state_dir / "images"
+
+    @property
+    def builds_dir(self) -> Path:
+        """Work directories of plugin builds under way (removed when each ends)."""
+        return self.state_dir / "builds"
 
     @property
     def artifacts_dir(self) -> Path:

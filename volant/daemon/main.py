@@ -23,6 +23,7 @@ from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
 from volant.engine import Engine, Faults
 from volant.host import MachineRegistry, make_supervisor
+from volant.host.builds import make_build_runner
 from volant.model import StateCorrupt, VolantError
 from volant.network import (
     HostNetwork,
@@ -93,6 +94,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 version=_version(),
                 machines=machines,
                 faults=Faults.from_environment(),
+                builder=make_build_runner(supervisor.kind, owner=str(config.state_dir)),
             )
             await engine.start()
             if not forwarding_enabled():

@@ -9,6 +9,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
 from volant.engine.boot import Booting, new_agent_secret
+from volant.engine.buildrun import BuildRunner
+from volant.engine.builds import build_service
 from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
@@ -73,6 +75,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         version: str = "",
         machines: Machines | None = None,
         faults: Faults | None = None,
+        builder: BuildRunner | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -94,6 +97,9 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
+        self.builds = build_service(
+            config, store, self.ledger, self.bus, self.faults, builder, self._install_built
+        )
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)
@@ -113,12 +119,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         log.info("IP pool %s: %d addresses", self._subnet, total)
         if self.config.network_manage_bridge:
             await self.network.ensure_bridge()
+        await self.builds.repair()  # first: Repair knows VM resources only
         await self._reconcile()
         await self.prune_artifacts()
         self._spawn(self._keep_events_trimmed())
 
     async def close(self) -> None:
-        """Stop watching; VMs keep running (their scopes outlive the daemon)."""
+        """Stop watching; VMs keep running (their scopes outlive the daemon); builds do not."""
+        await self.builds.close()
         await self._cancel_tasks()
         self.bus.close()
 

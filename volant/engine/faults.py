@@ -36,6 +36,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "delete": ("ended", "files-removed", "deleted"),
     "plugin-install": ("verified", "artifacts-cached"),
     "plugin-remove": ("removed",),
+    # The install steps are the plugin-install ones, passed inside the build.
+    "plugin-build": ("dir-made", "launched", "built", "verified", "artifacts-cached", "installed"),
 }
 
 _verb: contextvars.ContextVar[str] = contextvars.ContextVar("volant_verb", default="")

@@ -114,6 +114,10 @@ class PluginVerbs:
         async with self.faults.verb("plugin-install"):
             return await self._install(source, replace)
 
+    async def _install_built(self, source: PluginSource, replace: bool) -> Plugin:
+        """install_plugin for a manifest a build made (volant.engine.builds)."""
+        return await self._install(source, replace)
+
     async def _install(self, source: PluginSource, replace: bool) -> Plugin:
         text, signature, origin = await self._read_source(source)
         cfg = self.config
@@ -125,7 +129,10 @@ class PluginVerbs:
         )
         manifest = parse_manifest(text)
         self.faults.at("verified")
-        await self.boot_artifacts(manifest, origin)
+        if manifest.rootfs is None:
+            await self.boot_artifacts(manifest, origin)
+        else:  # cached now; booting it is volant.engine.boot's (rootfs support)
+            await self.artifacts.ensure(manifest.rootfs, base=origin, field="rootfs")
         self.faults.at("artifacts-cached")
         plugin = await self.store.add_plugin(
             manifest.canonical_json,

@@ -40,6 +40,12 @@ class EventType(StrEnum):
     # volantd found a host resource that disagreed with its records at start and repaired it
     # (payload: kind, name, action "removed" or "adopted", reason).
     HOST_REPAIRED = "HOST_REPAIRED"
+    # A plugin build from an OCI image (payload: build id, image, plugin; see docs/events.md).
+    BUILD_STARTED = "BUILD_STARTED"
+    BUILD_PROGRESS = "BUILD_PROGRESS"  # payload also: step, fraction (0..1), detail
+    BUILD_SUCCEEDED = "BUILD_SUCCEEDED"  # payload also: digest, cache_hit
+    BUILD_FAILED = "BUILD_FAILED"  # payload also: code, reason
+    BUILD_CANCELLED = "BUILD_CANCELLED"
 
 
 class ResourceKind(StrEnum):
@@ -51,6 +57,10 @@ class ResourceKind(StrEnum):
     RUN_DIR = "run_dir"
     CONSOLE_LOG = "console_log"
     MACHINE = "machine"  # systemd-machined registration
+    # A plugin build's worker (a transient unit, or without systemd its process) and its work
+    # directory; recorded under the build's id, never wanted after a volantd restart.
+    BUILD_UNIT = "build_unit"
+    BUILD_DIR = "build_dir"
 
 
 class ResourceState(StrEnum):

@@ -22,7 +22,8 @@ class ImageWorkload:
     argv is Entrypoint followed by Cmd (empty when the image names neither); env keeps the
     config's order, a later duplicate winning; workdir and user are "" when unset (the user is
     resolved against the image's /etc/passwd when the VM starts); exposed_ports are hints such
-    as "8080/tcp", sorted.
+    as "8080/tcp", sorted. entrypoint and cmd are argv's two halves, kept apart because an
+    override of the entrypoint drops the image's Cmd too (as `docker run --entrypoint` does).
     """
 
     argv: tuple[str, ...]
@@ -30,6 +31,8 @@ class ImageWorkload:
     workdir: str = ""
     user: str = ""
     exposed_ports: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ def workload_from_config(config: Mapping[str, Any]) -> ImageWorkload:
     run = config.get("config") or {}
     if not isinstance(run, dict):
         raise UnsupportedImage("image config: config is not an object")
-    argv = _strings(run.get("Entrypoint"), "Entrypoint") + _strings(run.get("Cmd"), "Cmd")
+    entrypoint, cmd = _strings(run.get("Entrypoint"), "Entrypoint"), _strings(run.get("Cmd"), "Cmd")
+    argv = entrypoint + cmd
     env: dict[str, str] = {}
     for item in _strings(run.get("Env"), "Env"):
         key, sep, value = item.partition("=")
@@ -109,6 +113,8 @@ def workload_from_config(config: Mapping[str, Any]) -> ImageWorkload:
         workdir=_string(run.get("WorkingDir"), "WorkingDir"),
         user=_string(run.get("User"), "User"),
         exposed_ports=tuple(exposed),
+        entrypoint=tuple(entrypoint),
+        cmd=tuple(cmd),
     )
 
 
