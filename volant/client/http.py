@@ -321,6 +321,21 @@ class VolantClient:
                 body["signature"] = signature
         return await self.request_object("POST", "/api/v1/plugins", body)
 
+    async def build_plugin(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Start building a plugin from an OCI image (POST /api/v1/plugins/build); the build,
+        running. spec holds image and any overrides (see BuildPluginRequest)."""
+        return await self.request_object("POST", "/api/v1/plugins/build", dict(spec))
+
+    async def get_build(self, build_id: str) -> dict[str, Any]:
+        return await self.request_object("GET", f"/api/v1/builds/{_seg(build_id)}")
+
+    async def list_builds(self) -> list[dict[str, Any]]:
+        return await self.request_items("/api/v1/builds", "builds")
+
+    async def cancel_build(self, build_id: str) -> dict[str, Any]:
+        """Cancel a build; it ends cancelled and leaves nothing behind."""
+        return await self.request_object("DELETE", f"/api/v1/builds/{_seg(build_id)}")
+
     async def enable_plugin(self, name: str) -> dict[str, Any]:
         return await self.request_object("POST", f"/api/v1/plugins/{_seg(name)}/enable")
 

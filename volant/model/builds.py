@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from volant.model.errors import InvalidArgument
+
 
 class BuildState(StrEnum):
     """running → succeeded | failed | cancelled; only running is not final."""
@@ -50,6 +52,52 @@ class BuildSpec:
     health_path: str = ""
     cpu_cores: int = 1
     memory_mb: int = 512
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildSpec:
+        """A spec from front-end input (D-Bus a{sv}, MCP arguments), checking each field's type;
+        InvalidArgument names the first wrong one."""
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        if unknown:
+            raise InvalidArgument(f"{unknown[0]}: unknown build option", field=unknown[0])
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            kind = _FIELD_TYPES[key]
+            if kind is list and (
+                not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value)
+            ):
+                raise InvalidArgument(f"{key}: expected a list of strings", field=key)
+            if kind is dict and (
+                not isinstance(value, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            ):
+                raise InvalidArgument(f"{key}: expected an object of strings", field=key)
+            if kind in (str, bool) and type(value) is not kind:
+                raise InvalidArgument(f"{key}: expected a {kind.__name__}", field=key)
+            if kind is int and (type(value) is not int):
+                raise InvalidArgument(f"{key}: expected an integer", field=key)
+            values[key] = tuple(value) if kind is list else value
+        if "image" not in values:
+            raise InvalidArgument("image: is required", field="image")
+        return cls(**values)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "image": str,
+    "name": str,
+    "version": str,
+    "replace": bool,
+    "entrypoint": list,
+    "args": list,
+    "env": dict,
+    "workdir": str,
+    "user": str,
+    "workload_type": str,
+    "base_url": str,
+    "health_path": str,
+    "cpu_cores": int,
+    "memory_mb": int,
+}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import console, events, plugins, system, vms
+from . import builds, console, events, plugins, system, vms
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -35,6 +35,7 @@ def declare(api: Api) -> None:
     system.add_routes(api)
     vms.add_routes(api)
     events.add_routes(api)
+    builds.add_routes(api)  # before plugins: POST /plugins/build is not a plugin's route
     plugins.add_routes(api)
     console.add_routes(api)
 

@@ -27,6 +27,7 @@ PATH_PARAMS: Mapping[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": DNS_LABEL, "description": "VM name (a DNS label)"},
     "plugin": {"type": "string", "pattern": DNS_LABEL, "description": "Plugin name"},
     "action": {"type": "string", "minLength": 1, "description": "Action name in the manifest"},
+    "build": {"type": "string", "pattern": "^[0-9a-f]{12}$", "description": "Build id"},
 }
 
 # Statuses any route can answer with, whatever it does: access control, limits, bugs.

@@ -1,0 +1,141 @@
+"""REST routes for plugin builds from OCI images: start, list, get, cancel.
+
+A build runs in the background: POST answers 202 with the build at once; its progress comes
+as BUILD_* events (GET /api/v1/events?types=BUILD_PROGRESS,…), and GET on the build says where
+it is. DELETE cancels it; a cancelled or failed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from volant.auth.polkit import Action
+from volant.model.builds import BuildSpec, BuildState
+
+from .common import engine_of, read_json
+from .peer import authorize
+from .replies import Reply
+from .schemas import Whole, parse_body
+from .spec import Api, Body
+
+TAG = "plugins"
+BUILD_ID = r"^[0-9a-f]{12}$"
+
+
+class BuildPluginRequest(BaseModel):
+    """POST /api/v1/plugins/build. Fields left out keep what the image config says."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: StrictStr = Field(
+        description="docker://HOST/NAME[:TAG][@DIGEST], oci:DIR[:TAG], oci-archive:FILE or "
+        "docker-archive:FILE (paths on the host volantd runs on)",
+        min_length=1,
+    )
+    name: StrictStr = Field("", description="Plugin name; default: the image's last path part")
+    version: StrictStr = Field("", description="Default: the tag, or 12 digits of the digest")
+    replace: StrictBool = Field(False, description="Upgrade an installed plugin of that name")
+    entrypoint: list[StrictStr] | None = Field(
+        None, description="Replaces the image's Entrypoint (and drops its Cmd)"
+    )
+    args: list[StrictStr] | None = Field(None, description="Replaces the image's Cmd")
+    env: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="Merged over Env")
+    workdir: StrictStr | None = Field(None, description="Replaces WorkingDir")
+    user: StrictStr | None = Field(None, description="Replaces User (name|uid[:group|gid])")
+    workload_type: Literal["", "http", "process"] = Field(
+        "", description="Default: http when a health path or base URL is given, else process"
+    )
+    base_url: StrictStr = Field("", description="Default: the first exposed TCP port")
+    health_path: StrictStr = Field("", description="Health check path of an http workload")
+    cpu_cores: Whole = Field(1, ge=1, le=512)
+    memory_mb: Whole = Field(512, ge=16, le=4_194_304)
+
+
+class BuildReply(Reply):
+    """A plugin build as volantd tracks it (in memory; gone after a volantd restart)."""
+
+    id: str = Field(description="12 hex digits")
+    image: str
+    plugin: str = Field(description="The plugin it installs")
+    state: BuildState
+    step: str = Field(description="queued, pull, build or place")
+    fraction: float = Field(description="Rough progress, 0 to 1")
+    started_at: str | None
+    finished_at: str | None
+    digest: str | None = Field(description="The image's manifest digest, once known")
+    cache_hit: bool = Field(description="Nothing was fetched or built: all came from the cache")
+    error_code: str | None
+    error: str | None
+
+
+class BuildList(Reply):
+    builds: list[BuildReply]
+
+
+async def build_plugin(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    body = parse_body(BuildPluginRequest, await read_json(request))
+    values = body.model_dump()
+    for key in ("entrypoint", "args"):
+        values[key] = None if values[key] is None else tuple(values[key])
+    build = await engine_of(request).builds.start_build(BuildSpec(**values))
+    return web.json_response(build.to_dict(), status=202)
+
+
+async def list_builds(request: web.Request) -> web.Response:
+    builds = engine_of(request).builds.list_builds()
+    return web.json_response({"builds": [b.to_dict() for b in builds]})
+
+
+async def get_build(request: web.Request) -> web.Response:
+    build = engine_of(request).builds.get_build(request.match_info["build"])
+    return web.json_response(build.to_dict())
+
+
+async def cancel_build(request: web.Request) -> web.Response:
+    await authorize(request, Action.MANAGE_PLUGINS)
+    build = await engine_of(request).builds.cancel_build(request.match_info["build"])
+    return web.json_response(build.to_dict())
+
+
+def add_routes(api: Api) -> None:
+    one = "/api/v1/builds/{build}"
+    api.add(
+        "POST",
+        "/api/v1/plugins/build",
+        build_plugin,
+        summary="Build a plugin from an OCI image (runs in the background)",
+        tag=TAG,
+        body=BuildPluginRequest,
+        ok={202: ("Started; follow BUILD_* events or GET the build", Body(BuildReply))},
+        errors=(400, 403, 409, 503),
+    )
+    api.add(
+        "GET",
+        "/api/v1/builds",
+        list_builds,
+        summary="Builds under way and recently finished",
+        tag=TAG,
+        ok={200: ("The builds", Body(BuildList))},
+    )
+    api.add(
+        "GET",
+        one,
+        get_build,
+        summary="A build's state and progress",
+        tag=TAG,
+        ok={200: ("The build", Body(BuildReply))},
+        errors=(404,),
+    )
+    api.add(
+        "DELETE",
+        one,
+        cancel_build,
+        summary="Cancel a build (it leaves nothing behind); a finished one is returned as is",
+        tag=TAG,
+        ok={200: ("The build, cancelled", Body(BuildReply))},
+        errors=(404,),
+    )
