@@ -18,6 +18,7 @@ from volant.api.rest import make_app
 from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
+from volant.engine.builds import BuildService
 from volant.model import VMSpec
 
 pytestmark = pytest.mark.unit
@@ -49,6 +50,11 @@ PARITY = {
     "remove_plugin": ("DELETE /api/v1/plugins/{plugin}", "RemovePlugin"),
     "call_plugin_action": ("POST /api/v1/plugins/{plugin}/actions/{action}", "CallPluginAction"),
     "console_log": ("GET /api/v1/vms/{name}/console/log", "GetConsoleLog"),
+    # Verbs of the engine's service objects, as "<attribute>.<method>".
+    "builds.start_build": ("POST /api/v1/plugins/build", "BuildPlugin"),
+    "builds.list_builds": ("GET /api/v1/builds", "ListBuilds"),
+    "builds.get_build": ("GET /api/v1/builds/{build}", "GetBuild"),
+    "builds.cancel_build": ("DELETE /api/v1/builds/{build}", "CancelBuild"),
 }
 # REST-only verbs, each with the reason it has no D-Bus method (yet).
 REST_ONLY = {
@@ -83,6 +89,7 @@ MCP = {
     "plugin_manifest": TEMPLATE,
     "vm_recent_logs": "vm_logs",
     "console_log": "console_log",
+    "builds.list_builds": "list_builds",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -99,7 +106,12 @@ MCP_WITHOUT = {
     "metrics": "a Prometheus scrape target",
     "attach_console": "an interactive byte stream; console_log answers what it printed",
     "follow_events": "a stream; list_events with after= polls it",
+    "builds.start_build": "a build installs a plugin: the operator's decision, like install",
+    "builds.cancel_build": "the operator's decision, like install",
+    "builds.get_build": "list_builds holds all of it",
 }
+# Service objects the engine composes: attribute -> class; their public methods are verbs too.
+SERVICES = {"builds": BuildService}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",
@@ -110,6 +122,9 @@ INTERNAL = {
     "launch_spec",  # part of starting a VM
     "boot_artifacts",  # part of install_plugin and create_vm
     "prune_artifacts",  # part of start and remove_plugin
+    "builds.repair",  # part of start
+    "builds.close",  # part of close
+    "builds.wait_build",  # a helper for in-process callers (tests); front-ends poll get_build
 }
 
 
@@ -117,6 +132,12 @@ def test_table_covers_every_public_engine_verb() -> None:
     verbs = {
         name
         for name, member in inspect.getmembers(Engine, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    verbs |= {
+        f"{attr}.{name}"
+        for attr, cls in SERVICES.items()
+        for name, _member in inspect.getmembers(cls, inspect.isfunction)
         if not name.startswith("_")
     }
     assert verbs - INTERNAL == set(PARITY) | set(REST_ONLY)

@@ -123,6 +123,27 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
     async def remove_plugin(self, name: str) -> None:
         raise NotImplementedError
 
+    @dbus_method_async("a{sv}", "a{sv}", CALL, ("build",), ("request",), method_name="BuildPlugin")
+    async def build_plugin(self, request: VarDict) -> VarDict:
+        """Start a plugin build from an OCI image; the build (id, state, …), running. request:
+        image (s) and any of name, version, workdir, user, workload_type, base_url,
+        health_path (s), entrypoint, args (as), env (a{ss}), cpu_cores, memory_mb (integer),
+        replace (b). Progress comes as BUILD_* events (the VMEvent signal)."""
+        raise NotImplementedError
+
+    @dbus_method_async("", "aa{sv}", CALL, ("builds",), method_name="ListBuilds")
+    async def list_builds(self) -> list[VarDict]:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("build",), ("id",), method_name="GetBuild")
+    async def get_build(self, build_id: str) -> VarDict:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("build",), ("id",), method_name="CancelBuild")
+    async def cancel_build(self, build_id: str) -> VarDict:
+        """Cancel a build; it leaves nothing behind. A finished build is returned as it is."""
+        raise NotImplementedError
+
     @dbus_method_async(
         "ssays",
         "a{sv}",

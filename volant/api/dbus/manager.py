@@ -20,6 +20,7 @@ from sdbus import (
 from volant.auth.polkit import Action, Authorizer, BusCaller
 from volant.engine import Engine
 from volant.model import VirtualMachine
+from volant.model.builds import BuildSpec
 
 from .codec import (
     install_from_dbus,
@@ -178,6 +179,33 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
             await self._authorize(Action.MANAGE_PLUGINS)
             await self._engine.remove_plugin(name)
             self.plugins.remove(name)
+
+    # -- plugin builds --------------------------------------------------------------------------
+
+    @dbus_method_async_override()
+    async def build_plugin(self, request: VarDict) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.MANAGE_PLUGINS)
+            spec = BuildSpec.from_dict({key: value for key, (_sig, value) in request.items()})
+            return vardict((await self._engine.builds.start_build(spec)).to_dict())
+
+    @dbus_method_async_override()
+    async def list_builds(self) -> list[VarDict]:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.READ)
+            return [vardict(b.to_dict()) for b in self._engine.builds.list_builds()]
+
+    @dbus_method_async_override()
+    async def get_build(self, build_id: str) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.READ)
+            return vardict(self._engine.builds.get_build(build_id).to_dict())
+
+    @dbus_method_async_override()
+    async def cancel_build(self, build_id: str) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.MANAGE_PLUGINS)
+            return vardict((await self._engine.builds.cancel_build(build_id)).to_dict())
 
     @dbus_method_async_override()
     async def call_plugin_action(

@@ -146,6 +146,10 @@ async def list_plugins(engine: Engine, _args: NoArguments) -> dict[str, Any]:
     return {"plugins": [p.to_dict() for p in plugins], "total": len(plugins)}
 
 
+async def list_builds(engine: Engine, _args: NoArguments) -> dict[str, Any]:
+    return {"builds": [b.to_dict() for b in engine.builds.list_builds()]}
+
+
 async def call_action(engine: Engine, args: CallAction) -> dict[str, Any]:
     body = b"" if args.input is None else json.dumps(args.input).encode()
     content_type = "" if args.input is None else "application/json"
@@ -323,6 +327,14 @@ TOOLS: tuple[ToolDef[Any], ...] = (
         "volant://plugins/<name>/manifest.",
         arguments=NoArguments,
         run=list_plugins,
+    ),
+    ToolDef(
+        name="list_builds",
+        title="List plugin builds",
+        description="Plugin builds from OCI images under way or recently finished: state, "
+        "step, progress (0 to 1) and, for a failed one, why.",
+        arguments=NoArguments,
+        run=list_builds,
     ),
     ToolDef(
         name="call_action",
