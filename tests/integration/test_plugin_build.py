@@ -341,3 +341,29 @@ def test_built_rootfs_is_the_image_unpacked_as_root(daemon: Daemon) -> None:
     tree = erofs_tree(Path(manifest_of(daemon, "app")["rootfs"]["path"]))
     assert "etc/doomed.conf" not in tree  # whited out by the second layer
     assert tree["home/app/notes.txt"].owner == f"{APP_UID}:{APP_UID}"
+
+
+def test_a_killed_volantd_leaves_no_build_behind(registry: Registry, tmp_path: Path) -> None:
+    """SIGKILL volantd while its worker waits on a hung registry: the worker (in its own
+    session) outlives it; the next start kills it and removes its directory, with events."""
+    settings = daemon_settings(registry, **{"api.listen": ""})
+    d = start_daemon(registry.ns, tmp_path, settings, plugins=())
+    with silent_listener(d.ns, 5056):
+        try:
+            build = d.call(lambda c: c.build_plugin({"image": "docker://127.0.0.1:5056/x/y:1"}))
+            deadline = time.monotonic() + 30
+            while not worker_pids(d) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert worker_pids(d)
+            d.proc.kill()
+            d.proc.wait()
+            assert worker_pids(d), "the worker outlived the daemon"
+            assert build_records(d), "its records are there for the next start"
+            d = start_daemon(registry.ns, tmp_path, settings, plugins=())
+            assert_left_nothing(d)
+            events = d.call(lambda c: c.list_events(types=["HOST_REPAIRED"]))
+            kinds = sorted(e["payload"]["kind"] for e in events)
+            assert kinds == ["build_dir", "build_unit"], events
+            assert any(e["payload"]["name"] == build["id"] for e in events)
+        finally:
+            stop_daemon(d)

@@ -40,7 +40,7 @@ from volant.engine.buildrun import (
 )
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
-from volant.engine.ledger import Ledger
+from volant.engine.ledger import HostChange, Ledger
 from volant.engine.ports import Store
 from volant.model import (
     EventType,
@@ -200,21 +200,39 @@ class BuildService:
 
     async def repair(self) -> int:
         """Kill every build worker and remove every work directory an earlier daemon left (a
-        build never survives a restart); return how many resources went."""
-        removed = 0
-        live = await self.runner.scan()
+        build never survives a restart), each logged and recorded as a HOST_REPAIRED event;
+        return how many resources went."""
+        try:
+            live = await self.runner.scan()
+        except (VolantError, OSError) as exc:
+            log.warning("cannot scan the host for build workers: %s", exc)
+            live = set()
         records = await self.store.list_resources()
         units = live | {r.name for r in records if r.kind is ResourceKind.BUILD_UNIT}
-        for build_id in sorted(units):
-            await self.ledger.remove(ResourceKind.BUILD_UNIT, build_id, self._stopper(build_id))
-            removed += build_id in live
         dirs = {r.name for r in records if r.kind is ResourceKind.BUILD_DIR}
         found = await asyncio.to_thread(_entries, self.paths.builds_root)
-        for path in sorted(dirs | found):
-            removed += path in found
-            await self.ledger.remove(ResourceKind.BUILD_DIR, path, functools.partial(_rmtree, path))
-        if removed:
-            log.warning("repair: removed %d resources of builds an earlier volantd left", removed)
+        removed = 0
+        work: list[tuple[ResourceKind, str, HostChange, bool]] = [
+            *((ResourceKind.BUILD_UNIT, b, self._stopper(b), b in live) for b in sorted(units)),
+            *(
+                (ResourceKind.BUILD_DIR, p, functools.partial(_rmtree, p), p in found)
+                for p in sorted(dirs | found)
+            ),
+        ]
+        for kind, name, destroy, existed in work:
+            try:
+                await self.ledger.remove(kind, name, destroy)
+            except (VolantError, OSError) as exc:
+                log.error("could not remove %s %s: %s", kind, name, exc)
+                continue
+            if existed:
+                removed += 1
+                log.warning("repair: removed %s %s (a build volantd was running ended)", kind, name)
+                await self._emit(
+                    EventType.HOST_REPAIRED,
+                    {"kind": kind.value, "name": name, "action": "removed",
+                     "reason": "builds do not survive a volantd restart"},
+                )  # fmt: skip
         return removed
 
     def _stopper(self, build_id: str) -> Callable[[], Awaitable[None]]:
