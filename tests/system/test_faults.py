@@ -9,6 +9,7 @@ Guests start paused (QEMU is real, its vCPUs wait), so each boundary costs secon
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
 from tests.integration.daemon import build_guest
+from tests.integration.oci_images import image_layout
 from tests.system.hostcheck import orphans
 from volant.engine.faults import STEPS
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.system
 FAULT_FILE = "/run/volant/fault"
 SETTLING = ("creating", "starting", "stopping")
 VM = "w"
+BUILT = "built"  # the plugin the plugin-build walk builds from the test image
 # A create or start that got as far as this boundary has finished its work: the VM runs.
 DONE = "running"
 
@@ -76,6 +79,9 @@ def kill_at(vb: VolantBox, point: str, call: Callable[[], object]) -> None:
 
 def prepare(vb: VolantBox, verb: str) -> None:
     """The state each verb starts from."""
+    if verb == "plugin-build":
+        vb.api("DELETE", f"/api/v1/plugins/{BUILT}")
+        return
     if verb == "plugin-install":
         vb.api("DELETE", "/api/v1/plugins/spare")
         return
@@ -90,6 +96,9 @@ def prepare(vb: VolantBox, verb: str) -> None:
 
 
 def call(vb: VolantBox, verb: str) -> Callable[[], object]:
+    if verb == "plugin-build":
+        body = {"image": f"oci:{image_layout()}:app", "name": BUILT}
+        return lambda: vb.api("POST", "/api/v1/plugins/build", body)
     if verb == "create":
         return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": "demo"})
     if verb == "plugin-install":
@@ -127,6 +136,9 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
     assert not stuck, f"stuck after {verb}:{step}: {current}"
     assert orphans(volantd, current) == [], volantd.journal(lines=120)
 
+    if verb == "plugin-build":
+        check_build_left_nothing(volantd, installed=step == "installed")
+        return
     if verb.startswith("plugin-"):
         # Install is killed before it records the plugin, remove after it deleted it.
         assert volantd.api("GET", "/api/v1/plugins/spare").status == 404
@@ -144,6 +156,24 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
         assert volantd.api("DELETE", f"/api/v1/vms/{VM}").status == 204
     assert orphans(volantd, vms(volantd)) == []
     assert vms(volantd) == []
+
+
+def check_build_left_nothing(vb: VolantBox, *, installed: bool) -> None:
+    """After a kill inside a build: no worker unit, no work directory, no build record; the
+    plugin only when the kill came after its install."""
+    units = vb.sh("systemctl list-units --all --plain --no-legend 'volant-build-*'").strip()
+    assert units == "", units
+    assert vb.sh("ls -A /var/lib/volant/builds 2>/dev/null || true").split() == []
+    db = sqlite3.connect(f"file:{vb.box.root / 'var/lib/volant/state.db'}?mode=ro", uri=True)
+    try:
+        query = "SELECT kind, name FROM host_resources WHERE kind LIKE 'build%'"
+        assert db.execute(query).fetchall() == []
+    finally:
+        db.close()
+    status = vb.api("GET", f"/api/v1/plugins/{BUILT}").status
+    assert status == (200 if installed else 404)
+    if installed:
+        assert vb.api("DELETE", f"/api/v1/plugins/{BUILT}").status == 204
 
 
 def test_every_boundary_is_walked() -> None:
