@@ -57,7 +57,9 @@ def daemon_settings(reg: Registry, **more: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def daemon(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("volantd")
-    d = start_daemon(registry.ns, tmp, daemon_settings(registry), plugins=())
+    (tmp / "trusted").mkdir()
+    settings = daemon_settings(registry, **{"plugins.trusted_keys_dir": str(tmp / "trusted")})
+    d = start_daemon(registry.ns, tmp, settings, plugins=())
     try:
         yield d
     finally:
@@ -138,6 +140,27 @@ def test_volar_build_installs_the_image_as_a_plugin(daemon: Daemon, registry: Re
     assert rootfs["format"] == "erofs"
     assert Path(rootfs["path"]).read_bytes()[1024:1028] == bytes.fromhex("e2e1f5e0")  # erofs
     assert_left_nothing(daemon)
+
+
+def test_a_built_plugin_can_be_signed_and_installed_signed(daemon: Daemon) -> None:
+    """The operator's path in docs/images.md: build, print the manifest, sign, reinstall."""
+    assert daemon.volar("plugins", "build", "--image", APP, "--name", "signed").returncode == 0
+    keys, manifest = daemon.tmp / "keys", daemon.tmp / "signed.json"
+    assert daemon.volar("plugins", "keygen", "builder", "--dir", str(keys)).returncode == 0
+    (daemon.tmp / "trusted" / "builder.pub").write_bytes((keys / "builder.pub").read_bytes())
+    shown = daemon.volar("plugins", "manifest", "signed")
+    assert shown.returncode == 0, shown.stderr
+    manifest.write_text(shown.stdout)
+    signed = daemon.volar("plugins", "sign", str(manifest), "--key", str(keys / "builder.key"))
+    assert signed.returncode == 0, signed.stderr
+    again = daemon.volar("plugins", "install", str(manifest), "--replace")
+    assert again.returncode == 0, again.stderr
+    assert "signed by builder" in again.stdout
+    assert daemon.call(lambda c: c.get_plugin("signed"))["signer"] == "builder"
+    manifest.write_text(shown.stdout.replace('"erofs"', '"erofs" '))  # not what was signed
+    tampered = daemon.volar("plugins", "install", str(manifest), "--replace")
+    assert tampered.returncode == 1
+    assert "signature" in tampered.stderr
 
 
 def test_second_build_of_the_same_digest_is_a_cache_hit(daemon: Daemon) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from volant.cli.completion import complete_plugins
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, short_digest
 from volant.client import ApiError, VolantClient
@@ -159,3 +161,16 @@ def plugins_build(
             f"Plugin {build['plugin']} built from {build['image']} "
             f"({short_digest(str(build.get('digest') or ''))}){hit} and installed"
         )
+
+
+@click.command("manifest")
+@click.argument("name", shell_complete=complete_plugins)
+@pass_ctx
+def plugins_manifest(ctx: Context, name: str) -> None:
+    """Print an installed plugin's manifest (JSON), as it was installed.
+
+    With a built plugin: `volar plugins manifest web > web.json`, `volar plugins sign web.json
+    --key KEY`, then `volar plugins install web.json --replace` installs it signed.
+    """
+    manifest = ctx.call(lambda c: c.plugin_manifest(name))
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True))

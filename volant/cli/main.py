@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volant.cli.build import plugins_build
+from volant.cli.build import plugins_build, plugins_manifest
 from volant.cli.completion import completion
 from volant.cli.config import API_ENV, PRECEDENCE, SYSTEM_SOCKET, check_api
 from volant.cli.console import console
@@ -59,6 +59,7 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 vms.add_command(console)
 cli.add_command(vms)
 plugins.add_command(plugins_build)
+plugins.add_command(plugins_manifest)
 cli.add_command(plugins)
 cli.add_command(events)
 cli.add_command(system)

@@ -76,7 +76,7 @@ def service_properties(
         ("ProtectControlGroups", ("b", True)),
         ("PrivateDevices", ("b", True)),
         ("RestrictAddressFamilies", ("(bas)", (True, ["AF_UNIX", "AF_INET", "AF_INET6"]))),
-        ("RestrictNamespaces", ("b", True)),
+        ("RestrictNamespaces", ("t", 0)),  # the mask of namespaces allowed: none
         ("LockPersonality", ("b", True)),
         ("RestrictRealtime", ("b", True)),
     ]

@@ -144,6 +144,8 @@ class DbusServer:
             self.manager.vm_event.emit(
                 (event.id, event.type.value, event.vm, vardict(event.payload))
             )
+            if not event.vm:
+                return  # a build's or the host's event: no VM object to refresh
             try:
                 vm = await self._engine.get_vm(event.vm)
             except NotFound:
