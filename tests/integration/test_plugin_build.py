@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shlex
 import sqlite3
 import subprocess
 import time
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import Daemon, raw, start_daemon, stop_daemon
+from tests.integration.daemon import ROOT, Daemon, raw, start_daemon, stop_daemon
 from tests.integration.erofs import erofs_tree
 from tests.integration.oci_images import APP_UID, image_layout
 from tests.integration.registry import HOST, Registry, serving_registry
@@ -47,6 +49,7 @@ def layout() -> Path:
 def registry(layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with serving_registry(tmp_path_factory.mktemp("registry")) as reg:
         reg.push(layout, "app", "volant/app:1")
+        reg.push(layout, "app", "team/web:1.25")  # the image docs/images.md builds
         yield reg
 
 
@@ -163,6 +166,41 @@ def test_a_built_plugin_can_be_signed_and_installed_signed(daemon: Daemon) -> No
     assert "signature" in tampered.stderr
 
 
+def doc_commands() -> list[str]:
+    """The commands of the block tagged plugin-build in docs/images.md."""
+    text = (ROOT / "docs" / "images.md").read_text()
+    found = re.search(r"<!-- test: plugin-build .*?-->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert found, "docs/images.md has no plugin-build block"
+    return [line for line in found.group(1).splitlines() if line.strip()]
+
+
+def test_the_commands_docs_images_shows(daemon: Daemon, layout: Path) -> None:
+    """docs/images.md's operator commands, with the test registry and files put in."""
+    keys = daemon.tmp / "doc-keys"
+    assert daemon.volar("plugins", "keygen", "builder", "--dir", str(keys)).returncode == 0
+    (daemon.tmp / "trusted" / "docbuilder.pub").write_bytes((keys / "builder.pub").read_bytes())
+    swaps = {
+        "registry.example": HOST,
+        "/srv/layouts/web:latest": f"{layout}:app",
+        "web.json": str(daemon.tmp / "web.json"),
+        "builder.key": str(keys / "builder.key"),
+    }
+    for shown in doc_commands():
+        line = shown
+        for old, new in swaps.items():
+            line = line.replace(old, new)
+        argv, _, out = line.partition(" > ")
+        words = shlex.split(argv)
+        assert words[0] == "volar"
+        proc = daemon.volar(*words[1:])
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+        if out:
+            Path(out).write_text(proc.stdout)
+    assert manifest_of(daemon, "web")["version"] == "1.25"
+    assert manifest_of(daemon, "web-test")["workload"]["env"]["GREETING"] == "hi"
+    assert daemon.call(lambda c: c.get_plugin("web"))["signer"] == "docbuilder"
+
+
 def test_second_build_of_the_same_digest_is_a_cache_hit(daemon: Daemon) -> None:
     first = daemon.volar("plugins", "build", "--image", APP, "--name", "app-one", "--json")
     assert first.returncode == 0, first.stderr
@@ -202,7 +240,7 @@ async def _build_with_events(daemon: Daemon, body: dict[str, Any]) -> list[dict[
 def test_rest_build_with_overrides_reports_progress_over_sse(daemon: Daemon) -> None:
     body = {
         "image": APP,
-        "name": "web",
+        "name": "web-rest",
         "version": "2.0",
         "args": ["-f", "-p", "9090", "-h", "/srv/www"],
         "env": {"GREETING": "overridden", "EXTRA": "1"},
@@ -218,7 +256,7 @@ def test_rest_build_with_overrides_reports_progress_over_sse(daemon: Daemon) -> 
     steps = [e["payload"]["step"] for e in events if e["type"] == "BUILD_PROGRESS"]
     assert steps[:2] == ["pull", "build"], steps
     assert all(e["payload"]["plugin"] == "web" for e in events)
-    workload = manifest_of(daemon, "web")["workload"]
+    workload = manifest_of(daemon, "web-rest")["workload"]
     assert workload["entrypoint"] == ["/bin/busybox", "httpd", "-f", "-p", "9090", "-h", "/srv/www"]
     assert workload["env"] == {"PATH": "/bin", "GREETING": "overridden", "EXTRA": "1"}
     assert workload["workdir"] == "/srv/www"
@@ -226,7 +264,7 @@ def test_rest_build_with_overrides_reports_progress_over_sse(daemon: Daemon) -> 
     assert workload["type"] == "http"
     assert workload["base_url"] == "http://127.0.0.1:8080"  # the exposed port: a hint
     assert workload["health_check"] == {"path": "/"}
-    assert manifest_of(daemon, "web")["resources"]["memory_mb"] == 128
+    assert manifest_of(daemon, "web-rest")["resources"]["memory_mb"] == 128
 
 
 @contextlib.contextmanager

@@ -102,9 +102,10 @@ async def follow_worker(
     finally:
         ended.cancel()
     if final is None:
+        said = await asyncio.to_thread(_last_line, progress.with_name("worker.log"))
         raise InternalError(
-            "the build worker ended without a result (killed?)",
-            hint=f"see the journal, or {progress.with_name('worker.log')} while it runs",
+            "the build worker ended without a result" + (f": {said}" if said else " (killed?)"),
+            hint="volantd's journal has the build's log lines",
         )
     if final["type"] == "error":
         raise _error_of(final)
@@ -112,6 +113,15 @@ async def follow_worker(
         return ImageFacts.from_dict(final)
     except (KeyError, TypeError, ValueError) as exc:
         raise InternalError(f"the build worker's report is malformed: {exc}") from exc
+
+
+def _last_line(path: Path) -> str:
+    """The worker's last words on stderr (a traceback's last line says most), or ""."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
 
 
 def _error_of(record: dict[str, Any]) -> VolantError:
