@@ -292,6 +292,8 @@ class BuildService:
         build_id = running.build.id
         work = self.paths.work_dir(build_id)
         kind_dir, kind_unit = ResourceKind.BUILD_DIR, ResourceKind.BUILD_UNIT
+        # The worker's unit can only write where it is told, and only to what exists already.
+        await asyncio.to_thread(self.paths.cache_dir.mkdir, parents=True, exist_ok=True)
         await self.ledger.make("", kind_dir, str(work), lambda: _mkdir(work), lambda: _rmtree(work))
         try:
             self.faults.at("dir-made")
