@@ -98,7 +98,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
         self.builds = build_service(
-            config, store, self.ledger, self.bus, self.faults, builder, self._install_built
+            config, store, self.ledger, self.bus, self.faults, builder, self._install
         )
         self._mac_for = mac_for
         self._version = version

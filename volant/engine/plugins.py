@@ -114,11 +114,9 @@ class PluginVerbs:
         async with self.faults.verb("plugin-install"):
             return await self._install(source, replace)
 
-    async def _install_built(self, source: PluginSource, replace: bool) -> Plugin:
-        """install_plugin for a manifest a build made (volant.engine.builds)."""
-        return await self._install(source, replace)
-
     async def _install(self, source: PluginSource, replace: bool) -> Plugin:
+        """install_plugin's work; a build (volant.engine.builds) calls it inside its own verb,
+        so these boundaries are plugin-build's there."""
         text, signature, origin = await self._read_source(source)
         cfg = self.config
         signer = verify(
