@@ -57,7 +57,7 @@ def test_a_build_runs_in_its_own_sandboxed_unit_and_cancel_ends_it(vb: VolantBox
         "ProtectSystem",
         "ReadWritePaths",
         "Slice",
-        "PrivateDevices",
+        "DevicePolicy",
     )
     caps = set(shown["CapabilityBoundingSet"].split())
     assert caps == {
@@ -71,7 +71,7 @@ def test_a_build_runs_in_its_own_sandboxed_unit_and_cancel_ends_it(vb: VolantBox
     }
     assert shown["NoNewPrivileges"] == "yes"
     assert shown["ProtectSystem"] == "strict"
-    assert shown["PrivateDevices"] == "yes"
+    assert shown["DevicePolicy"] == "closed"
     assert shown["Slice"] == "volant.slice"
     assert set(shown["ReadWritePaths"].split()) == {
         "/var/lib/volant/images",
@@ -97,5 +97,6 @@ def test_a_build_under_systemd_installs_the_plugin(vb: VolantBox) -> None:
     manifest = vb.api("GET", "/api/v1/plugins/sysbuilt/manifest").body
     assert manifest["workload"]["user"] == "app"
     assert manifest["rootfs"]["path"].startswith("/var/lib/volant/images/rootfs/")
-    units = vb.sh("systemctl list-units --all --plain --no-legend 'volant-build-*'").strip()
+    unit = f"volant-build-{build['id']}.service"
+    units = vb.sh(f"systemctl list-units --all --plain --no-legend '{unit}'").strip()
     assert units == ""

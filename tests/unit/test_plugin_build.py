@@ -200,4 +200,5 @@ def test_the_worker_unit_keeps_only_what_a_build_needs() -> None:
         "/var/lib/volant/builds/0123456789ab",
     ]
     assert props["NoNewPrivileges"] == ("b", True)
+    assert "PrivateDevices" not in props  # it would drop CAP_MKNOD
     assert props["ExecStart"][1][0][1][:3] == ["/usr/bin/python3", "-m", "volant.storage.worker"]

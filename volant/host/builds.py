@@ -74,7 +74,8 @@ def service_properties(
         ("ProtectKernelTunables", ("b", True)),
         ("ProtectKernelModules", ("b", True)),
         ("ProtectControlGroups", ("b", True)),
-        ("PrivateDevices", ("b", True)),
+        # Not PrivateDevices=, which drops CAP_MKNOD: an image may hold device nodes to write.
+        ("DevicePolicy", ("s", "closed")),
         ("RestrictAddressFamilies", ("(bas)", (True, ["AF_UNIX", "AF_INET", "AF_INET6"]))),
         ("RestrictNamespaces", ("t", 0)),  # the mask of namespaces allowed: none
         ("LockPersonality", ("b", True)),
