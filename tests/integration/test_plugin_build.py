@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sqlite3
 import subprocess
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import ROOT, Daemon, raw, start_daemon, stop_daemon
+from tests.integration.daemon import BIN, ROOT, Daemon, raw, start_daemon, stop_daemon
 from tests.integration.erofs import erofs_tree
 from tests.integration.oci_images import APP_UID, image_layout
 from tests.integration.registry import HOST, Registry, serving_registry
@@ -428,3 +429,23 @@ def test_a_killed_volantd_leaves_no_build_behind(registry: Registry, tmp_path: P
             assert any(e["payload"]["name"] == build["id"] for e in events)
         finally:
             stop_daemon(d)
+
+
+def test_ctrl_c_in_volar_cancels_the_build(daemon: Daemon) -> None:
+    with silent_listener(daemon.ns, 5058):
+        volar = subprocess.Popen(
+            [str(BIN / "volar"), "--api", daemon.api, "plugins", "build",
+             "--image", "docker://127.0.0.1:5058/hung/app:1", "--name", "interrupted"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not worker_pids(daemon) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_pids(daemon), "the worker started"
+        volar.send_signal(signal.SIGINT)
+        _out, _err = volar.communicate(timeout=30)
+    assert volar.returncode != 0
+    builds = [b for b in daemon.call(lambda c: c.list_builds()) if b["plugin"] == "interrupted"]
+    assert [b["state"] for b in builds] == ["cancelled"]
+    assert "interrupted" not in plugin_names(daemon)
+    assert_left_nothing(daemon)

@@ -21,6 +21,7 @@ from volant.plugins.fromimage import (
     workload_from,
 )
 from volant.plugins.manifest import parse_manifest
+from volant.storage.image import workload_from_config
 
 pytestmark = pytest.mark.unit
 
@@ -202,3 +203,10 @@ def test_the_worker_unit_keeps_only_what_a_build_needs() -> None:
     assert props["NoNewPrivileges"] == ("b", True)
     assert "PrivateDevices" not in props  # it would drop CAP_MKNOD
     assert props["ExecStart"][1][0][1][:3] == ["/usr/bin/python3", "-m", "volant.storage.worker"]
+
+
+def test_the_image_config_keeps_entrypoint_and_cmd_apart() -> None:
+    config = {"config": {"Entrypoint": ["/init"], "Cmd": ["serve", "-v"]}}
+    workload = workload_from_config(config)
+    assert workload.argv == ("/init", "serve", "-v")
+    assert (workload.entrypoint, workload.cmd) == (("/init",), ("serve", "-v"))
