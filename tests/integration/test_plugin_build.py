@@ -256,7 +256,7 @@ def test_rest_build_with_overrides_reports_progress_over_sse(daemon: Daemon) -> 
     assert kinds[-1] == "BUILD_SUCCEEDED", kinds
     steps = [e["payload"]["step"] for e in events if e["type"] == "BUILD_PROGRESS"]
     assert steps[:2] == ["pull", "build"], steps
-    assert all(e["payload"]["plugin"] == "web" for e in events)
+    assert all(e["payload"]["plugin"] == "web-rest" for e in events), events
     workload = manifest_of(daemon, "web-rest")["workload"]
     assert workload["entrypoint"] == ["/bin/busybox", "httpd", "-f", "-p", "9090", "-h", "/srv/www"]
     assert workload["env"] == {"PATH": "/bin", "GREETING": "overridden", "EXTRA": "1"}
