@@ -50,6 +50,7 @@ from volant.model import (
     Plugin,
     PluginSource,
     ResourceKind,
+    Unavailable,
     VolantError,
 )
 from volant.model.builds import Build, BuildSpec, BuildState, ImageFacts
@@ -61,6 +62,10 @@ from volant.storage import parse_image_ref
 log = logging.getLogger("volant.engine.engine")
 
 KEEP_FINISHED = 50  # finished builds kept for `GET /builds/{id}`
+# Builds unpack and pack whole images: two at a time keep a host responsive; more wait
+# ("queued"), and past MAX_PENDING a request is refused rather than queued for ever.
+MAX_RUNNING = 2
+MAX_PENDING = 16
 
 
 Emit = Callable[[EventType, dict[str, Any]], Awaitable[None]]
@@ -131,6 +136,7 @@ class BuildService:
         self._install = install
         self._worker = tuple(worker)
         self._builds: dict[str, _Running] = {}
+        self._slots = asyncio.Semaphore(MAX_RUNNING)
 
     # -- verbs ---------------------------------------------------------------------------------
 
@@ -151,10 +157,14 @@ class BuildService:
                     hint="give another --name, or --replace to upgrade it",
                     field="name",
                 )
-        if any(
-            r.build.plugin == name and not r.build.state.is_final for r in self._builds.values()
-        ):
+        pending = [r.build for r in self._builds.values() if not r.build.state.is_final]
+        if any(build.plugin == name for build in pending):
             raise NameTaken(f"a build of plugin {name!r} is under way already", field="name")
+        if len(pending) >= MAX_PENDING:
+            raise Unavailable(
+                f"{len(pending)} builds are under way or queued already",
+                hint="wait for some to finish, or cancel some (DELETE /api/v1/builds/{id})",
+            )
         build_id = secrets.token_hex(6)
         build = Build(
             id=build_id,
@@ -179,15 +189,15 @@ class BuildService:
         return self._get(build_id).build
 
     async def cancel_build(self, build_id: str) -> Build:
-        """Stop a running build; it ends cancelled, leaving nothing. A finished build is
-        returned as it is."""
+        """Stop a running build (it ends cancelled, leaving nothing) and forget it; a finished
+        build is only forgotten. Its events keep its history. Returns it as it ended."""
         running = self._get(build_id)
-        if running.build.state.is_final or running.task is None:
-            return running.build
-        running.cancelled = True
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(running.task)
+        if not running.build.state.is_final and running.task is not None:
+            running.cancelled = True
+            running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(running.task)
+        self._builds.pop(build_id, None)
         return running.build
 
     async def wait_build(self, build_id: str) -> Build:
@@ -254,7 +264,7 @@ class BuildService:
     async def _run(self, running: _Running) -> None:
         build_id = running.build.id
         try:
-            async with self.faults.verb("plugin-build"):
+            async with self.faults.verb("plugin-build"), self._slots:
                 facts = await self._work(running)
                 self.faults.at("built")
                 text = self._manifest(facts, running)

@@ -31,7 +31,8 @@ def plugin_name_for(image: str) -> str:
     if _transport == "docker":
         last = last.split(":", 1)[0]
     else:
-        last = last.split(":", 1)[0].removesuffix(".tar")
+        last = last.split(":", 1)[0]
+        last = last.removesuffix(".tar") or last
     name = re.sub(r"[^a-z0-9-]+", "-", last.lower()).strip("-")[:63].strip("-")
     if not name or not _DNS.fullmatch(name):
         raise InvalidArgument(

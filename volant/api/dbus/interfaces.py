@@ -141,7 +141,8 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
 
     @dbus_method_async("s", "a{sv}", CALL, ("build",), ("id",), method_name="CancelBuild")
     async def cancel_build(self, build_id: str) -> VarDict:
-        """Cancel a build; it leaves nothing behind. A finished build is returned as it is."""
+        """Cancel a running build (it leaves nothing behind) and forget it; a finished one is
+        forgotten. The build as it ended."""
         raise NotImplementedError
 
     @dbus_method_async(

@@ -2,18 +2,20 @@
 
 A build runs in the background: POST answers 202 with the build at once; its progress comes
 as BUILD_* events (GET /api/v1/events?types=BUILD_PROGRESS,…), and GET on the build says where
-it is. DELETE cancels it; a cancelled or failed build leaves nothing behind.
+it is. DELETE cancels it and forgets it; a cancelled or failed build leaves nothing behind.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from volant.auth.polkit import Action
 from volant.model.builds import BuildSpec, BuildState
+from volant.model.validate import NAME_RE
+from volant.plugins.schema import ABS_PATH, ENV_NAME, HTTP_URL, USER
 
 from .common import engine_of, read_json
 from .peer import authorize
@@ -23,6 +25,23 @@ from .spec import Api, Body
 
 TAG = "plugins"
 BUILD_ID = r"^[0-9a-f]{12}$"
+# Documented, not enforced by pydantic (the engine's checks answer in words): what the image
+# reference parser and the manifest schema accept, so generated requests stay meaningful.
+_C = r"[a-z0-9]+([._-]+[a-z0-9]+)*"
+_DOCKER = (
+    rf"docker://([A-Za-z0-9.-]+(:[0-9]+)?(/{_C})+|{_C})"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
+_LOCAL = r"(oci|oci-archive|docker-archive):[A-Za-z0-9._/-]*[A-Za-z0-9](:[!-~]*)?"
+IMAGE = rf"^({_DOCKER}|{_LOCAL})$"
+VERSION = r"^([0-9A-Za-z][0-9A-Za-z.+_-]{0,63})?$"
+
+
+def _doc(pattern: str) -> dict[str, Any]:
+    return {"pattern": pattern}
+
+
+_WORDS: dict[str, Any] = {"items": {"type": "string", "minLength": 1}}
 
 
 class BuildPluginRequest(BaseModel):
@@ -33,23 +52,53 @@ class BuildPluginRequest(BaseModel):
     image: StrictStr = Field(
         description="docker://HOST/NAME[:TAG][@DIGEST], oci:DIR[:TAG], oci-archive:FILE or "
         "docker-archive:FILE (paths on the host volantd runs on)",
-        min_length=1,
+        json_schema_extra=_doc(IMAGE),
     )
-    name: StrictStr = Field("", description="Plugin name; default: the image's last path part")
-    version: StrictStr = Field("", description="Default: the tag, or 12 digits of the digest")
+    name: StrictStr = Field(
+        "",
+        description="Plugin name; default: the image's last path part",
+        json_schema_extra=_doc(f"^({NAME_RE.pattern})?$"),
+    )
+    version: StrictStr = Field(
+        "",
+        description="Default: the tag, or 12 digits of the digest",
+        json_schema_extra=_doc(VERSION),
+    )
     replace: StrictBool = Field(False, description="Upgrade an installed plugin of that name")
     entrypoint: list[StrictStr] | None = Field(
-        None, description="Replaces the image's Entrypoint (and drops its Cmd)"
+        None,
+        description="Replaces the image's Entrypoint (and drops its Cmd)",
+        json_schema_extra={**_WORDS, "minItems": 1},
     )
-    args: list[StrictStr] | None = Field(None, description="Replaces the image's Cmd")
-    env: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="Merged over Env")
-    workdir: StrictStr | None = Field(None, description="Replaces WorkingDir")
-    user: StrictStr | None = Field(None, description="Replaces User (name|uid[:group|gid])")
+    args: list[StrictStr] | None = Field(
+        None, description="Replaces the image's Cmd", json_schema_extra=_WORDS
+    )
+    env: dict[StrictStr, StrictStr] = Field(
+        default_factory=dict,
+        description="Merged over Env",
+        json_schema_extra={"propertyNames": {"pattern": ENV_NAME}},
+    )
+    workdir: StrictStr | None = Field(
+        None, description="Replaces WorkingDir", json_schema_extra=_doc(f"^$|{ABS_PATH}")
+    )
+    user: StrictStr | None = Field(
+        None,
+        description="Replaces User (name|uid[:group|gid])",
+        json_schema_extra=_doc(f"^$|{USER}"),
+    )
     workload_type: Literal["", "http", "process"] = Field(
         "", description="Default: http when a health path or base URL is given, else process"
     )
-    base_url: StrictStr = Field("", description="Default: the first exposed TCP port")
-    health_path: StrictStr = Field("", description="Health check path of an http workload")
+    base_url: StrictStr = Field(
+        "",
+        description="Default: the first exposed TCP port",
+        json_schema_extra=_doc(f"^$|{HTTP_URL}"),
+    )
+    health_path: StrictStr = Field(
+        "",
+        description="Health check path of an http workload",
+        json_schema_extra=_doc(f"^$|{ABS_PATH}"),
+    )
     cpu_cores: Whole = Field(1, ge=1, le=512)
     memory_mb: Whole = Field(512, ge=16, le=4_194_304)
 
@@ -134,8 +183,9 @@ def add_routes(api: Api) -> None:
         "DELETE",
         one,
         cancel_build,
-        summary="Cancel a build (it leaves nothing behind); a finished one is returned as is",
+        summary="Cancel a running build (it leaves nothing behind) and forget it; a finished one "
+        "is forgotten",
         tag=TAG,
-        ok={200: ("The build, cancelled", Body(BuildReply))},
+        ok={200: ("The build as it ended; GET answers 404 from now on", Body(BuildReply))},
         errors=(404,),
     )
