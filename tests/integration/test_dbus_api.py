@@ -35,6 +35,7 @@ from tests.integration.daemon import (
     start_daemon,
     stop_daemon,
 )
+from tests.integration.oci_images import image_layout
 from volant.api.dbus import (
     MANAGER_PATH,
     PLUGIN_PATH_PREFIX,
@@ -488,3 +489,40 @@ async def test_plugin_installs_refused_with_their_error(
     plugin = PluginInterface.new_proxy(SERVICE, path, bus)
     assert await plugin.signer == KEY
     await manager.remove_plugin("signed")
+
+
+async def test_plugin_build_over_dbus(bus: SdBus) -> None:
+    """BuildPlugin starts a build of a local test image; GetBuild follows it; CancelBuild forgets
+    it; the built plugin is an object like any other."""
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    with pytest.raises(InvalidArgumentError, match="bogus: unknown build option"):
+        await manager.build_plugin({"image": ("s", "oci:/x"), "bogus": ("b", True)})
+    with pytest.raises(InvalidArgumentError, match="args: expected a list of strings"):
+        await manager.build_plugin({"image": ("s", "oci:/x"), "args": ("s", "a")})
+    with pytest.raises(InvalidArgumentError, match="is not an image reference"):
+        await manager.build_plugin({"image": ("s", "ftp://x")})
+    with pytest.raises(NotFoundError):
+        await manager.get_build("000000000000")
+    request = {
+        "image": ("s", f"oci:{image_layout()}:app"),
+        "name": ("s", "dbbuilt"),
+        "env": ("a{ss}", {"FROM": "dbus"}),
+        "memory_mb": ("u", 128),
+    }
+    build = await manager.build_plugin(request)
+    build_id = build["id"][1]
+    for _ in range(600):
+        build = await manager.get_build(build_id)
+        if build["state"][1] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert build["state"] == ("s", "succeeded"), build
+    assert build_id in [b["id"][1] for b in await manager.list_builds()]
+    plugin = await manager.get_plugin("dbbuilt")
+    manifest = json.loads(plugin["manifest_json"][1])
+    assert manifest["workload"]["env"]["FROM"] == "dbus"
+    assert manifest["resources"]["memory_mb"] == 128
+    assert (await manager.cancel_build(build_id))["state"] == ("s", "succeeded")
+    with pytest.raises(NotFoundError):
+        await manager.get_build(build_id)
+    await manager.remove_plugin("dbbuilt")

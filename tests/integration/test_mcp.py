@@ -42,6 +42,7 @@ TOOLS = {
     "stop_vm",
     "restart_vm",
     "list_plugins",
+    "list_builds",
     "call_action",
     "vm_logs",
     "console_log",
