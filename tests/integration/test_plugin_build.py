@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from tests.integration.daemon import BIN, ROOT, Daemon, raw, start_daemon, stop_
 from tests.integration.erofs import erofs_tree
 from tests.integration.oci_images import APP_UID, image_layout
 from tests.integration.registry import HOST, Registry, serving_registry
+from tests.ocitar import file, tar_bytes
 from volant.client import VolantClient
 
 pytestmark = [
@@ -332,6 +334,51 @@ def test_bad_images_fail_clearly_and_leave_nothing(
     assert words in build["error"], build
     assert f"build {build['id']} failed" in proc.stderr
     assert "bad" not in plugin_names(daemon)
+    assert_left_nothing(daemon)
+
+
+def zstd_layout(where: Path) -> Path:
+    """An OCI layout whose one image (tag z) has a zstd-compressed layer, a format the build
+    does not take."""
+    layout = where / "zstd-layout"
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:z"], check=True)
+    blobs = layout / "blobs" / "sha256"
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    tar = tar_bytes([file("hello.txt", b"hi\n")])
+    packed = subprocess.run(["zstd", "-q", "-c"], input=tar, capture_output=True, check=True)
+    index = json.loads((layout / "index.json").read_text())
+    entry = index["manifests"][0]
+    manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
+    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(tar).hexdigest())
+    config_bytes = json.dumps(config).encode()
+    manifest["config"] |= {"digest": put(config_bytes), "size": len(config_bytes)}
+    manifest["layers"].append(
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+         "digest": put(packed.stdout), "size": len(packed.stdout)}
+    )  # fmt: skip
+    manifest_bytes = json.dumps(manifest).encode()
+    entry |= {"digest": put(manifest_bytes), "size": len(manifest_bytes)}
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def test_an_unsupported_layer_format_fails_clearly(daemon: Daemon, tmp_path: Path) -> None:
+    layout = zstd_layout(tmp_path)
+    proc = daemon.volar(
+        "plugins", "build", "--image", f"oci:{layout}:z", "--name", "zstd", "--json"
+    )
+    assert proc.returncode == 1, proc.stdout
+    build = json.loads(proc.stdout)
+    assert build["error_code"] == "InvalidArgument", build
+    assert "only tar and gzip-compressed tar layers are supported" in build["error"]
+    assert "zstd" not in plugin_names(daemon)
     assert_left_nothing(daemon)
 
 
