@@ -28,6 +28,7 @@ import pytest
 
 from tests.integration.daemon import BIN, ROOT, Daemon, raw, start_daemon, stop_daemon
 from tests.integration.erofs import erofs_tree
+from tests.integration.example_image import nginx_layout
 from tests.integration.oci_images import APP_UID, image_layout
 from tests.integration.registry import HOST, Registry, serving_registry
 from tests.ocitar import file, tar_bytes
@@ -498,4 +499,21 @@ def test_ctrl_c_in_volar_cancels_the_build(daemon: Daemon) -> None:
     assert "interrupted" in [e["payload"]["plugin"] for e in events]
     assert all(b["plugin"] != "interrupted" for b in daemon.call(lambda c: c.list_builds()))
     assert "interrupted" not in plugin_names(daemon)
+    assert_left_nothing(daemon)
+
+
+def test_the_nginx_example_builds_as_a_plugin(daemon: Daemon) -> None:
+    """examples/images/nginx/README.md's command, on the recipe's layout (Debian's nginx)."""
+    layout = nginx_layout()
+    proc = daemon.volar(
+        "plugins", "build", "--image", f"oci:{layout}:latest", "--name", "nginx",
+        "--health-path", "/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = manifest_of(daemon, "nginx")
+    workload = manifest["workload"]
+    assert workload["user"] == "www-data"
+    assert workload["entrypoint"][0].endswith("nginx")
+    assert workload["base_url"] == "http://127.0.0.1:8080"
+    assert manifest["labels"] == {"oci.exposed-ports": "8080/tcp"}
     assert_left_nothing(daemon)
