@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import shutil
@@ -55,8 +54,7 @@ from volant.model import (
 )
 from volant.model.builds import Build, BuildSpec, BuildState, ImageFacts
 from volant.model.validate import validate_name
-from volant.plugins.fromimage import manifest_from_image, plugin_name_for
-from volant.plugins.manifest import parse_manifest
+from volant.plugins.fromimage import check_flags, manifest_text, plugin_name_for
 from volant.storage import parse_image_ref
 
 log = logging.getLogger("volant.engine.engine")
@@ -148,7 +146,7 @@ class BuildService:
         """
         parse_image_ref(spec.image)
         name = validate_name(spec.name or plugin_name_for(spec.image), "plugin")
-        self._dry_run(spec, name)
+        check_flags(spec, name)
         if not spec.replace:
             with contextlib.suppress(NotFound):
                 await self.store.get_plugin(name)
@@ -267,7 +265,7 @@ class BuildService:
             async with self.faults.verb("plugin-build"), self._slots:
                 facts = await self._work(running)
                 self.faults.at("built")
-                text = self._manifest(facts, running)
+                text = manifest_text(facts, running.spec, running.build.plugin)
                 plugin = await self._install(PluginSource(text=text.encode()), running.spec.replace)
                 running.plugin = plugin
                 self.faults.at("installed")
@@ -347,30 +345,6 @@ class BuildService:
         step, fraction = str(record.get("step", "")), float(record.get("fraction", 0.0))
         running.build = replace(running.build, step=step, fraction=fraction)
         await self._event(EventType.BUILD_PROGRESS, running.build, detail=record.get("detail", ""))
-
-    def _manifest(self, facts: ImageFacts, running: _Running) -> str:
-        document = manifest_from_image(facts, running.spec, running.build.plugin)
-        text = json.dumps(document, indent=2, sort_keys=True)
-        parse_manifest(text)  # a flag the image does not fit (say --user) fails here, clearly
-        return text
-
-    def _dry_run(self, spec: BuildSpec, name: str) -> None:
-        """Validate the flags against a stand-in image, before anything is pulled."""
-        stand_in = ImageFacts(
-            image=spec.image,
-            digest="sha256:" + "0" * 64,
-            entrypoint=("/bin/sh",),
-            cmd=(),
-            env={},
-            workdir="",
-            user="",
-            exposed_ports=("80/tcp",),
-            rootfs_path="/stand-in.erofs",
-            rootfs_checksum="sha256:" + "0" * 64,
-            rootfs_size=0,
-            cache_hit=False,
-        )
-        parse_manifest(json.dumps(manifest_from_image(stand_in, spec, name)))
 
     async def _finish(
         self, running: _Running, state: BuildState, event: EventType, **fields: Any

@@ -76,7 +76,9 @@ class Repair:
         """Repair the host; return how many resources were removed or adopted."""
         wanted = self.wanted(vms, active)
         found = await self.scan()
-        records = {(r.kind, r.name): r.vm for r in await self.store.list_resources()}
+        # Other services' records (builds) are theirs to repair.
+        listed = await self.store.list_resources()
+        records = {(r.kind, r.name): r.vm for r in listed if r.kind in ORDER}
         names = {vm.name for vm in vms}
         repairs = 0
         for key in sorted(found.keys() | records.keys(), key=_removal_order):

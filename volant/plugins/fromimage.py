@@ -9,12 +9,14 @@ manifest (parse_manifest), so a flag with a bad value is refused with the manife
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from volant.model import InvalidArgument
 from volant.model.builds import BuildSpec, ImageFacts
 from volant.model.validate import DNS_LABEL
+from volant.plugins.manifest import parse_manifest
 
 PORTS_LABEL = "oci.exposed-ports"
 RUNTIME = "oci"
@@ -125,3 +127,30 @@ def manifest_from_image(facts: ImageFacts, spec: BuildSpec, name: str) -> dict[s
     if facts.exposed_ports:
         document["labels"] = {PORTS_LABEL: ",".join(facts.exposed_ports)}
     return document
+
+
+def manifest_text(facts: ImageFacts, spec: BuildSpec, name: str) -> str:
+    """The manifest as JSON text, validated: a flag the image does not fit fails here, with
+    the manifest check's wording."""
+    text = json.dumps(manifest_from_image(facts, spec, name), indent=2, sort_keys=True)
+    parse_manifest(text)
+    return text
+
+
+def check_flags(spec: BuildSpec, name: str) -> None:
+    """Validate the flags against a stand-in image, before anything is pulled."""
+    stand_in = ImageFacts(
+        image=spec.image,
+        digest="sha256:" + "0" * 64,
+        entrypoint=("/bin/sh",),
+        cmd=(),
+        env={},
+        workdir="",
+        user="",
+        exposed_ports=("80/tcp",),
+        rootfs_path="/stand-in.erofs",
+        rootfs_checksum="sha256:" + "0" * 64,
+        rootfs_size=0,
+        cache_hit=False,
+    )
+    manifest_text(stand_in, spec, name)
