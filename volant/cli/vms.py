@@ -68,6 +68,11 @@ def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     is_flag=True,
     help="Cut the VM off from every other guest (it still reaches the host and beyond).",
 )
+@click.option(
+    "--ephemeral",
+    is_flag=True,
+    help="A rootfs plugin's VM keeps its writes in memory (lost at stop), not on its own disk.",
+)
 @wait_option
 @json_option
 @pass_ctx
@@ -79,6 +84,7 @@ def vms_create(
     memory_mb: int | None,
     kernel_args: str,
     isolated: bool,
+    ephemeral: bool,
     wait: bool | None,
     as_json: bool,
 ) -> None:
@@ -94,6 +100,8 @@ def vms_create(
         spec["memory_mb"] = memory_mb
     if isolated:
         spec["isolated"] = True
+    if ephemeral:
+        spec["ephemeral"] = True
     _boot(ctx, Boot(name, "creating", _waits(wait, as_json)), as_json, lambda c: c.create_vm(spec))
 
 

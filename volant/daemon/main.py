@@ -33,6 +33,7 @@ from volant.network import (
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
 from volant.runtime.guest import GuestAgent
+from volant.storage import DiskFiles
 from volant.store import SqliteStore
 
 log = logging.getLogger("volantd")
@@ -88,6 +89,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 supervisor,
                 network,
                 artifacts=artifacts,
+                disks=DiskFiles(),
                 guest=guest,
                 mac_for=mac_for,
                 version=_version(),

@@ -274,6 +274,36 @@ class Artifacts(Protocol):
         ...
 
 
+class DiskSpaceLike(Protocol):
+    @property
+    def size_bytes(self) -> int: ...
+
+    @property
+    def allocated_bytes(self) -> int: ...
+
+
+class Disks(Protocol):
+    """VM disk files on the host (volant.storage.disks) and rootfs image checks."""
+
+    async def make(self, path: Path, size_bytes: int, label: str) -> None:
+        """A sparse ext4 file system of size_bytes at path, made whole or not at all."""
+        ...
+
+    async def remove(self, path: Path) -> None: ...
+
+    async def space(self, path: Path) -> DiskSpaceLike | None:
+        """Size and allocated bytes of the disk file; None when there is none."""
+        ...
+
+    async def scan(self, root: Path) -> dict[str, str]:
+        """Disk files under root (partial ones too): path -> VM name."""
+        ...
+
+    async def check_rootfs(self, path: Path, fmt: str) -> None:
+        """InvalidArgument (field rootfs) unless path holds a whole file system of fmt."""
+        ...
+
+
 class GuestReplyLike(Protocol):
     """The agent's (or the workload's) HTTP answer, passed through unchanged."""
 

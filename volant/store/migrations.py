@@ -130,12 +130,18 @@ _HOST_RESOURCES = (
     "CREATE INDEX host_resources_vm ON host_resources(vm)",
 )
 
+# A rootfs VM whose writes go to a tmpfs (lost at stop) rather than to its own disk.
+_EPHEMERAL = (
+    "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0 CHECK (ephemeral IN (0, 1))",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
     Migration(3, "index events by time for retention", _EVENT_AGE),
     Migration(4, "agent secrets and guest isolation", _AGENT_SECRET_AND_ISOLATION),
     Migration(5, "records of host resources", _HOST_RESOURCES),
+    Migration(6, "ephemeral VMs", _EPHEMERAL),
 )
 
 

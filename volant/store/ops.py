@@ -84,6 +84,7 @@ def create_vm(
             "unit": unit,
             "manifest_json": manifest_json,
             "isolated": spec.isolated,
+            "ephemeral": spec.ephemeral,
             "agent_secret": agent_secret,
             "created_at": now,
             "updated_at": now,

@@ -90,6 +90,7 @@ class VMRow(_Row):
     status_reason = peewee.TextField(default="")
     manifest_json = peewee.TextField(default="")
     isolated = peewee.BooleanField(default=False)
+    ephemeral = peewee.BooleanField(default=False)
     agent_secret = peewee.TextField(default="")
     created_at = _Timestamp()
     updated_at = _Timestamp()
@@ -179,6 +180,7 @@ def to_vm(row: VMRow) -> VirtualMachine:
         status_reason=row.status_reason,
         manifest_json=row.manifest_json,
         isolated=bool(row.isolated),
+        ephemeral=bool(row.ephemeral),
         agent_secret=row.agent_secret,
         created_at=row.created_at,
         updated_at=row.updated_at,

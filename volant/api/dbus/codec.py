@@ -25,7 +25,7 @@ from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
 INTEGER_TYPES = frozenset("ynqiuxt")
 SCALARS: tuple[tuple[type, str], ...] = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
 SPEC_KEYS = {"name": "s", "plugin": "s", "cpu_cores": "int", "memory_mb": "int",
-             "kernel_args": "s", "isolated": "b"}  # fmt: skip
+             "kernel_args": "s", "isolated": "b", "ephemeral": "b"}  # fmt: skip
 QUERY_KEYS = {"status": "s", "plugin": "s", "prefix": "s", "sort": "s", "descending": "b",
               "limit": "int", "offset": "int"}  # fmt: skip
 INSTALL_KEYS = {"manifest": "s", "url": "s", "signature": "s", "origin": "s", "replace": "b"}
@@ -131,6 +131,7 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
         memory_mb=values.get("memory_mb"),
         kernel_args=values.get("kernel_args", ""),
         isolated=values.get("isolated", False),
+        ephemeral=values.get("ephemeral", False),
     )
 
 

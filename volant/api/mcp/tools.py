@@ -65,6 +65,9 @@ class CreateVM(Arguments):
     isolated: StrictBool = Field(
         False, description="Cut the VM off from every other guest (it still reaches the host)"
     )
+    ephemeral: StrictBool = Field(
+        False, description="A rootfs plugin's VM writes to a tmpfs, lost at stop, not a disk"
+    )
 
 
 class CallAction(Arguments):
@@ -120,6 +123,7 @@ async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
         memory_mb=args.memory_mb,
         kernel_args=args.kernel_args,
         isolated=args.isolated,
+        ephemeral=args.ephemeral,
     )
     return (await engine.create_vm(spec)).to_dict()
 

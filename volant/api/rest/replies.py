@@ -43,6 +43,10 @@ class VM(Reply):
         description="Cut off from every other guest (asked at create, or the plugin's "
         "network.isolated)"
     )
+    ephemeral: bool = Field(
+        description="Asked at create: its writes go to a tmpfs, not a disk (a plugin's "
+        "rootfs.ephemeral has the same effect)"
+    )
     created_at: str = Field(description="ISO 8601 time")
     updated_at: str = Field(description="ISO 8601 time")
 
@@ -50,6 +54,13 @@ class VM(Reply):
 class Usage(Reply):
     cpu_seconds: float | None = Field(description="CPU time used; null when unknown")
     memory_bytes: int | None = Field(description="Memory in use; null without memory accounting")
+    disk_bytes: int | None = Field(
+        description="Host space the VM's own disk takes (its writes; the shared rootfs is not "
+        "counted); null without a disk (initramfs plugins, ephemeral VMs)"
+    )
+    disk_size_bytes: int | None = Field(
+        description="Size of the VM's disk as the guest sees it; null without a disk"
+    )
 
 
 class VMWithUsage(VM):

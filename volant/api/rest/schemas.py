@@ -57,6 +57,11 @@ class CreateVMRequest(BaseModel):
         description="Cut the VM off from every other guest (it still reaches the host and "
         "beyond); a plugin's network.isolated makes every VM of it so",
     )
+    ephemeral: StrictBool = Field(
+        False,
+        description="A rootfs plugin's VM keeps its writes in a tmpfs, lost at stop, instead of "
+        "on its own disk; a plugin's rootfs.ephemeral makes every VM of it so",
+    )
 
 
 SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"

@@ -41,13 +41,15 @@ async def create_vm(request: web.Request) -> web.Response:
         memory_mb=body.memory_mb,
         kernel_args=body.kernel_args,
         isolated=body.isolated,
+        ephemeral=body.ephemeral,
     )
     vm = await engine_of(request).create_vm(spec)
     return web.json_response(vm.to_dict(), status=201)
 
 
 async def get_vm(request: web.Request) -> web.Response:
-    """The VM, with `usage` {cpu_seconds, memory_bytes} (null where the host cannot tell)."""
+    """The VM, with `usage` {cpu_seconds, memory_bytes, disk_bytes, disk_size_bytes} (null
+    where the host cannot tell, or the VM has no disk)."""
     engine = engine_of(request)
     vm = await engine.get_vm(request.match_info["name"])
     usage = await engine.vm_usage(vm.name)
