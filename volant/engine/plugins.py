@@ -125,7 +125,12 @@ class PluginVerbs:
         )
         manifest = parse_manifest(text)
         self.faults.at("verified")
-        await self.boot_artifacts(manifest, origin)
+        try:
+            await self.boot_artifacts(manifest, origin)
+        except VolantError:
+            # A rootfs that verified but is not a whole file system was cached already.
+            await self.prune_artifacts()
+            raise
         self.faults.at("artifacts-cached")
         plugin = await self.store.add_plugin(
             manifest.canonical_json,
