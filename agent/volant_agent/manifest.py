@@ -14,7 +14,8 @@ config disk is a raw block device (no filesystem, so the guest needs only virtio
     44+N    ...   zero padding up to a multiple of 512 bytes (a whole sector)
 
 storage (volant_agent.rootfs) says how to assemble the workload's root and which disks to
-mount in it. `encode_config_disk` writes exactly that; the host side keeps its own copy of the layout.
+mount in it. `encode_config_disk` writes exactly that; the host side keeps its own copy of the
+layout.
 """
 
 from __future__ import annotations

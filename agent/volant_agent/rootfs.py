@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from volant_agent.paths import PathError, check_path, resolve_in_root, write_in_root
-from volant_agent.users import resolve_user
+from volant_agent.users import UserError, resolve_user
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ DISK_WAIT = 5.0
 
 class StorageError(Exception):
     """The storage the host asked for cannot be assembled; the message says what and why."""
+
+
+class BadStorage(ValueError):
+    """The config disk's storage document is malformed; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -65,34 +69,34 @@ class Storage:
 def _serial(obj: Mapping[str, Any], where: str) -> str:
     value = obj.get("serial")
     if not isinstance(value, str) or not value or len(value) > 20:
-        raise ValueError(f"storage.{where}.serial must be a string of 1 to 20 characters")
+        raise BadStorage(f"storage.{where}.serial must be a string of 1 to 20 characters")
     return value
 
 
 def parse_storage(raw: object) -> Storage:
     """The storage document, validated (ValueError says which key is wrong)."""
     if not isinstance(raw, dict):
-        raise ValueError("storage must be an object")
+        raise BadStorage("storage must be an object")
     rootfs, upper = raw.get("rootfs"), raw.get("upper")
     storage = Storage()
     if rootfs is not None:
         if not isinstance(rootfs, dict) or rootfs.get("format") not in FORMATS:
-            raise ValueError(f"storage.rootfs.format must be one of {', '.join(FORMATS)}")
+            raise BadStorage(f"storage.rootfs.format must be one of {', '.join(FORMATS)}")
         if not isinstance(upper, dict):
-            raise ValueError("storage.upper must be an object")
+            raise BadStorage("storage.upper must be an object")
         upper_serial = "" if upper.get("tmpfs") is True else _serial(upper, "upper")
         storage = Storage(_serial(rootfs, "rootfs"), rootfs["format"], upper_serial)
     mounts = raw.get("mounts", [])
     if not isinstance(mounts, list):
-        raise ValueError("storage.mounts must be a list")
+        raise BadStorage("storage.mounts must be a list")
     parsed = []
     for i, mount in enumerate(mounts):
         if not isinstance(mount, dict) or not isinstance(mount.get("path"), str):
-            raise ValueError(f"storage.mounts[{i}] needs a path")
+            raise BadStorage(f"storage.mounts[{i}] needs a path")
         try:
             path = check_path(mount["path"])
         except PathError as exc:
-            raise ValueError(f"storage.mounts[{i}].path: {exc}") from exc
+            raise BadStorage(f"storage.mounts[{i}].path: {exc}") from exc
         parsed.append(Mount(_serial(mount, f"mounts[{i}]"), path, mount.get("read_only") is True))
     return Storage(storage.rootfs_serial, storage.rootfs_format, storage.upper_serial,
                    tuple(parsed))  # fmt: skip
@@ -172,8 +176,7 @@ class Assembly:
         st = self.storage
         await load_modules()
         lower, upper = self.base / "lower", self.base / "upper"
-        for path in (lower, upper, root):
-            path.mkdir(parents=True, exist_ok=True)
+        _make_dirs(lower, upper, root)
         rootfs = await self._disk(st.rootfs_serial)
         try:
             await self._mount(lower, "-t", st.rootfs_format, "-o", "ro", str(rootfs))
@@ -183,11 +186,10 @@ class Assembly:
             await self._mount(upper, "-t", "ext4", str(await self._disk(st.upper_serial)))
         else:
             await self._mount(upper, "-t", "tmpfs", "-o", "mode=0755", "tmpfs")
-        for sub in ("upper", "work"):
-            (upper / sub).mkdir(mode=0o755, exist_ok=True)
+        _make_dirs(upper / "upper", upper / "work")
         options = f"lowerdir={lower},upperdir={upper / 'upper'},workdir={upper / 'work'}"
         await self._mount(root, "-t", "overlay", "-o", options, "overlay")
-        if not os.path.ismount("/dev/pts"):
+        if not _is_mount("/dev/pts"):
             await _run("mount", "-t", "devpts", "-o", "gid=5,mode=0620,ptmxmode=0666",
                        "devpts", "/dev/pts")  # fmt: skip
         for source in BINDS:
@@ -214,16 +216,32 @@ class Assembly:
 async def load_modules(listing: Path = MODULES_LIST) -> None:
     """insmod the file system modules a rootfs needs (erofs, squashfs, overlay and what they
     depend on, in order); the image lists them, loaded only by the VMs that need them."""
-    try:
-        names = listing.read_text().split()
-    except OSError:
-        return
-    for name in names:
+    for name in _module_names(listing):
         proc = await asyncio.create_subprocess_exec(
             "insmod", f"/lib/modules/{name}.ko",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         await proc.wait()  # "File exists" when loaded already: fine
+
+
+# Small synchronous steps on the guest's own tmpfs, kept out of the coroutines above: they
+# take microseconds and nothing else runs in the agent while the root is assembled.
+
+
+def _make_dirs(*paths: Path) -> None:
+    for path in paths:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def _is_mount(path: str) -> bool:
+    return os.path.ismount(path)
+
+
+def _module_names(listing: Path) -> list[str]:
+    try:
+        return listing.read_text().split()
+    except OSError:
+        return []
 
 
 def ip_fields(cmdline: str) -> list[str]:
@@ -264,7 +282,7 @@ async def prepare(raw: object, cmdline: str, supervisor: Supervisor) -> Assembly
             supervisor.root = assembly.root
         if supervisor.root is not None or user:
             supervisor.identity = resolve_user(user, supervisor.root or Path("/"))
-    except (ValueError, StorageError) as exc:  # UserError is a ValueError
+    except (BadStorage, UserError, StorageError) as exc:
         log.error("workload not started: %s", exc)
         supervisor.fail(str(exc))
         if assembly is not None:

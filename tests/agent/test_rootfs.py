@@ -61,7 +61,8 @@ def test_symlinks_resolve_inside_the_root(tmp_path: Path) -> None:
     (root / "up").symlink_to("../../../../..")
     (root / "loop").symlink_to("loop")
     made = resolve_in_root(root, "/abs/data", make_dirs=True)
-    assert made.is_relative_to(root) and made.is_dir()
+    assert made.is_relative_to(root)
+    assert made.is_dir()
     assert not (outside / "data").exists()
     assert resolve_in_root(root, "/up/etc") == root / "etc"
     with pytest.raises(PathError, match="symbolic links"):
