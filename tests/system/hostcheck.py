@@ -1,8 +1,8 @@
 """What a volantd.service in a sysbox has made on its host, compared with what its store says.
 
 Used by the fault-injection walk and the soak: after any kill and restart, the scopes, QEMU
-processes, taps, machined machines, run directories, console logs and resource records must
-match the VMs exactly.
+processes, taps, machined machines, run directories, console logs, VM disks and resource records
+must match the VMs exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class HostView:
     machines: frozenset[str]
     run_dirs: frozenset[str]
     console_logs: frozenset[str]
+    disks: frozenset[str]
     records: frozenset[tuple[str, str, str]]
     leases: frozenset[tuple[str, str]]
 
@@ -51,6 +52,7 @@ def host_view(vb: VolantBox) -> HostView:
     machines = vb.sh("machinectl list --no-legend --no-pager | awk '{print $1}'")
     run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
     logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
+    disks = vb.sh("ls -1A /var/lib/volant/disks 2>/dev/null || true")
     # Read inside the box (its /var/lib is its own), with the system's python3.
     tables = json.loads(vb.sh(f"python3 -c {shlex.quote(QUERY)}"))
     records, leases = tables["records"], tables["leases"]
@@ -61,6 +63,7 @@ def host_view(vb: VolantBox) -> HostView:
         machines=frozenset(machines.split()),
         run_dirs=frozenset(run_dirs.split()),
         console_logs=frozenset(log.removesuffix(".log") for log in logs.split()),
+        disks=frozenset(disks.split()),
         records=frozenset((str(k), str(n), str(v)) for k, n, v in records),
         leases=frozenset((str(ip), str(name)) for ip, name in leases),
     )
@@ -85,6 +88,9 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
         problems.append(f"run dirs without a VM: {sorted(view.run_dirs - names)}")
     if not view.console_logs <= names:
         problems.append(f"console logs without a VM: {sorted(view.console_logs - names)}")
+    # A VM's disk is <name>.img; anything else (a partial `.<name>.img.partial`) is left over.
+    if not view.disks <= {f"{name}.img" for name in names}:
+        problems.append(f"disks without a VM: {sorted(view.disks - {f'{n}.img' for n in names})}")
     strays = {record for record in view.records if record[2] not in names}
     if strays:
         problems.append(f"resource records without a VM: {sorted(strays)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
 from tests.integration.daemon import build_guest
+from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
 from tests.system.hostcheck import orphans
 from volant.engine.faults import STEPS
 
@@ -26,6 +28,9 @@ pytestmark = pytest.mark.system
 FAULT_FILE = "/run/volant/fault"
 SETTLING = ("creating", "starting", "stopping")
 VM = "w"
+# The walked VM boots a rootfs plugin, so its writable disk is made, kept and removed on the
+# walked paths (its guest never runs: paused, only the files matter).
+PLUGIN = "rootapp"
 # A create or start that got as far as this boundary has finished its work: the VM runs.
 DONE = "running"
 
@@ -34,7 +39,14 @@ DONE = "running"
 def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
     build_guest()
     vb = VolantBox(sysbox, service_extra=f"Environment=VOLANT_FAULT_FILE={FAULT_FILE}\n")
-    vb.install({"runtime.start_paused": True, "runtime.stop_timeout": 3}, plugins=("demo",))
+    vb.install(
+        {"runtime.start_paused": True, "runtime.stop_timeout": 3, "vm.disk_size_mb": 64},
+        plugins=("demo",),
+    )
+    inside = Path("/srv/volant-test")
+    manifest = write_rootfs_plugin(vb.box.root / inside.relative_to("/"), PLUGIN, rootfs_image())
+    body = {"manifest": manifest.read_text(), "origin": (inside / manifest.name).as_uri()}
+    assert vb.api("POST", "/api/v1/plugins", body).status == 201
     yield vb
     vb.run("systemctl", "stop", "volantd")
 
@@ -84,14 +96,14 @@ def prepare(vb: VolantBox, verb: str) -> None:
         return
     if verb == "create":
         return
-    assert vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": "demo"}).status == 201
+    assert vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN}).status == 201
     if verb == "start":
         assert vb.api("POST", f"/api/v1/vms/{VM}/stop").status == 200
 
 
 def call(vb: VolantBox, verb: str) -> Callable[[], object]:
     if verb == "create":
-        return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": "demo"})
+        return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN})
     if verb == "plugin-install":
         return lambda: vb.install_test_plugin("spare")
     if verb == "plugin-remove":
@@ -131,9 +143,9 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
         # Install is killed before it records the plugin, remove after it deleted it.
         assert volantd.api("GET", "/api/v1/plugins/spare").status == 404
         # What the killed daemon cached or half-wrote for it was pruned at start: only the
-        # demo plugin's initramfs is left.
+        # demo plugin's initramfs and the rootfs plugin's image are left.
         artifacts = "/var/lib/volant/artifacts"
-        assert len(volantd.sh(f"ls -A {artifacts}/sha256").split()) == 1
+        assert len(volantd.sh(f"ls -A {artifacts}/sha256").split()) == 2
         assert volantd.sh(f"ls -A {artifacts}/tmp").split() == []
         return
     mine = {vm["name"]: vm for vm in current}.get(VM)
@@ -188,6 +200,8 @@ def test_start_removes_what_no_vm_owns(volantd: VolantBox) -> None:
     volantd.sh(
         "ip tuntap add dev vt-deadbeef00 mode tap && ip link set vt-deadbeef00 alias ghost"
         " && mkdir -p /run/volant/vms/ghost && touch /var/lib/volant/consoles/ghost.log"
+        " && mkdir -p /var/lib/volant/disks && truncate -s 1M /var/lib/volant/disks/ghost.img"
+        " /var/lib/volant/disks/.e.img.partial"
     )
     volantd.sh("systemctl start volantd")
     volantd.wait_healthy()
@@ -205,6 +219,8 @@ def test_start_removes_what_no_vm_owns(volantd: VolantBox) -> None:
         ("tap", "ghost"),
         ("run_dir", "ghost"),
         ("console_log", "ghost"),
+        ("disk", "ghost"),
+        ("disk", "e"),  # a partial disk of a VM that exists: a make cut short
         ("scope", "e"),
         ("tap", "e"),
         ("machine", "e"),
