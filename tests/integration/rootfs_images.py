@@ -27,7 +27,7 @@ FIXED_UUID = "6c6f7661-6e74-4000-8000-726f6f746673"
 
 # The test workload: count its boots in its home (on the VM's disk, or in the tmpfs), then serve
 # what it sees over HTTP on 8081: its uid and groups, the root's listing, its boots, the
-# volume at /data if there is one.
+# volumes at /data and /ro if there are (their listing, and whether it can write there).
 SCRIPT = """
 set -e
 mkdir -p www
@@ -37,11 +37,11 @@ id -u > www/uid.txt
 id -G > www/groups.txt
 ls / > www/root.txt
 cat /etc/hostname > www/hostname.txt
-if [ -d /data ]; then
-    ls /data > www/data.txt
-    if touch /data/probe 2>/dev/null; then echo rw > www/data-mode.txt; \
-        else echo ro > www/data-mode.txt; fi
-fi
+for d in data ro; do
+    [ -d /$d ] || continue
+    ls /$d > www/$d.txt
+    if touch /$d/probe 2>/dev/null; then echo rw; else echo ro; fi > www/$d-mode.txt
+done
 exec httpd -f -p 8081 -h /home/app/www
 """
 

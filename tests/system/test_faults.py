@@ -19,7 +19,7 @@ import pytest
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
 from tests.integration.daemon import build_guest
-from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
+from tests.integration.rootfs_images import rootfs_image, rootfs_manifest, write_rootfs_plugin
 from tests.system.hostcheck import orphans
 from volant.engine.faults import STEPS
 
@@ -44,7 +44,11 @@ def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
         plugins=("demo",),
     )
     inside = Path("/srv/volant-test")
-    manifest = write_rootfs_plugin(vb.box.root / inside.relative_to("/"), PLUGIN, rootfs_image())
+    # No health check: a paused guest never answers one, and create must reach `running`.
+    workload = rootfs_manifest(rootfs_image(), PLUGIN)["workload"]
+    workload = {k: v for k, v in workload.items() if k not in ("health_check", "base_url")}
+    directory = vb.box.root / inside.relative_to("/")
+    manifest = write_rootfs_plugin(directory, PLUGIN, rootfs_image(), workload=workload)
     body = {"manifest": manifest.read_text(), "origin": (inside / manifest.name).as_uri()}
     assert vb.api("POST", "/api/v1/plugins", body).status == 201
     yield vb
