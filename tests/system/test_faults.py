@@ -47,6 +47,7 @@ def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
     # No health check: a paused guest never answers one, and create must reach `running`.
     workload = rootfs_manifest(rootfs_image(), PLUGIN)["workload"]
     workload = {k: v for k, v in workload.items() if k not in ("health_check", "base_url")}
+    workload["type"] = "process"
     directory = vb.box.root / inside.relative_to("/")
     manifest = write_rootfs_plugin(directory, PLUGIN, rootfs_image(), workload=workload)
     body = {"manifest": manifest.read_text(), "origin": (inside / manifest.name).as_uri()}
