@@ -110,6 +110,9 @@ class Booting:
             kernel_args=validate_kernel_args(spec.kernel_args),
             # The plugin's network.isolated holds for all its VMs; a VM may ask on its own.
             isolated=spec.isolated or (manifest is not None and manifest.isolated),
+            # Likewise its rootfs.ephemeral: the VM gets no disk, and says so.
+            ephemeral=spec.ephemeral
+            or (manifest is not None and manifest.rootfs is not None and manifest.rootfs.ephemeral),
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
