@@ -90,6 +90,13 @@ def fields(rows: Sequence[tuple[str, str]]) -> None:
 
 
 def vm_details(vm: dict[str, Any]) -> None:
+    """The VM's fields, and a `disk` line when it has its own disk (a rootfs plugin's VM)."""
+    from volant.cli.system import size  # here: volant.cli.system imports this module
+
+    usage = vm.get("usage") or {}
+    used, total = usage.get("disk_bytes"), usage.get("disk_size_bytes")
+    if used is not None and total is not None:
+        vm = {**vm, "disk": f"{size(used)} used on the host, {size(total)} in the guest"}
     details(vm)
 
 
