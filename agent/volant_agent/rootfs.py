@@ -174,7 +174,7 @@ class Assembly:
 
     async def _root(self, root: Path, cmdline: str) -> None:
         st = self.storage
-        await load_modules()
+        await load_modules(("overlay", st.rootfs_format))
         lower, upper = self.base / "lower", self.base / "upper"
         _make_dirs(lower, upper, root)
         rootfs = await self._disk(st.rootfs_serial)
@@ -213,10 +213,11 @@ class Assembly:
                     await _run("umount", "-l", str(target))
 
 
-async def load_modules(listing: Path = MODULES_LIST) -> None:
-    """insmod the file system modules a rootfs needs (erofs, squashfs, overlay and what they
-    depend on, in order); the image lists them, loaded only by the VMs that need them."""
-    for name in _module_names(listing):
+async def load_modules(wanted: tuple[str, ...], listing: Path = MODULES_LIST) -> None:
+    """insmod the file system modules in wanted (overlay, and the rootfs' format) with what they
+    depend on, in order; the image lists them (`name: modules…`), and only the VMs of rootfs
+    plugins load them."""
+    for name in _module_names(listing, wanted):
         proc = await asyncio.create_subprocess_exec(
             "insmod", f"/lib/modules/{name}.ko",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -237,11 +238,17 @@ def _is_mount(path: str) -> bool:
     return os.path.ismount(path)
 
 
-def _module_names(listing: Path) -> list[str]:
+def _module_names(listing: Path, wanted: tuple[str, ...]) -> list[str]:
     try:
-        return listing.read_text().split()
+        lines = listing.read_text().splitlines()
     except OSError:
         return []
+    names: list[str] = []
+    for line in lines:
+        module, _, needed = line.partition(":")
+        if module.strip() in wanted:
+            names += needed.split()
+    return names
 
 
 def ip_fields(cmdline: str) -> list[str]:

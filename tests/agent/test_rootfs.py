@@ -13,7 +13,14 @@ import pytest
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import RestartPolicy, Workload
 from volant_agent.paths import PathError, check_path, read_in_root, resolve_in_root, write_in_root
-from volant_agent.rootfs import Mount, Storage, ip_fields, parse_storage, write_etc
+from volant_agent.rootfs import (
+    Mount,
+    Storage,
+    _module_names,
+    ip_fields,
+    parse_storage,
+    write_etc,
+)
 from volant_agent.users import Identity, UserError, resolve_user
 from volant_agent.workload import Health, Supervisor
 
@@ -225,3 +232,11 @@ def test_a_failed_workload_never_starts() -> None:
     assert supervisor.health is Health.FAILED
     assert supervisor.status()["error"] == "workload.user 'x' is not in the image's /etc/passwd"
     assert supervisor.last_exit is None
+
+
+def test_only_the_formats_modules_are_listed(tmp_path: Path) -> None:
+    listing = tmp_path / "storage-modules"
+    listing.write_text("erofs: libcrc32c erofs\nsquashfs: squashfs\noverlay: overlay\n")
+    assert _module_names(listing, ("overlay", "erofs")) == ["libcrc32c", "erofs", "overlay"]
+    assert _module_names(listing, ("overlay", "ext4")) == ["overlay"]  # ext4 is built in
+    assert _module_names(tmp_path / "missing", ("erofs",)) == []
