@@ -114,6 +114,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         assembly = await prepare(config.storage, cmdline, supervisor)
         if assembly is not None:
             mounted.append(assembly)
+            agent.timeline["root_ready"] = time.monotonic()
         await supervisor.run()
 
     runner = asyncio.create_task(run_workload(supervisor)) if supervisor else None
