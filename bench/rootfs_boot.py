@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.agent_boot import SECRET, _until
+from bench.agent_boot import SECRET, _curl, _until
 from bench.qemu_boot import guest_in_netns
 from scripts.guest.cpio import Tree, cpio_newc
 from tests.integration.rootfs_images import rootfs_image, rootfs_manifest
@@ -44,15 +45,26 @@ def manifests() -> tuple[dict[str, Any], dict[str, Any]]:
     return rootfs, initramfs
 
 
-async def initramfs_boot(machine: str, manifest: dict[str, Any], cpio: Path) -> float:
+Boot = tuple[float, dict[str, float]]
+
+
+async def _healthy(ns: str, start: float) -> Boot:
+    """Seconds from launch to healthy, and the agent's timeline (guest seconds since boot)."""
+    seconds = await _until(ns, "/healthz", HEALTHY, start)
+    status = json.loads(await _curl(ns, "/v1/status") or b"{}")
+    timeline = {k: v for k, v in status.get("timeline", {}).items() if v is not None}
+    return seconds, timeline
+
+
+async def initramfs_boot(machine: str, manifest: dict[str, Any], cpio: Path) -> Boot:
     async with guest_in_netns(
         machine, image="agent-initramfs.img", appended=[cpio], plugin="app",
         agent_secret=SECRET, disk_manifest=manifest,
     ) as (ns, _spec, start):  # fmt: skip
-        return await _until(ns, "/healthz", HEALTHY, start)
+        return await _healthy(ns, start)
 
 
-async def rootfs_boot(machine: str, manifest: dict[str, Any], upper: Path | None) -> float:
+async def rootfs_boot(machine: str, manifest: dict[str, Any], upper: Path | None) -> Boot:
     disks = [Disk(rootfs_image(), ROOTFS_SERIAL)]
     if upper is not None:
         disks.append(Disk(upper, UPPER_SERIAL, read_only=False))
@@ -61,12 +73,13 @@ async def rootfs_boot(machine: str, manifest: dict[str, Any], upper: Path | None
         machine, image="agent-initramfs.img", plugin="app", agent_secret=SECRET,
         disks=disks, root=root, disk_manifest=manifest, graceful_stop=True,
     ) as (ns, _spec, start):  # fmt: skip
-        return await _until(ns, "/healthz", HEALTHY, start)
+        return await _healthy(ns, start)
 
 
 def show(label: str, values: list[float], unit: str = "s") -> None:
     shown = " ".join(f"{v:.2f}" for v in values)
-    print(f"{label:36} median {statistics.median(values):.2f}{unit}  runs: {shown}", flush=True)
+    print(f"{label:44} median {statistics.median(values):.2f}{unit}, min {min(values):.2f}{unit}"
+          f"  runs: {shown}", flush=True)  # fmt: skip
 
 
 async def main() -> None:
@@ -76,7 +89,7 @@ async def main() -> None:
     args = parser.parse_args()
     rootfs, initramfs = manifests()
     files = DiskFiles()
-    times: dict[str, list[float]] = {"initramfs": [], "rootfs, own disk": [], "ephemeral": []}
+    boots: dict[str, list[Boot]] = {"initramfs": [], "rootfs, own disk": [], "ephemeral": []}
     mkfs: list[float] = []
     used: list[float] = []
     with tempfile.TemporaryDirectory(prefix="vt-bench-") as tmp:
@@ -86,16 +99,22 @@ async def main() -> None:
         cpio = work / "app.cpio"
         cpio.write_bytes(cpio_newc(tree.entries.values()))
         for run in range(args.runs):
-            times["initramfs"].append(await initramfs_boot(args.machine, initramfs, cpio))
+            boots["initramfs"].append(await initramfs_boot(args.machine, initramfs, cpio))
             upper = work / f"vm{run}.img"
             began = time.monotonic()
             await files.make(upper, DISK_BYTES, f"vm{run}")
             mkfs.append(time.monotonic() - began)
-            times["rootfs, own disk"].append(await rootfs_boot(args.machine, rootfs, upper))
+            boots["rootfs, own disk"].append(await rootfs_boot(args.machine, rootfs, upper))
             used.append(upper.stat().st_blocks * 512 / 1e6)
-            times["ephemeral"].append(await rootfs_boot(args.machine, rootfs, None))
+            boots["ephemeral"].append(await rootfs_boot(args.machine, rootfs, None))
+    times = {label: [b[0] for b in runs] for label, runs in boots.items()}
     for label, values in times.items():
-        show(f"{label}, workload healthy", values)
+        show(f"{label}, launch to workload healthy", values)
+    for label, runs in boots.items():
+        for key in ("agent_listening", "root_ready", "workload_healthy"):
+            values = [b[1][key] for b in runs if key in b[1]]
+            if values:
+                show(f"  {label}: in guest, {key}", values)
     base = statistics.median(times["initramfs"])
     own, ephemeral = (statistics.median(times[k]) / base for k in ("rootfs, own disk", "ephemeral"))
     print(f"ratio rootfs/initramfs (medians): {own:.2f}, ephemeral/initramfs: {ephemeral:.2f}")
