@@ -4,8 +4,9 @@ One rootfs (tests/integration/rootfs_images.py: busybox and a user app, erofs) s
 Covers: the workload runs chrooted in the rootfs as the image's non-root user; what it writes
 survives stop and start and a volantd restart, and its disk goes with the VM; an ephemeral VM
 forgets; two VMs attach the one cached rootfs (no copy) and each disk holds only its own writes;
-a truncated rootfs or a wrong format is refused at create and leaves nothing behind; an image
-without the manifest's user ends the VM in error with the reason.
+a truncated rootfs or a wrong format is refused at install and leaves nothing behind; a rootfs
+the guest cannot mount, or an image without the manifest's user, ends the VM in error with the
+reason.
 """
 
 from __future__ import annotations
@@ -218,3 +219,21 @@ def test_a_user_missing_from_the_image_ends_the_vm_in_error(daemon: Daemon) -> N
     assert "workload.user 'ghost' is not in the image's /etc/passwd" in vm["status_reason"]
     daemon.call(lambda c: c.delete_vm("ghost"))
     assert not disk_of(daemon, "ghost").exists()
+
+
+def test_a_rootfs_the_guest_cannot_mount_ends_the_vm_in_error(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Corruption inside a well-formed image (here the superblock's root inode, which breaks
+    its checksum) passes the host's magic and size check; the guest's mount refuses it."""
+    corrupt = tmp_path / "corrupt.erofs"
+    data = bytearray(rootfs_image().read_bytes())
+    data[1024 + 14 : 1024 + 16] = (60000).to_bytes(2, "little")
+    corrupt.write_bytes(bytes(data))
+    install(daemon, "corrupt", corrupt)
+    status, _, vm = raw(daemon, "POST", "/api/v1/vms", {"name": "bad", "plugin": "corrupt"})
+    assert status == 201, vm
+    vm = wait_status(daemon, "bad", "error", timeout=120)
+    assert "cannot mount the rootfs (erofs)" in vm["status_reason"], vm
+    daemon.call(lambda c: c.delete_vm("bad"))
+    assert not disk_of(daemon, "bad").exists()
