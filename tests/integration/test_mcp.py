@@ -131,7 +131,9 @@ def test_vm_lifecycle(daemon: Daemon) -> None:
     assert (vm["name"], vm["status"], vm["plugin"]) == ("mcp1", "running", "demo")
     assert (vm["cpu_cores"], vm["memory_mb"]) == (1, 128)
     assert vm["ip_address"] == "192.168.127.2"
-    assert ok(got)["usage"].keys() == {"cpu_seconds", "memory_bytes"}
+    usage = ok(got)["usage"]
+    assert usage.keys() == {"cpu_seconds", "memory_bytes", "disk_bytes", "disk_size_bytes"}
+    assert usage["disk_bytes"] is None  # an initramfs plugin's VM has no disk
     assert ok(got)["mac_address"] == vm["mac_address"]
     assert [v["name"] for v in ok(listed)["vms"]] == ["mcp1"]
     assert ok(listed)["total"] == 1
