@@ -31,10 +31,12 @@ from volant.model import (
     NameTaken,
     ResourceKind,
     Volume,
+    VolumeMount,
     format_size,
     parse_size,
     validate_volume_name,
 )
+from volant.model.validate import validate_name
 
 log = logging.getLogger("volant.engine.engine")
 
@@ -62,6 +64,10 @@ class Volumes:
 
     async def get_volume(self, name: str) -> Volume:
         return await self._shown(await self.store.get_volume(validate_volume_name(name)))
+
+    async def vm_volumes(self, vm: str) -> list[VolumeMount]:
+        """The volumes of a VM, for `vms get`."""
+        return await self.store.vm_volumes(validate_name(vm))
 
     # -- write verbs --------------------------------------------------------------------------
 

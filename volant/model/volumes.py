@@ -21,7 +21,9 @@ VOLUME_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?")
 VOLUME_NAME_RULE = (
     "a DNS label of at most 20 characters (a-z, 0-9, '-'), not starting with 'volant-'"
 )
-VOLUME_NAME_PATTERN = f"^(?!{RESERVED_PREFIX}){VOLUME_NAME_RE.pattern}$"
+# Anchored for JSON Schema; the reserved prefix is checked by validate_volume_name (pydantic's
+# regex engine has no look-ahead to say it here).
+VOLUME_NAME_PATTERN = f"^{VOLUME_NAME_RE.pattern}$"
 
 MIB = 1024 * 1024
 MIN_SIZE = 16 * MIB  # room for ext4's journal and a little data
