@@ -103,7 +103,9 @@ class Booting:
             kernel_args=validate_kernel_args(spec.kernel_args),
             # The plugin's network.isolated holds for all its VMs; a VM may ask on its own.
             isolated=spec.isolated or (manifest is not None and manifest.isolated),
-            volumes=validate_mounts(spec.volumes),
+            # Once the plugin is known: an unknown plugin is the first thing to hear about
+            # (the create's schema cannot say that one volume comes once only).
+            volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:

@@ -27,14 +27,22 @@ VOLUME_NAME_PATTERN = f"^{VOLUME_NAME_RE.pattern}$"
 
 MIB = 1024 * 1024
 MIN_SIZE = 16 * MIB  # room for ext4's journal and a little data
-MAX_SIZE = 16 * 1024**4  # 16 TiB
+# ext4 holds files of up to 16 TiB less a block: 8 TiB leaves room on any file system a state
+# directory is likely to be on.
+MAX_SIZE = 8 * 1024**4
 _UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024**3, "T": 1024**4}
-_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_RE = re.compile(r"([0-9]+)\s*(?:([KMGT])(?:I?B)?|B)?", re.IGNORECASE)
+# The same for JSON Schema documents (the limits are checked by parse_size).
+SIZE_PATTERN = "^\\s*[0-9]+\\s*([KMGTkmgt]([Ii]?[Bb])?|[Bb])?\\s*$"
 SIZE_RULE = "bytes, or a whole number with a K, M, G or T suffix (1G, 512M; powers of 1024)"
 
 # Most volumes hold a workload's data: what must a path not shadow?
 _FORBIDDEN_PATHS = frozenset({"/", "/proc", "/sys", "/dev", "/run", "/tmp", "/etc"})
 MAX_PATH = 1024
+# validate_mount_path as a JSON Schema pattern: absolute, printable ASCII without spaces or ':',
+# no '.' or '..' segment, none of the directories above.
+_SYSTEM = "|".join(p.strip("/") for p in sorted(_FORBIDDEN_PATHS) if p != "/")
+MOUNT_PATH_PATTERN = f"^(?!/*({_SYSTEM})?/*$)(?!.*/\\.\\.?(/|$))/[\\x21-\\x39\\x3b-\\x7e]*$"
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ def parse_size(value: object, field: str = "size") -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value.strip())):
-        size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+        size = int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
     else:
         raise InvalidArgument(f"{field} must be {SIZE_RULE}, got {value!r}", field=field)
     size = -(-size // MIB) * MIB

@@ -8,10 +8,19 @@ extending the file, then e2fsck -f and resize2fs offline: the guest never has it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from volant.model import InsufficientStorage, InternalError, NotFound, disk_full_as_error
+from volant.model import (
+    InsufficientStorage,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    disk_full_as_error,
+)
 from volant.storage.tools import Finished, run
 
 SUFFIX = ".img"
@@ -31,7 +40,7 @@ class VolumeDir:
     async def create(self, name: str, size: int) -> None:
         """A new sparse file of size bytes; FileExistsError when one is there already."""
         path = self.path(name)
-        with disk_full_as_error(self.root, f"cannot make the file of volume {name}"):
+        with _too_large(size), disk_full_as_error(self.root, f"cannot make volume {name}"):
             await asyncio.to_thread(_create, path, size)
 
     async def remove(self, name: str) -> None:
@@ -40,7 +49,7 @@ class VolumeDir:
     async def grow(self, name: str, size: int) -> None:
         """Extend the file to size bytes (sparse: nothing is written)."""
         path = self.path(name)
-        with disk_full_as_error(self.root, f"cannot grow the file of volume {name}"):
+        with _too_large(size), disk_full_as_error(self.root, f"cannot grow volume {name}"):
             await asyncio.to_thread(_grow, path, size)
 
     async def format(self, name: str) -> None:
@@ -71,6 +80,21 @@ class VolumeDir:
     async def scan(self) -> dict[str, str]:
         """Every volume file (and half-made one) here: path -> volume name."""
         return await asyncio.to_thread(_scan, self.root)
+
+
+@contextlib.contextmanager
+def _too_large(size: int) -> Iterator[None]:
+    """EFBIG: the host's file system holds no file that large."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EFBIG:
+            raise
+        raise InvalidArgument(
+            f"the file system of the state directory cannot hold a file of {size} bytes",
+            hint="ask for a smaller volume",
+            field="size",
+        ) from exc
 
 
 def _create(path: Path, size: int) -> None:

@@ -19,7 +19,15 @@ from pydantic import (
 from volant.api.validation import validate_model
 from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus, VolumeMount
 from volant.model.validate import DNS_LABEL, PREFIX_RE
-from volant.model.volumes import SIZE_RULE, VOLUME_NAME_PATTERN
+from volant.model.volumes import (
+    MAX_PATH,
+    MAX_SIZE,
+    MIN_SIZE,
+    MOUNT_PATH_PATTERN,
+    SIZE_PATTERN,
+    SIZE_RULE,
+    VOLUME_NAME_PATTERN,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,8 +46,9 @@ Whole = Annotated[StrictInt, BeforeValidator(_whole)]
 # The pattern is documented, not enforced here: the engine's check says what a name is.
 VolumeName = Annotated[StrictStr, Field(json_schema_extra={"pattern": VOLUME_NAME_PATTERN})]
 Size = Annotated[
-    Whole | StrictStr,
-    Field(description=f"Size: {SIZE_RULE}; rounded up to a whole MiB, at least 16M"),
+    Annotated[StrictInt, Field(ge=MIN_SIZE, le=MAX_SIZE)]
+    | Annotated[StrictStr, Field(json_schema_extra={"pattern": SIZE_PATTERN})],
+    Field(description=f"Size: {SIZE_RULE}; rounded up to a whole MiB, from 16M to 8T"),
 ]
 
 
@@ -50,8 +59,10 @@ class VolumeRequest(BaseModel):
 
     name: VolumeName = Field(description="An existing volume")
     path: StrictStr = Field(
-        description="Absolute path the guest mounts it at (not /, no '..')",
-        json_schema_extra={"pattern": "^/"},
+        description="Absolute path the guest mounts it at: not / or a system directory such "
+        "as /proc, no '.' or '..', no spaces or ':'",
+        max_length=MAX_PATH,
+        json_schema_extra={"pattern": MOUNT_PATH_PATTERN},
     )
     read_only: StrictBool = Field(False, description="Mount it read-only")
 
