@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import Daemon, build_guest, raw, running_daemon
+from tests.integration.daemon import ROOT, Daemon, build_guest, raw, running_daemon
+from tests.readme import blocks
 
 pytestmark = pytest.mark.integration
 
@@ -217,3 +219,16 @@ def test_a_volume_attached_twice_is_refused(daemon: Daemon) -> None:
     assert (status, problem["code"], problem["field"]) == (404, "NotFound", "volumes")
     assert daemon.call(lambda c: c.list_vms()) == []
     assert raw(daemon, "DELETE", "/api/v1/volumes/twice")[0] == 204
+
+
+def test_the_documented_commands(daemon: Daemon) -> None:
+    """docs/volumes.md's command block, run as it is (the test plugin stands in for hello)."""
+    daemon.install_plugin("hello")
+    text = (ROOT / "docs" / "volumes.md").read_text()
+    for line in blocks("volumes", text):
+        argv = shlex.split(line)
+        assert argv[0] == "volar", line
+        proc = daemon.volar(*argv[1:])
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+    assert daemon.call(lambda c: c.list_volumes()) == []
+    assert daemon.call(lambda c: c.list_vms()) == []

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictStr
 
+from volant.api.validation import Size
 from volant.auth.polkit import Action
 from volant.engine import Engine
-from volant.model.volumes import SIZE_RULE, VOLUME_NAME_PATTERN
+from volant.model.volumes import VOLUME_NAME_PATTERN
 
 from .tooldef import Arguments, ToolDef
-
-SIZE = f"Size: {SIZE_RULE}"
 
 
 class NoVolumeArguments(Arguments):
@@ -30,7 +29,7 @@ class CreateVolume(Arguments):
     name: StrictStr = Field(
         pattern=VOLUME_NAME_PATTERN, description="Volume name: a DNS label, at most 20 characters"
     )
-    size: StrictInt | StrictStr = Field(description=SIZE)
+    size: Size
 
 
 class ResizeVolume(CreateVolume):

@@ -16,16 +16,12 @@ from pydantic import (
     field_validator,
 )
 
-from volant.api.validation import validate_model
+from volant.api.validation import Size, validate_model
 from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus, VolumeMount
 from volant.model.validate import DNS_LABEL, PREFIX_RE
 from volant.model.volumes import (
     MAX_PATH,
-    MAX_SIZE,
-    MIN_SIZE,
     MOUNT_PATH_PATTERN,
-    SIZE_PATTERN,
-    SIZE_RULE,
     VOLUME_NAME_PATTERN,
 )
 
@@ -45,11 +41,6 @@ def _whole(value: Any) -> Any:
 Whole = Annotated[StrictInt, BeforeValidator(_whole)]
 # The pattern is documented, not enforced here: the engine's check says what a name is.
 VolumeName = Annotated[StrictStr, Field(json_schema_extra={"pattern": VOLUME_NAME_PATTERN})]
-Size = Annotated[
-    Annotated[StrictInt, Field(ge=MIN_SIZE, le=MAX_SIZE)]
-    | Annotated[StrictStr, Field(json_schema_extra={"pattern": SIZE_PATTERN})],
-    Field(description=f"Size: {SIZE_RULE}; rounded up to a whole MiB, from 16M to 8T"),
-]
 
 
 class VolumeRequest(BaseModel):
