@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import ROOT, Daemon, build_guest, raw, running_daemon
+from tests.integration.daemon import (
+    ROOT,
+    Daemon,
+    build_guest,
+    netns,
+    raw,
+    running_daemon,
+    start_daemon,
+    stop_daemon,
+)
 from tests.readme import blocks
 
 pytestmark = pytest.mark.integration
@@ -232,3 +241,39 @@ def test_the_documented_commands(daemon: Daemon) -> None:
         assert proc.returncode == 0, f"{line}: {proc.stderr}"
     assert daemon.call(lambda c: c.list_volumes()) == []
     assert daemon.call(lambda c: c.list_vms()) == []
+
+
+def test_start_repairs_volume_files(tmp_path: Path) -> None:
+    """A file in volumes/ that no volume names is removed at start (HOST_REPAIRED); a volume
+    whose file is gone is kept, shown missing, and a VM cannot start with it."""
+    settings = {"runtime.start_paused": True, "runtime.stop_timeout": 1.0}
+    with netns() as ns:
+        daemon = start_daemon(ns, tmp_path, settings)
+        try:
+            daemon.call(lambda c: c.create_volume("kept", "32M"))
+            daemon.call(lambda c: c.create_volume("lost", "32M"))
+            daemon.call(lambda c: c.create_vm({"name": "v", "plugin": "demo",
+                        "volumes": [{"name": "lost", "path": "/data"}]}))  # fmt: skip
+            daemon.call(lambda c: c.stop_vm("v"))
+            stop_daemon(daemon, delete_vms=False)
+            orphan = volume_file(daemon, "orphan")
+            orphan.write_bytes(b"left by a killed create")
+            volume_file(daemon, "lost").unlink()
+
+            daemon = start_daemon(ns, tmp_path, settings)
+            assert not orphan.exists()
+            assert volume_file(daemon, "kept").exists()
+            events = daemon.call(lambda c: c.list_events(types=["HOST_REPAIRED"]))
+            assert [(e["payload"]["kind"], e["payload"]["name"], e["payload"]["action"])
+                    for e in events] == [("volume", str(orphan), "removed")]  # fmt: skip
+            assert "volume lost: its file" in daemon.log_text()
+            lost = daemon.call(lambda c: c.get_volume("lost"))
+            assert (lost["missing"], lost["allocated_bytes"]) == (True, None)
+            status, problem = raw(daemon, "POST", "/api/v1/vms/v/start")[::2]
+            assert (status, problem["code"]) == (409, "InvalidState"), problem
+            assert "the file of volume 'lost' is missing" in problem["detail"]
+            daemon.call(lambda c: c.delete_vm("v"))
+            assert raw(daemon, "DELETE", "/api/v1/volumes/lost")[0] == 204
+            assert raw(daemon, "DELETE", "/api/v1/volumes/kept")[0] == 204
+        finally:
+            stop_daemon(daemon)
