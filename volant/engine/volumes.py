@@ -206,7 +206,10 @@ class Volumes:
         holder, since = claim
         state = await self.store.vm_state(holder)
         if state is None or (state[0] in ENDED and state[1] > since):
-            del self._claims[name]  # it ended after it claimed: the claim went with it
+            # It ended after it claimed: the claim went with it (unless a start, which holds
+            # the lock, claimed the volume anew while this looked).
+            if self._claims.get(name) == claim:
+                del self._claims[name]
             return None
         return holder
 
