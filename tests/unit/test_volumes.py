@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from volant.cli.output import volume_details, volume_table
 from volant.engine.faults import Faults
 from volant.engine.ledger import Ledger
 from volant.engine.volumes import Volumes
@@ -299,3 +300,31 @@ async def test_a_missing_file_is_reported_and_refused_at_start(rig: Rig) -> None
     with pytest.raises(InvalidState, match="missing"):
         await rig.volumes.attach("a")
     assert await rig.volumes.wanted_files() == {str(rig.files.path("data")): ""}
+
+
+# -- volar's tables --------------------------------------------------------------------------
+
+VOLUME = {
+    "name": "pg",
+    "size_bytes": G,
+    "allocated_bytes": 664 * 1024,
+    "formatted": True,
+    "missing": False,
+    "in_use_by": "db",
+    "attachments": [{"vm": "db", "path": "/srv", "read_only": True, "vm_status": "running"}],
+}
+
+
+def test_volume_table_and_details(capsys: pytest.CaptureFixture[str]) -> None:
+    volume_table([VOLUME, {**VOLUME, "name": "new", "allocated_bytes": 0, "formatted": False,
+                           "in_use_by": None, "attachments": []}])  # fmt: skip
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        ["NAME", "SIZE", "USED", "FORMATTED", "IN", "USE", "BY", "VMS"],
+        ["pg", "1.0G", "664K", "yes", "db", "db"],
+        ["new", "1.0G", "0", "no", "-", "-"],
+    ]
+    volume_details(VOLUME)
+    out = capsys.readouterr().out
+    assert "in_use_by:       db" in out
+    assert out.endswith("attachments:\n  db: /srv (ro, VM running)\n")

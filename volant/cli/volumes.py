@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from volant.cli.completion import complete_volumes
 from volant.cli.context import Context, json_option, pass_ctx
 from volant.cli.output import emit_json, volume_details, volume_table
 from volant.model import InvalidArgument, VolumeMount, format_size, parse_size
@@ -45,7 +46,7 @@ def volumes_list(ctx: Context, as_json: bool) -> None:
 
 
 @volumes.command("get")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_volumes)
 @json_option
 @pass_ctx
 def volumes_get(ctx: Context, name: str, as_json: bool) -> None:
@@ -66,7 +67,7 @@ def volumes_create(ctx: Context, name: str, size: int, as_json: bool) -> None:
 
 
 @volumes.command("resize")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_volumes)
 @click.option("--size", required=True, callback=_size, help=f"New size (grow only): {SIZE_RULE}.")
 @json_option
 @pass_ctx
@@ -77,7 +78,7 @@ def volumes_resize(ctx: Context, name: str, size: int, as_json: bool) -> None:
 
 
 @volumes.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_volumes)
 @json_option
 @pass_ctx
 def volumes_delete(ctx: Context, name: str, as_json: bool) -> None:
