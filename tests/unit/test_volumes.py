@@ -57,13 +57,14 @@ M = 1024**2
         (G, G),
         ("20000K", 20 * M),  # 19.53 MiB, rounded up to a whole MiB
         (17 * M + 1, 18 * M),
+        (8 * 1024**4, 8 * 1024**4),
     ],
 )
 def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "1.5G", "-1G", "1X", "G", "15M", "9T", True, None, "1 G B"])
+@pytest.mark.parametrize("text", ["", "1.5G", "-1G", "1X", "G", "15M", "9T", 16 * M - 1, True, None, "1 G B"])
 def test_bad_sizes_name_the_field(text: object) -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_size(text)

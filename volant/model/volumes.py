@@ -123,8 +123,8 @@ def validate_volume_name(name: object, field: str = "name") -> str:
 
 
 def parse_size(value: object, field: str = "size") -> int:
-    """A size in bytes from an integer or a text like "1G" (powers of 1024), rounded up to a
-    whole MiB and checked against the limits."""
+    """A size in bytes from an integer or a text like "1G" (powers of 1024), checked against
+    the limits and rounded up to a whole MiB."""
     if isinstance(value, bool):
         raise InvalidArgument(f"{field} must be {SIZE_RULE}, got {value!r}", field=field)
     if isinstance(value, int):
@@ -133,14 +133,13 @@ def parse_size(value: object, field: str = "size") -> int:
         size = int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
     else:
         raise InvalidArgument(f"{field} must be {SIZE_RULE}, got {value!r}", field=field)
-    size = -(-size // MIB) * MIB
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise InvalidArgument(
             f"{field} must be between {format_size(MIN_SIZE)} and {format_size(MAX_SIZE)}, "
             f"got {value!r}",
             field=field,
         )
-    return size
+    return -(-size // MIB) * MIB  # both limits are whole MiB: still within them
 
 
 def format_size(size: int) -> str:
