@@ -19,6 +19,7 @@ from pathlib import Path
 from volant.config import Config
 from volant.engine.guest import vm_manifest
 from volant.engine.ports import Artifacts, HypervisorDriver, Network, Store
+from volant.engine.volumes import Volumes
 from volant.model import (
     InvalidArgument,
     LaunchSpec,
@@ -26,6 +27,7 @@ from volant.model import (
     Unavailable,
     VirtualMachine,
     VMSpec,
+    validate_mounts,
 )
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
 from volant.runtime.cmdline import build_cmdline, encode_manifest
@@ -49,6 +51,7 @@ class Booting:
     driver: HypervisorDriver
     network: Network
     artifacts: Artifacts
+    volumes: Volumes
     _subnet: IPv4Network
     _gateway: IPv4Address
 
@@ -100,6 +103,9 @@ class Booting:
             kernel_args=validate_kernel_args(spec.kernel_args),
             # The plugin's network.isolated holds for all its VMs; a VM may ask on its own.
             isolated=spec.isolated or (manifest is not None and manifest.isolated),
+            # Once the plugin is known: an unknown plugin is the first thing to hear about
+            # (the create's schema cannot say that one volume comes once only).
+            volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
@@ -145,7 +151,14 @@ class Booting:
         initramfs, and the config disk; and the VM's manifest (None for a VM created before VMs
         carried one)."""
         spec = self.launch_spec(vm)
-        spec = replace(spec, config_disk=spec.run_dir / CONFIG_DISK)
+        # The VM's volumes (claimed for it, formatted on first use) after the config disk.
+        disks, mounts = await self.volumes.attach(vm.name)
+        spec = replace(
+            spec,
+            config_disk=spec.run_dir / CONFIG_DISK,
+            disks=(*spec.disks, *disks),
+            mounts=(*spec.mounts, *mounts),
+        )
         if not vm.manifest_json:
             return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 from volant.config import Config
 from volant.engine.boot import Booting, new_agent_secret
 from volant.engine.console import Console, ConsoleVerbs
+from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
 from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
@@ -31,6 +32,7 @@ from volant.engine.repair import Paths, Repair
 from volant.engine.system import SystemVerbs
 from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
+from volant.engine.volumes import Volumes
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
     AgentEndpoint,
@@ -69,6 +71,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         *,
         artifacts: Artifacts,
         guest: Guest,
+        volumes: Volumes,
         mac_for: MacFor,
         version: str = "",
         machines: Machines | None = None,
@@ -81,6 +84,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.network = network
         self.artifacts = artifacts
         self.guest = guest
+        self.volumes = volumes
         self.machines = machines
         self.faults = faults or Faults()
         self.ledger = Ledger(store)
@@ -90,6 +94,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             self.host,
             Paths(run_root=config.runtime_dir / "vms", console_root=config.state_dir / "consoles"),
             self._emit_repair,
+            volumes,
         )
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
@@ -224,7 +229,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 return await self._launch(vm, undo)
             except BaseException as exc:
                 await undo.run()
-                reason = _reason(exc)
+                reason = failure_reason(exc)
                 vm = await self.store.update_vm(
                     name, status=VMStatus.ERROR, pid=None, status_reason=reason
                 )
@@ -355,7 +360,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 log.info("VM %s running: workload healthy", vm.name, extra={"VM": vm.name})
                 await self._emit(EventType.VM_RUNNING, vm)
                 return
-            reason = _reason(failure)
+            reason = failure_reason(failure)
             log.error("VM %s failed its health gate: %s", vm.name, reason, extra={"VM": vm.name})
             await self._terminate(vm, graceful=False)
             vm = await self.store.update_vm(
@@ -409,10 +414,3 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                     await self._kill(vm.name, live)
             await self._forget(vm.name, live)
         await self.host.unplumb(vm.name)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for status_reason and events."""
-    if isinstance(exc, VolantError):
-        return exc.message
-    return str(exc) or type(exc).__name__

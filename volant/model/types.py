@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from volant.model.volumes import VolumeMount
+
 # The guest agent's TCP (and vsock) port.
 AGENT_PORT = 8080
 
@@ -51,6 +53,7 @@ class ResourceKind(StrEnum):
     RUN_DIR = "run_dir"
     CONSOLE_LOG = "console_log"
     MACHINE = "machine"  # systemd-machined registration
+    VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
 
 
 class ResourceState(StrEnum):
@@ -99,6 +102,8 @@ class VMSpec:
     kernel_args: str = ""
     # Cut off from every other guest on the bridge (it still reaches the host and beyond).
     isolated: bool = False
+    # Volumes attached at create, mounted by the agent at their paths on every start.
+    volumes: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True)
