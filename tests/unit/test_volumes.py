@@ -64,7 +64,9 @@ def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "1.5G", "-1G", "1X", "G", "15M", "9T", 16 * M - 1, True, None, "1 G B"])
+@pytest.mark.parametrize(
+    "text", ["", "1.5G", "-1G", "1X", "G", "15M", "9T", 16 * M - 1, True, None, "1 G B"]
+)
 def test_bad_sizes_name_the_field(text: object) -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_size(text)
