@@ -47,6 +47,11 @@ TOOLS = {
     "console_log",
     "list_events",
     "system_status",
+    "list_volumes",
+    "get_volume",
+    "create_volume",
+    "resize_volume",
+    "delete_volume",
 }
 
 
@@ -114,6 +119,40 @@ def test_initialize_and_tools(daemon: Daemon) -> None:
     assert {"type": "integer", "minimum": 1} in create["properties"]["cpu_cores"]["anyOf"]
     assert tools["list_vms"]["annotations"]["readOnlyHint"] is True
     assert tools["delete_vm"]["annotations"]["destructiveHint"] is True
+
+
+def test_volumes(daemon: Daemon) -> None:
+    steps = [
+        call("create_volume", name="mcpvol", size="32M"),
+        call(
+            "create_vm",
+            name="mcpv",
+            plugin="demo",
+            volumes=[{"name": "mcpvol", "path": "/data", "read_only": True}],
+        ),
+        call("get_vm", name="mcpv"),
+        call("get_volume", name="mcpvol"),
+        call("resize_volume", name="mcpvol", size="64M"),
+        call("delete_volume", name="mcpvol"),
+        call("delete_vm", name="mcpv"),
+        call("resize_volume", name="mcpvol", size=64 << 20),
+        call("list_volumes"),
+        call("delete_volume", name="mcpvol"),
+        call("list_volumes"),
+    ]
+    made, vm, got_vm, got, busy, refused, _gone, grown, listed, deleted, after = results(
+        over_tcp(daemon, steps)
+    )
+    assert (ok(made)["name"], ok(made)["size_bytes"]) == ("mcpvol", 32 << 20)
+    assert ok(vm)["status"] == "running"
+    assert ok(got_vm)["volumes"] == [{"name": "mcpvol", "path": "/data", "read_only": True}]
+    assert (ok(got)["in_use_by"], ok(got)["formatted"]) == ("mcpv", True)
+    assert tool_error(busy)["code"] == "InvalidState"
+    assert tool_error(refused)["code"] == "Conflict"
+    assert ok(grown)["size_bytes"] == 64 << 20
+    assert [v["name"] for v in ok(listed)["volumes"]] == ["mcpvol"]
+    assert ok(deleted) == {"deleted": "mcpvol"}
+    assert ok(after) == {"volumes": [], "total": 0}
 
 
 def test_vm_lifecycle(daemon: Daemon) -> None:

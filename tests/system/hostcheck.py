@@ -21,11 +21,12 @@ QUERY = """
 import json, sqlite3
 db = sqlite3.connect("file:/var/lib/volant/state.db?mode=ro", uri=True)
 records = db.execute("SELECT kind, name, vm FROM host_resources").fetchall()
+volumes = [name for (name,) in db.execute("SELECT name FROM volumes").fetchall()]
 leases = db.execute(
     "SELECT a.ip_address, v.name FROM ip_allocations a JOIN vms v ON v.id = a.vm_id"
     " WHERE a.status = 'leased'"
 ).fetchall()
-print(json.dumps({"records": records, "leases": leases}))
+print(json.dumps({"records": records, "leases": leases, "volumes": volumes}))
 """
 
 
@@ -40,6 +41,8 @@ class HostView:
     disks: frozenset[str]
     records: frozenset[tuple[str, str, str]]
     leases: frozenset[tuple[str, str]]
+    volume_files: frozenset[str]
+    volumes: frozenset[str]
 
 
 def host_view(vb: VolantBox) -> HostView:
@@ -53,6 +56,7 @@ def host_view(vb: VolantBox) -> HostView:
     run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
     logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
     disks = vb.sh("ls -1A /var/lib/volant/disks 2>/dev/null || true")
+    volume_files = vb.sh("ls -1 /var/lib/volant/volumes 2>/dev/null || true")
     # Read inside the box (its /var/lib is its own), with the system's python3.
     tables = json.loads(vb.sh(f"python3 -c {shlex.quote(QUERY)}"))
     records, leases = tables["records"], tables["leases"]
@@ -66,6 +70,8 @@ def host_view(vb: VolantBox) -> HostView:
         disks=frozenset(disks.split()),
         records=frozenset((str(k), str(n), str(v)) for k, n, v in records),
         leases=frozenset((str(ip), str(name)) for ip, name in leases),
+        volume_files=frozenset(f"/var/lib/volant/volumes/{f}" for f in volume_files.split()),
+        volumes=frozenset(str(name) for name in tables["volumes"]),
     )
 
 
@@ -91,7 +97,12 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
     # A VM's disk is <name>.img; anything else (a partial `.<name>.img.partial`) is left over.
     if not view.disks <= {f"{name}.img" for name in names}:
         problems.append(f"disks without a VM: {sorted(view.disks - {f'{n}.img' for n in names})}")
-    strays = {record for record in view.records if record[2] not in names}
+    # Volume files belong to no VM: recorded with vm "", one per volume row, each on disk.
+    volume_records = {name for kind, name, _vm in view.records if kind == "volume"}
+    differ("volume files", view.volume_files, volume_records)
+    differ("volume records", volume_records,
+           {f"/var/lib/volant/volumes/{name}.img" for name in view.volumes})  # fmt: skip
+    strays = {r for r in view.records if r[2] not in names and r[0] != "volume"}
     if strays:
         problems.append(f"resource records without a VM: {sorted(strays)}")
     for kind, name, vm in view.records:

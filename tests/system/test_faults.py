@@ -91,8 +91,21 @@ def kill_at(vb: VolantBox, point: str, call: Callable[[], object]) -> None:
     assert f"fault injection: SIGKILL at {point}" in vb.journal(lines=400)
 
 
+VOLUME = "vol"
+VOLUMES = "/api/v1/volumes"
+
+
 def prepare(vb: VolantBox, verb: str) -> None:
     """The state each verb starts from."""
+    if verb.startswith("volume-"):
+        if verb != "volume-create":
+            assert vb.api("POST", VOLUMES, {"name": VOLUME, "size": "32M"}).status == 201
+        if verb == "volume-resize":
+            # Formatted by a VM's start (so the resize grows a file system), then free again.
+            body = {"name": VM, "plugin": "demo", "volumes": [{"name": VOLUME, "path": "/data"}]}
+            assert vb.api("POST", "/api/v1/vms", body).status == 201
+            assert vb.api("DELETE", f"/api/v1/vms/{VM}").status == 204
+        return
     if verb == "plugin-install":
         vb.api("DELETE", "/api/v1/plugins/spare")
         return
@@ -107,6 +120,12 @@ def prepare(vb: VolantBox, verb: str) -> None:
 
 
 def call(vb: VolantBox, verb: str) -> Callable[[], object]:
+    if verb == "volume-create":
+        return lambda: vb.api("POST", VOLUMES, {"name": VOLUME, "size": "32M"})
+    if verb == "volume-resize":
+        return lambda: vb.api("POST", f"{VOLUMES}/{VOLUME}/resize", {"size": "64M"})
+    if verb == "volume-delete":
+        return lambda: vb.api("DELETE", f"{VOLUMES}/{VOLUME}")
     if verb == "create":
         return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN})
     if verb == "plugin-install":
@@ -144,6 +163,9 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
     assert not stuck, f"stuck after {verb}:{step}: {current}"
     assert orphans(volantd, current) == [], volantd.journal(lines=120)
 
+    if verb.startswith("volume-"):
+        check_volume_after(volantd, verb, step)
+        return
     if verb.startswith("plugin-"):
         # Install is killed before it records the plugin, remove after it deleted it.
         assert volantd.api("GET", "/api/v1/plugins/spare").status == 404
@@ -163,10 +185,32 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
     assert vms(volantd) == []
 
 
+def check_volume_after(vb: VolantBox, verb: str, step: str) -> None:
+    """A create killed before its row is recorded leaves no file (repair removed it); a
+    delete killed after its row went leaves none either; a resize killed half-way is finished
+    by the next resize. Then the volume goes, and nothing of it stays behind."""
+    reply = vb.api("GET", f"{VOLUMES}/{VOLUME}")
+    exists = {"volume-create": step == "recorded", "volume-delete": False}.get(verb, True)
+    assert reply.status == (200 if exists else 404), reply
+    path = f"/var/lib/volant/volumes/{VOLUME}.img"
+    assert vb.run("test", "-e", path).returncode == (0 if exists else 1)
+    if verb == "volume-resize":
+        grown = vb.api("POST", f"{VOLUMES}/{VOLUME}/resize", {"size": "64M"})
+        assert (grown.status, grown.body["size_bytes"]) == (200, 64 << 20), grown
+        blocks = vb.sh(f"dumpe2fs -h {path} 2>/dev/null | sed -n 's/^Block count: *//p'")
+        size = vb.sh(f"dumpe2fs -h {path} 2>/dev/null | sed -n 's/^Block size: *//p'")
+        assert int(blocks) * int(size) == 64 << 20
+    if exists:
+        assert vb.api("DELETE", f"{VOLUMES}/{VOLUME}").status == 204
+    assert vb.sh("ls -A /var/lib/volant/volumes").split() == []
+    assert orphans(vb, vms(vb)) == []
+
+
 def test_every_boundary_is_walked() -> None:
     walked = {f"{verb}:{step}" for verb, step in POINTS}
     assert len(walked) == sum(len(steps) for steps in STEPS.values())
     assert {"create", "start", "stop", "restart", "delete"} <= STEPS.keys()
+    assert {"volume-create", "volume-resize", "volume-delete"} <= STEPS.keys()
 
 
 def ghost_scope(vb: VolantBox, name: str) -> int:

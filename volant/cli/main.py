@@ -14,6 +14,7 @@ from volant.cli.plugins import plugins
 from volant.cli.setup import setup
 from volant.cli.system import system
 from volant.cli.vms import vms
+from volant.cli.volumes import volumes
 from volant.client.http import DEFAULT_API
 
 
@@ -58,6 +59,7 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 vms.add_command(console)
 cli.add_command(vms)
 cli.add_command(plugins)
+cli.add_command(volumes)
 cli.add_command(events)
 cli.add_command(system)
 cli.add_command(setup)

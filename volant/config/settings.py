@@ -166,6 +166,11 @@ class Config:
         return self.state_dir / "artifacts"
 
     @property
+    def volumes_dir(self) -> Path:
+        """Volume files (sparse raw ext4 images) under the state directory: they outlive VMs."""
+        return self.state_dir / "volumes"
+
+    @property
     def db_path(self) -> Path:
         return self.state_dir / "state.db"
 

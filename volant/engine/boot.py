@@ -21,6 +21,7 @@ from volant.config import Config
 from volant.engine.guest import vm_manifest
 from volant.engine.ports import Artifacts, HypervisorDriver, Network, Store
 from volant.engine.vmdisks import VMDisks
+from volant.engine.volumes import Volumes
 from volant.model import (
     InvalidArgument,
     LaunchSpec,
@@ -28,6 +29,7 @@ from volant.model import (
     Unavailable,
     VirtualMachine,
     VMSpec,
+    validate_mounts,
 )
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
 from volant.runtime.cmdline import build_cmdline, encode_manifest
@@ -61,6 +63,7 @@ class Booting:
     driver: HypervisorDriver
     network: Network
     artifacts: Artifacts
+    volumes: Volumes
     _subnet: IPv4Network
     _gateway: IPv4Address
 
@@ -113,6 +116,9 @@ class Booting:
             # Likewise its rootfs.ephemeral: the VM gets no disk, and says so.
             ephemeral=spec.ephemeral
             or (manifest is not None and manifest.rootfs is not None and manifest.rootfs.ephemeral),
+            # Once the plugin is known: an unknown plugin is the first thing to hear about
+            # (the create's schema cannot say that one volume comes once only).
+            volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
@@ -158,7 +164,14 @@ class Booting:
         initramfs, and the config disk; and the VM's manifest (None for a VM created before VMs
         carried one)."""
         spec = self.launch_spec(vm)
-        spec = replace(spec, config_disk=spec.run_dir / CONFIG_DISK)
+        # The VM's volumes (claimed for it, formatted on first use) after the config disk.
+        disks, mounts = await self.volumes.attach(vm.name)
+        spec = replace(
+            spec,
+            config_disk=spec.run_dir / CONFIG_DISK,
+            disks=(*spec.disks, *disks),
+            mounts=(*spec.mounts, *mounts),
+        )
         if not vm.manifest_json:
             return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)

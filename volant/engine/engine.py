@@ -34,6 +34,7 @@ from volant.engine.system import SystemVerbs
 from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
 from volant.engine.vmdisks import VMDisks
+from volant.engine.volumes import Volumes
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
     AgentEndpoint,
@@ -73,6 +74,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         artifacts: Artifacts,
         disks: Disks,
         guest: Guest,
+        volumes: Volumes,
         mac_for: MacFor,
         version: str = "",
         machines: Machines | None = None,
@@ -85,13 +87,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.network = network
         self.artifacts = artifacts
         self.guest = guest
+        self.volumes = volumes
         self.machines = machines
         self.faults = faults or Faults()
         self.ledger = Ledger(store)
         self.host = HostSteps(self.ledger, supervisor, network, machines)
         self.disks = VMDisks(self.ledger, disks, config.disks_dir, config.vm_disk_size_mb)
         paths = Paths(config.runtime_dir / "vms", config.state_dir / "consoles", config.disks_dir)
-        self.repair = Repair(store, self.host, self.disks, paths, self._emit_repair)
+        self.repair = Repair(store, self.host, self.disks, paths, self._emit_repair, volumes)
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()

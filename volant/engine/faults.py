@@ -36,6 +36,9 @@ STEPS: dict[str, tuple[str, ...]] = {
     "delete": ("ended", "files-removed", "deleted"),
     "plugin-install": ("verified", "artifacts-cached"),
     "plugin-remove": ("removed",),
+    "volume-create": ("file-made", "recorded"),
+    "volume-resize": ("grown", "fs-resized", "resized"),
+    "volume-delete": ("forgotten", "removed"),
 }
 
 _verb: contextvars.ContextVar[str] = contextvars.ContextVar("volant_verb", default="")

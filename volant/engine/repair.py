@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Store
@@ -34,7 +34,17 @@ ORDER = (
     ResourceKind.RUN_DIR,
     ResourceKind.CONSOLE_LOG,
     ResourceKind.DISK,
+    ResourceKind.VOLUME,
 )
+
+
+class VolumeSource(Protocol):
+    """What repair needs of volumes (volant.engine.volumes.Volumes): the files the store
+    records, and the files in the volumes directory; path -> "" (no VM owns a volume)."""
+
+    async def wanted_files(self) -> dict[str, str]: ...
+
+    async def found_files(self) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -59,13 +69,20 @@ class Repair:
     """Compares the host with the store and removes what no VM needs."""
 
     def __init__(
-        self, store: Store, host: HostSteps, disks: VMDisks, paths: Paths, emit: Emit
+        self,
+        store: Store,
+        host: HostSteps,
+        disks: VMDisks,
+        paths: Paths,
+        emit: Emit,
+        volumes: VolumeSource | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.disks = disks
         self.paths = paths
         self._emit = emit
+        self.volumes = volumes
 
     def wanted(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> dict[Key, str]:
         """What the VMs need on the host: files (and a disk, when it has one) for every VM; a
@@ -86,6 +103,11 @@ class Repair:
     async def run(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> int:
         """Repair the host; return how many resources were removed or adopted."""
         wanted = self.wanted(vms, active)
+        if self.volumes is not None:
+            # A volume's file is wanted while its row exists; one without a row is an orphan
+            # of a create or delete that was cut short, and goes.
+            files = await self.volumes.wanted_files()
+            wanted |= {(ResourceKind.VOLUME, path): vm for path, vm in files.items()}
         found = await self.scan()
         records = {(r.kind, r.name): r.vm for r in await self.store.list_resources()}
         names = {vm.name for vm in vms}
@@ -109,6 +131,8 @@ class Repair:
                 continue
             if key in found:
                 reason = "VM not running" if vm in names else "no VM of that name"
+                if kind is ResourceKind.VOLUME:
+                    reason = "no volume of that name"
                 await self._repaired(vm, kind, name, "removed", reason)
                 repairs += 1
             # else only the intent was written (the kill came before the change), or the
@@ -125,6 +149,7 @@ class Repair:
             (ResourceKind.RUN_DIR, self._run_dirs),
             (ResourceKind.CONSOLE_LOG, self._console_logs),
             (ResourceKind.DISK, self.disks.scan),
+            (ResourceKind.VOLUME, self._volume_files),
         ):
             try:
                 for name, vm in (await listing()).items():
@@ -149,6 +174,9 @@ class Repair:
 
     async def _console_logs(self) -> dict[str, str]:
         return await asyncio.to_thread(_entries, self.paths.console_root, "*.log", dirs=False)
+
+    async def _volume_files(self) -> dict[str, str]:
+        return {} if self.volumes is None else await self.volumes.found_files()
 
     async def _repaired(
         self, vm: str, kind: ResourceKind, name: str, action: str, reason: str

@@ -66,6 +66,15 @@ from volant.model.types import (
     VMSpec,
     VMStatus,
 )
+from volant.model.volumes import (
+    Volume,
+    VolumeAttachment,
+    VolumeMount,
+    format_size,
+    parse_size,
+    validate_mounts,
+    validate_volume_name,
+)
 
 __all__ = [
     "AGENT_PORT",
@@ -127,5 +136,12 @@ __all__ = [
     "VMStatus",
     "VirtualMachine",
     "VolantError",
+    "Volume",
+    "VolumeAttachment",
+    "VolumeMount",
     "WireForms",
+    "format_size",
+    "parse_size",
+    "validate_mounts",
+    "validate_volume_name",
 ]

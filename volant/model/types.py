@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from volant.model.volumes import VolumeMount
+
 # The guest agent's TCP (and vsock) port.
 AGENT_PORT = 8080
 
@@ -52,6 +54,7 @@ class ResourceKind(StrEnum):
     CONSOLE_LOG = "console_log"
     MACHINE = "machine"  # systemd-machined registration
     DISK = "disk"  # a VM's writable disk (the overlay's upper layer), under the state dir
+    VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
 
 
 class ResourceState(StrEnum):
@@ -102,6 +105,8 @@ class VMSpec:
     isolated: bool = False
     # A rootfs plugin's writes go to a tmpfs, lost at stop, instead of a per-VM disk.
     ephemeral: bool = False
+    # Volumes attached at create, mounted by the agent at their paths on every start.
+    volumes: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,31 @@ class ResourceRow(_Row):
         primary_key = peewee.CompositeKey("kind", "name")
 
 
+class VolumeRow(_Row):
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    size_bytes = peewee.IntegerField()
+    filesystem = peewee.TextField(default="ext4")
+    formatted = peewee.BooleanField(default=False)
+    created_at = _Timestamp()
+    updated_at = _Timestamp()
+
+    class Meta:
+        table_name = "volumes"
+
+
+class VMVolumeRow(_Row):
+    # Plain columns, like IPRow.vm_id: the constraints live in the schema.
+    vm_id = peewee.IntegerField()
+    volume_id = peewee.IntegerField()
+    path = peewee.TextField()
+    read_only = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "vm_volumes"
+        primary_key = peewee.CompositeKey("vm_id", "volume_id")
+
+
 def to_resource(row: ResourceRow) -> HostResource:
     return HostResource(
         kind=ResourceKind(row.kind),

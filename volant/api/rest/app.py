@@ -10,7 +10,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import console, events, plugins, system, vms
+from . import console, events, plugins, system, vms, volumes
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -36,6 +36,7 @@ def declare(api: Api) -> None:
     vms.add_routes(api)
     events.add_routes(api)
     plugins.add_routes(api)
+    volumes.add_routes(api)
     console.add_routes(api)
 
 

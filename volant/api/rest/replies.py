@@ -63,8 +63,41 @@ class Usage(Reply):
     )
 
 
+class VMVolume(Reply):
+    name: str
+    path: str = Field(description="Where the guest mounts it")
+    read_only: bool
+
+
 class VMWithUsage(VM):
     usage: Usage
+    volumes: list[VMVolume] = Field(description="Volumes attached at create, by name")
+
+
+class VolumeAttachment(Reply):
+    vm: str
+    path: str = Field(description="Where that VM's guest mounts the volume")
+    read_only: bool
+    vm_status: str
+
+
+class Volume(Reply):
+    name: str
+    size_bytes: int = Field(description="The size the guest sees")
+    allocated_bytes: int | None = Field(
+        description="Bytes the sparse file takes on the host; null when the file is missing"
+    )
+    formatted: bool = Field(description="ext4 made on it (at its first use)")
+    missing: bool = Field(description="The volume is recorded but its file is gone")
+    in_use_by: str | None = Field(description="The VM running with it now, if any")
+    attachments: list[VolumeAttachment]
+    created_at: str
+    updated_at: str
+
+
+class VolumeList(Reply):
+    volumes: list[Volume]
+    total: int
 
 
 class VMList(Reply):
