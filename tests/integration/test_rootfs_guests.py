@@ -4,7 +4,8 @@ One rootfs (tests/integration/rootfs_images.py: busybox and a user app, erofs) s
 Covers: the workload runs chrooted in the rootfs as the image's non-root user; what it writes
 survives stop and start and a volantd restart, and its disk goes with the VM; an ephemeral VM
 forgets; two VMs attach the one cached rootfs (no copy) and each disk holds only its own writes;
-a truncated rootfs or a wrong format is refused at install and leaves nothing behind; a rootfs
+a volume (volantd's) mounted read-write and read-only in the root; a truncated rootfs or a
+wrong format is refused at install and leaves nothing behind; a rootfs
 the guest cannot mount, or an image without the manifest's user, ends the VM in error with the
 reason.
 """
@@ -237,3 +238,27 @@ def test_a_rootfs_the_guest_cannot_mount_ends_the_vm_in_error(
     assert "cannot mount the rootfs (erofs)" in vm["status_reason"], vm
     daemon.call(lambda c: c.delete_vm("bad"))
     assert not disk_of(daemon, "bad").exists()
+
+
+def test_a_volume_is_mounted_in_the_rootfs_read_write_or_read_only(daemon: Daemon) -> None:
+    """volantd's volumes (host side) and the agent's mounts (guest side) together, with the
+    workload as root (the volume's root directory is root's): read-write at /data, then the
+    same volume read-only at /ro in another VM, which sees what the first wrote."""
+    workload = rootfs_manifest(rootfs_image(), "asroot")["workload"] | {"user": "root"}
+    install(daemon, "asroot", workload=workload)
+    status, _, volume = raw(daemon, "POST", "/api/v1/volumes", {"name": "data", "size": "64M"})
+    assert status == 201, volume
+    vm = create(daemon, "vol1", "asroot", volumes=[{"name": "data", "path": "/data"}])
+    assert page(daemon, vm, "uid.txt") == "0\n"
+    assert "lost+found" in page(daemon, vm, "data.txt").split()
+    assert page(daemon, vm, "data-mode.txt") == "rw\n"
+    # Stopped first: a delete kills the guest, and an ext4 whose journal needs recovery
+    # cannot be mounted from a read-only disk (the agent says so, and the VM is in error).
+    daemon.call(lambda c: c.stop_vm("vol1"))
+    daemon.call(lambda c: c.delete_vm("vol1"))
+    mount = {"name": "data", "path": "/ro", "read_only": True}
+    vm = create(daemon, "vol2", "asroot", volumes=[mount])
+    assert "probe" in page(daemon, vm, "ro.txt").split()  # written by vol1
+    assert page(daemon, vm, "ro-mode.txt") == "ro\n"
+    daemon.call(lambda c: c.delete_vm("vol2"))
+    assert raw(daemon, "DELETE", "/api/v1/volumes/data")[0] == 204
