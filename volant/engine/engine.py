@@ -156,8 +156,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         return await self.store.get_vm(validate_name(name))
 
     async def vm_usage(self, name: str) -> Usage:
-        """CPU time and memory of a VM's hypervisor (None fields where unknown or not running)
-        and the space its disk takes (None without one)."""
+        """Its hypervisor's CPU and memory (None: unknown, not running) and its disk's space."""
         vm = await self.store.get_vm(validate_name(name))
         usage = await self.supervisor.usage(vm.name) if vm.status.is_active else Usage()
         return await self.disks.usage(vm.name, usage)
