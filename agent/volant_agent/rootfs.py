@@ -9,9 +9,10 @@ The agent stays the child of the host initramfs' PID 1 and never switch_roots: i
     root   an overlay of the two: the workload's `/`
 
 then binds its own /proc, /sys, /dev, /dev/pts, /run and /tmp into root, writes /etc/hostname,
-/etc/hosts and /etc/resolv.conf there, and mounts each volume disk at its path. The workload is
-then started chrooted into root (volant_agent.workload). Disks are found by the serial volantd
-gave them (/sys/block/vdX/serial). Every path inside the image is resolved with
+/etc/hosts and /etc/resolv.conf there, and mounts each volume disk at its path (a new,
+read-write volume first gets the files, owner and mode of the image's directory it covers).
+The workload is then started chrooted into root (volant_agent.workload). Disks are found by the
+serial volantd gave them (/sys/block/vdX/serial). Every path inside the image is resolved with
 volant_agent.paths, so the image's symlinks cannot point a mount or a write outside root.
 """
 
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +201,19 @@ class Assembly:
     async def _volume(self, root: Path, mount: Mount) -> None:
         device = await self._disk(mount.serial)
         target = resolve_in_root(root, mount.path, make_dirs=True)
-        options = ["-o", "ro"] if mount.read_only else []
-        await self._mount(target, "-t", "ext4", *options, str(device))
+        if mount.read_only:
+            await self._mount(target, "-t", "ext4", "-o", "ro", str(device))
+            return
+        # Mounted aside first: a new volume takes the files, owner and mode of the image's
+        # directory it will cover (as a Docker named volume does), so a workload that runs as
+        # the image's own user can write to it. Then it is bound over that directory.
+        staging = self.base / "volumes" / mount.serial
+        _make_dirs(staging)
+        await self._mount(staging, "-t", "ext4", str(device))
+        if is_new_volume(staging):
+            await _run("cp", "-a", f"{target}/.", f"{staging}/")
+            take_owner_and_mode(staging, target)
+        await self._mount(target, "-o", "bind", str(staging))
 
     async def unmount(self) -> None:
         """Unmount what assemble mounted, innermost first (lazily when busy)."""
@@ -232,6 +245,18 @@ async def load_modules(wanted: tuple[str, ...], listing: Path = MODULES_LIST) ->
 def _make_dirs(*paths: Path) -> None:
     for path in paths:
         path.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def is_new_volume(top: Path) -> bool:
+    """A file system that holds nothing but mkfs.ext4's lost+found: a volume never used."""
+    return set(os.listdir(top)) <= {"lost+found"}
+
+
+def take_owner_and_mode(top: Path, like: Path) -> None:
+    """Give top the owner, group and permission bits of like (not following a link)."""
+    st = os.lstat(like)
+    os.chown(top, st.st_uid, st.st_gid)
+    os.chmod(top, stat.S_IMODE(st.st_mode))
 
 
 def _is_mount(path: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from volant_agent.rootfs import (
     Storage,
     _module_names,
     ip_fields,
+    is_new_volume,
     parse_storage,
+    take_owner_and_mode,
     write_etc,
 )
 from volant_agent.users import Identity, UserError, resolve_user
@@ -240,3 +243,16 @@ def test_only_the_formats_modules_are_listed(tmp_path: Path) -> None:
     assert _module_names(listing, ("overlay", "erofs")) == ["libcrc32c", "erofs", "overlay"]
     assert _module_names(listing, ("overlay", "ext4")) == ["overlay"]  # ext4 is built in
     assert _module_names(tmp_path / "missing", ("erofs",)) == []
+
+
+def test_a_new_volume_takes_the_images_directory_owner_and_mode(tmp_path: Path) -> None:
+    volume, image_dir = tmp_path / "volume", tmp_path / "data"
+    (volume / "lost+found").mkdir(parents=True)
+    image_dir.mkdir(mode=0o750)
+    os.chown(image_dir, 100, 101)
+    assert is_new_volume(volume)
+    take_owner_and_mode(volume, image_dir)
+    st = volume.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (100, 101, 0o750)
+    (volume / "appendonly.aof").write_text("SET k v")
+    assert not is_new_volume(volume)
