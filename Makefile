@@ -6,7 +6,7 @@ GUEST := .cache/guest
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	qemu-system-x86 qemu-utils busybox-static iproute2 curl socat dbus polkitd \
 	systemd systemd-container util-linux nftables \
-	skopeo umoci erofs-utils docker-registry mmdebstrap
+	skopeo umoci erofs-utils squashfs-tools e2fsprogs docker-registry mmdebstrap
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DEB := dist/volant_$(VERSION)_amd64.deb
 # What the package is built from (the guest's own inputs are checked by build_guest.py).

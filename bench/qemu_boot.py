@@ -20,11 +20,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from scripts.guest.plugin_image import concat_initramfs
-from volant.model import LaunchSpec
+from volant.model import Disk, GuestRoot, LaunchSpec
 from volant.runtime.cmdline import build_cmdline
-from volant.runtime.configdisk import write_config_disk
+from volant.runtime.configdisk import storage_document, write_config_disk
 from volant.runtime.qemu import QemuDriver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,11 +88,16 @@ async def guest_in_netns(
     manifest: str | None = None,
     extra: str = "",
     agent_secret: str | None = None,
+    disks: Sequence[Disk] = (),
+    root: GuestRoot | None = None,
+    disk_manifest: dict[str, Any] | None = None,
+    graceful_stop: bool = False,
 ) -> AsyncIterator[tuple[str, LaunchSpec, float]]:
     """Launch a guest in a fresh netns; yield (netns, spec, monotonic launch time); clean up.
 
     appended: archives (a plugin's cpio) booted after image, concatenated in the run dir.
-    agent_secret: attach a config disk carrying it, as volantd does for every VM.
+    agent_secret: attach a config disk carrying it (and disk_manifest, and the storage of
+    disks and root: a rootfs plugin), as volantd does for every VM.
     """
     driver = QemuDriver(machine=machine)
     run_dir = Path(tempfile.mkdtemp(prefix="vt-", dir="/tmp"))
@@ -106,10 +112,11 @@ async def guest_in_netns(
     spec = LaunchSpec(
         name="bench", cpus=1, memory_mb=256, kernel=GUEST / "vmlinuz", initramfs=initramfs,
         cmdline=cmdline, mac="02:56:c0:a8:7f:02", run_dir=run_dir,
-        console_log=run_dir / "console.log", tap=TAP,
+        console_log=run_dir / "console.log", tap=TAP, disks=tuple(disks), root=root,
     )  # fmt: skip
     if agent_secret is not None:
-        disk = write_config_disk(run_dir / "config.img", None, agent_secret)
+        storage = storage_document(spec)
+        disk = write_config_disk(run_dir / "config.img", disk_manifest, agent_secret, storage)
         spec = dataclasses.replace(spec, config_disk=disk)
     hv = driver.for_vm(spec)
     start = time.monotonic()
@@ -117,7 +124,7 @@ async def guest_in_netns(
     try:
         yield ns, spec, start
     finally:
-        await hv.shutdown(graceful=False, timeout=5)
+        await hv.shutdown(graceful=graceful_stop, timeout=30 if graceful_stop else 5)
         if proc.returncode is None:
             proc.kill()
         await proc.wait()

@@ -88,6 +88,8 @@ def healthz(agent: Agent, authorized: bool) -> Response:
     payload = {"status": "ok" if ok else "degraded"}
     if authorized:
         payload |= {"agent": "ok", "workload": health.value}
+        if health is Health.FAILED and agent.supervisor is not None:
+            payload["error"] = agent.supervisor.error or "unknown"
     return json_response(payload, 200 if ok else 503)
 
 

@@ -19,6 +19,7 @@ from volant_agent.app import Agent, make_handler
 from volant_agent.http import MAX_HEAD, connection_handler
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import block_devices, load
+from volant_agent.rootfs import Assembly, prepare
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger("volant_agent")
@@ -106,13 +107,25 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             servers.append(vsock)
     agent.timeline["agent_listening"] = time.monotonic()
     print(f"volant-agent: listening on {host}:{args.port}", flush=True)
-    runner = asyncio.create_task(supervisor.run()) if supervisor else None
+    mounted: list[Assembly] = []
+
+    async def run_workload(supervisor: Supervisor) -> None:
+        # After the server is up: /v1/status can tell the host why the root failed to mount.
+        assembly = await prepare(config.storage, cmdline, supervisor)
+        if assembly is not None:
+            mounted.append(assembly)
+            agent.timeline["root_ready"] = time.monotonic()
+        await supervisor.run()
+
+    runner = asyncio.create_task(run_workload(supervisor)) if supervisor else None
     await stop.wait()
     if supervisor is not None and runner is not None:
         await supervisor.stop()
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+    for assembly in mounted:
+        await assembly.unmount()  # the VM's disk is clean when PID 1 powers off
     for server in servers:
         server.close()
     return 0

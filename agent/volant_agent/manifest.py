@@ -9,10 +9,13 @@ config disk is a raw block device (no filesystem, so the guest needs only virtio
     0       8     magic b"VOLCONF1"
     8       4     N, length of the document, unsigned big-endian
     12      32    sha256 of the document
-    44      N     UTF-8 JSON: {"agent_secret": "...", "manifest": {...} or null}
+    44      N     UTF-8 JSON: {"agent_secret": "...", "manifest": {...} or null,
+                              "storage": {...}}   (storage only when the host sends one)
     44+N    ...   zero padding up to a multiple of 512 bytes (a whole sector)
 
-`encode_config_disk` writes exactly that; the host side keeps its own copy of the layout.
+storage (volant_agent.rootfs) says how to assemble the workload's root and which disks to
+mount in it. `encode_config_disk` writes exactly that; the host side keeps its own copy of the
+layout.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class Workload:
     # How long a starting workload may fail its check before it is reported unhealthy.
     health_start_period_ms: int = 30_000
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    # Who it runs as ("name", "uid", with ":group" or ":gid"); None: root.
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def _workload(doc: Mapping[str, Any]) -> Workload | None:
         health_timeout_ms=_int(health, "timeout_ms", "workload.health_check.", 2_000),
         health_start_period_ms=_int(health, "start_period_ms", "workload.health_check.", 30_000),
         restart=restart,
+        user=_str(raw, "user", "workload.") or None,
     )
 
 
@@ -195,15 +201,23 @@ class GuestConfig:
     manifest: Manifest | None
     source: str
     secret: str | None = field(default=None, repr=False)
+    # The config disk's storage document, as it is (volant_agent.rootfs parses it); None when
+    # the host sent none (an initramfs plugin without volumes).
+    storage: Any = None
 
     @property
     def error(self) -> str | None:
         return self.source.removeprefix("error: ") if self.source.startswith("error:") else None
 
 
-def encode_config_disk(manifest: Mapping[str, Any] | None, secret: str) -> bytes:
-    """A config-disk image holding manifest and secret (the module docstring has the layout)."""
-    doc = {"agent_secret": secret, "manifest": manifest}
+def encode_config_disk(
+    manifest: Mapping[str, Any] | None, secret: str, storage: Mapping[str, Any] | None = None
+) -> bytes:
+    """A config-disk image holding manifest, secret and storage (left out when None); the
+    module docstring has the layout."""
+    doc: dict[str, Any] = {"agent_secret": secret, "manifest": manifest}
+    if storage is not None:
+        doc["storage"] = storage
     document = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     if len(document) > DISK_MAX_DOCUMENT:
         raise ManifestError("config disk document is larger than 1 MiB")
@@ -269,15 +283,16 @@ def load(cmdline: str, disks: Iterable[Path]) -> GuestConfig:
         problem = str(exc)
     raw_secret = doc.get("agent_secret") if doc is not None else None
     secret = raw_secret if isinstance(raw_secret, str) and raw_secret else None
+    storage = doc.get("storage") if doc is not None else None
     try:
         found = from_cmdline(cmdline)
         if found is not None:
-            return GuestConfig(found, "cmdline", secret)
+            return GuestConfig(found, "cmdline", secret, storage)
         if problem:
             raise ManifestError(problem)
         raw = doc.get("manifest") if doc is not None else None
         if raw is None:
-            return GuestConfig(None, "none", secret)
-        return GuestConfig(parse(raw), where, secret)
+            return GuestConfig(None, "none", secret, storage)
+        return GuestConfig(parse(raw), where, secret, storage)
     except ManifestError as exc:
-        return GuestConfig(None, f"error: {exc}", secret)
+        return GuestConfig(None, f"error: {exc}", secret, storage)

@@ -1,4 +1,9 @@
-"""Start the workload, restart it by policy with backoff, and health-check it."""
+"""Start the workload, restart it by policy with backoff, and health-check it.
+
+For a rootfs plugin the workload runs chrooted into the root volant_agent.rootfs assembled, as
+the user volant_agent.users resolved in the image, in its workdir (else its home) with the
+manifest's env over a default PATH and the user's HOME, USER and LOGNAME.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,23 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from volant_agent.http import fetch
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import RestartPolicy, Workload
+from volant_agent.paths import resolve_in_root
+from volant_agent.users import Identity
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Health(StrEnum):
@@ -25,6 +36,7 @@ class Health(StrEnum):
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     STOPPED = "stopped"  # not running (exited, or waiting to be restarted)
+    FAILED = "failed"  # cannot be started at all (its root or user); `error` says why
     NONE = "none"  # no workload in the manifest
 
 
@@ -45,10 +57,22 @@ class Timing:
 class Supervisor:
     """Owns the workload process; run() until stop() is called."""
 
-    def __init__(self, workload: Workload, logs: LogBuffer, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        logs: LogBuffer,
+        timing: Timing | None = None,
+        *,
+        root: Path | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self.workload = workload
         self.logs = logs
         self.timing = timing or Timing()
+        # Where (chroot) and as whom the workload runs; None: the agent's root, as root.
+        self.root = root
+        self.identity = identity
+        self.error: str | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.health = Health.STOPPED
@@ -70,23 +94,68 @@ class Supervisor:
             "health": self.health.value,
             "last_exit": self.last_exit,
             "restart_policy": self.workload.restart.value,
+            "error": self.error,
+            "user": None
+            if self.identity is None
+            else {"uid": self.identity.uid, "gid": self.identity.gid, "name": self.identity.name},
             "entrypoint": list(self.workload.entrypoint),
             "uptime": round(time.monotonic() - self.started_at, 3)
             if self.started_at is not None and self.pid is not None
             else None,
         }
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        env = dict(os.environ)
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    def fail(self, error: str) -> None:
+        """The workload cannot start (its root or user is broken): say why, never run it."""
+        self.error = error
+        self.health = Health.FAILED
+        self.logs.append("agent", f"workload not started: {error}")
+
+    def _environment(self) -> dict[str, str]:
+        if self.root is None and self.identity is None:
+            env = dict(os.environ)
+            env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        else:  # the image's own world: nothing of the agent's environment
+            who = self.identity
+            env = {"PATH": DEFAULT_PATH, "HOME": who.home if who else "/root"}
+            if who is not None and who.name:
+                env |= {"USER": who.name, "LOGNAME": who.name}
         env.update(self.workload.env)
+        return env
+
+    def _enter(self) -> Callable[[], None] | None:
+        """What the child runs before exec: chroot, workdir, then drop to the identity (after
+        chroot, which needs root; subprocess's own user= would drop it too early)."""
+        root, who, workdir = self.root, self.identity, self.workload.workdir
+        if root is None and who is None:
+            return None
+
+        def enter() -> None:
+            if root is not None:
+                os.chroot(root)
+            os.chdir(workdir or (who.home if who else "/"))
+            if who is not None:
+                os.setgroups(list(who.groups))
+                os.setgid(who.gid)
+                os.setuid(who.uid)
+
+        return enter
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        enter = self._enter()
+        if self.root is not None and self.workload.workdir:
+            # Checked here, where the reason can be said: in the child it is only "Exception
+            # occurred in preexec_fn".
+            where = resolve_in_root(self.root, self.workload.workdir)
+            if not where.is_dir():
+                raise OSError(f"workdir {self.workload.workdir} is not a directory in the image")
         return await asyncio.create_subprocess_exec(
             *self.workload.entrypoint,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=self.workload.workdir or None,
-            env=env,
+            cwd=(self.workload.workdir or None) if enter is None else None,
+            env=self._environment(),
+            preexec_fn=enter,
             # Its own process group, so stop() reaches whatever the workload forks.
             start_new_session=True,
         )
@@ -110,11 +179,12 @@ class Supervisor:
     async def run(self) -> None:
         """Run the workload, restarting it by policy, until stop()."""
         backoff = self.timing.backoff_initial
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self.health is not Health.FAILED:
             began = time.monotonic()
             try:
                 code = await self._run_once()
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
+                # chroot, chdir or setuid failed in the child (preexec): its message is plain
                 self.logs.append("agent", f"cannot start workload: {exc}")
                 code = 127
             if self._stopping.is_set():

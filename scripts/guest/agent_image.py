@@ -42,6 +42,11 @@ WANTED_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "virtio_blk", "button", "evdev",
     "vmw_vsock_virtio_transport", "pvpanic_mmio",
 )  # fmt: skip
+# The file systems of a rootfs plugin's root (ext4, for its writable disk, is built in): in the
+# image, but loaded by the agent only in the VMs that boot a rootfs, and only the rootfs'
+# format's and overlay (/lib/volant/storage-modules: one line per module, `name: what to insmod,
+# in order`), so initramfs plugins boot as before.
+STORAGE_MODULES = ("erofs", "squashfs", "overlay")
 # The standard library promised to plugin workloads that run on the image's python3 (the hello
 # example does); kept with everything they import, on top of what the agent itself needs.
 WORKLOAD_MODULES = (
@@ -80,6 +85,13 @@ def _base(tree: Tree, busybox: Path, kernel_modules: Path) -> list[str]:
     index = module_index(kernel_modules)
     modules = resolve_modules(index, WANTED_MODULES)
     busybox_base(tree, busybox, modules, index, INIT_SCRIPT.read_text(), POWER_HANDLER)
+    lines = []
+    for wanted in STORAGE_MODULES:
+        needed = [m for m in resolve_modules(index, [wanted]) if m not in modules]
+        for name in needed:
+            tree.file(f"lib/modules/{name}.ko", index[name].read_bytes())
+        lines.append(f"{wanted}: {' '.join(needed)}\n")
+    tree.file("lib/volant/storage-modules", "".join(lines).encode())
     # glibc's built-in files backend answers "localhost" from here (base_url may name it).
     tree.file("etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n")
     tree.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")

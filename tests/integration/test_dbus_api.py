@@ -285,6 +285,45 @@ def test_unprivileged_caller_may_read_but_not_manage(created: str, bus_address: 
                   uid=nobody)  # fmt: skip
     assert proc.returncode != 0
     assert "com.volantvm.volant1.manage-plugins" in proc.stderr
+    volumes = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, "ListVolumes", uid=nobody)
+    assert volumes.returncode == 0, volumes.stderr
+    proc = busctl(bus_address, "call", SERVICE, MANAGER_PATH, iface, "CreateVolume", "a{sv}", "2",
+                  "name", "s", "mine", "size", "s", "1G", uid=nobody)  # fmt: skip
+    assert proc.returncode != 0
+    assert "com.volantvm.volant1.manage-vms" in proc.stderr
+
+
+async def test_volumes(created: str, bus: SdBus) -> None:
+    """The volume verbs, and volumes in CreateVM and GetVM."""
+    manager = ManagerInterface.new_proxy(SERVICE, MANAGER_PATH, bus)
+    made = await manager.create_volume({"name": ("s", "dbvol"), "size": ("t", 32 << 20)})
+    assert (made["name"], made["size_bytes"], made["formatted"]) == (
+        ("s", "dbvol"), ("x", 32 << 20), ("b", False),
+    )  # fmt: skip
+    with pytest.raises(NameTakenError):
+        await manager.create_volume({"name": ("s", "dbvol"), "size": ("s", "32M")})
+    with pytest.raises(InvalidArgumentError, match="size: expected"):
+        await manager.create_volume({"name": ("s", "other"), "size": ("b", True)})
+    assert [v["name"] for v in await manager.list_volumes()] == [("s", "dbvol")]
+    grown = await manager.resize_volume("dbvol", {"size": ("s", "64M")})
+    assert grown["size_bytes"] == ("x", 64 << 20)
+    with pytest.raises(InvalidArgumentError, match="only grow"):
+        await manager.resize_volume("dbvol", {"size": ("s", "32M")})
+    twice = [{"name": ("s", "dbvol"), "path": ("s", p)} for p in ("/a", "/b")]
+    with pytest.raises(InvalidArgumentError, match="attached twice"):
+        await manager.create_vm(
+            {"name": ("s", "v2"), "plugin": ("s", "demo"), "volumes": ("aa{sv}", twice)}
+        )
+    unknown = [{"name": ("s", "nope"), "path": ("s", "/a")}]
+    with pytest.raises(NotFoundError, match="no volume named 'nope'"):
+        await manager.create_vm(
+            {"name": ("s", "v2"), "plugin": ("s", "demo"), "volumes": ("aa{sv}", unknown)}
+        )
+    assert (await manager.get_vm(VM))["volumes"] == ("av", [])
+    assert (await manager.get_volume("dbvol"))["attachments"] == ("av", [])
+    await manager.delete_volume("dbvol")
+    with pytest.raises(NotFoundError):
+        await manager.get_volume("dbvol")
 
 
 class Signals:

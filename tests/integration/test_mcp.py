@@ -48,6 +48,11 @@ TOOLS = {
     "console_log",
     "list_events",
     "system_status",
+    "list_volumes",
+    "get_volume",
+    "create_volume",
+    "resize_volume",
+    "delete_volume",
 }
 
 
@@ -117,6 +122,40 @@ def test_initialize_and_tools(daemon: Daemon) -> None:
     assert tools["delete_vm"]["annotations"]["destructiveHint"] is True
 
 
+def test_volumes(daemon: Daemon) -> None:
+    steps = [
+        call("create_volume", name="mcpvol", size="32M"),
+        call(
+            "create_vm",
+            name="mcpv",
+            plugin="demo",
+            volumes=[{"name": "mcpvol", "path": "/data", "read_only": True}],
+        ),
+        call("get_vm", name="mcpv"),
+        call("get_volume", name="mcpvol"),
+        call("resize_volume", name="mcpvol", size="64M"),
+        call("delete_volume", name="mcpvol"),
+        call("delete_vm", name="mcpv"),
+        call("resize_volume", name="mcpvol", size=64 << 20),
+        call("list_volumes"),
+        call("delete_volume", name="mcpvol"),
+        call("list_volumes"),
+    ]
+    made, vm, got_vm, got, busy, refused, _gone, grown, listed, deleted, after = results(
+        over_tcp(daemon, steps)
+    )
+    assert (ok(made)["name"], ok(made)["size_bytes"]) == ("mcpvol", 32 << 20)
+    assert ok(vm)["status"] == "running"
+    assert ok(got_vm)["volumes"] == [{"name": "mcpvol", "path": "/data", "read_only": True}]
+    assert (ok(got)["in_use_by"], ok(got)["formatted"]) == ("mcpv", True)
+    assert tool_error(busy)["code"] == "InvalidState"
+    assert tool_error(refused)["code"] == "Conflict"
+    assert ok(grown)["size_bytes"] == 64 << 20
+    assert [v["name"] for v in ok(listed)["volumes"]] == ["mcpvol"]
+    assert ok(deleted) == {"deleted": "mcpvol"}
+    assert ok(after) == {"volumes": [], "total": 0}
+
+
 def test_vm_lifecycle(daemon: Daemon) -> None:
     steps = [
         call("create_vm", name="mcp1", plugin="demo", cpu_cores=1, memory_mb=128),
@@ -132,7 +171,9 @@ def test_vm_lifecycle(daemon: Daemon) -> None:
     assert (vm["name"], vm["status"], vm["plugin"]) == ("mcp1", "running", "demo")
     assert (vm["cpu_cores"], vm["memory_mb"]) == (1, 128)
     assert vm["ip_address"] == "192.168.127.2"
-    assert ok(got)["usage"].keys() == {"cpu_seconds", "memory_bytes"}
+    usage = ok(got)["usage"]
+    assert usage.keys() == {"cpu_seconds", "memory_bytes", "disk_bytes", "disk_size_bytes"}
+    assert usage["disk_bytes"] is None  # an initramfs plugin's VM has no disk
     assert ok(got)["mac_address"] == vm["mac_address"]
     assert [v["name"] for v in ok(listed)["vms"]] == ["mcp1"]
     assert ok(listed)["total"] == 1

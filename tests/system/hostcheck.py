@@ -1,8 +1,8 @@
 """What a volantd.service in a sysbox has made on its host, compared with what its store says.
 
 Used by the fault-injection walk and the soak: after any kill and restart, the scopes, QEMU
-processes, taps, machined machines, run directories, console logs and resource records must
-match the VMs exactly.
+processes, taps, machined machines, run directories, console logs, VM disks and resource records
+must match the VMs exactly.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ QUERY = """
 import json, sqlite3
 db = sqlite3.connect("file:/var/lib/volant/state.db?mode=ro", uri=True)
 records = db.execute("SELECT kind, name, vm FROM host_resources").fetchall()
+volumes = [name for (name,) in db.execute("SELECT name FROM volumes").fetchall()]
 leases = db.execute(
     "SELECT a.ip_address, v.name FROM ip_allocations a JOIN vms v ON v.id = a.vm_id"
     " WHERE a.status = 'leased'"
 ).fetchall()
-print(json.dumps({"records": records, "leases": leases}))
+print(json.dumps({"records": records, "leases": leases, "volumes": volumes}))
 """
 
 
@@ -37,8 +38,11 @@ class HostView:
     machines: frozenset[str]
     run_dirs: frozenset[str]
     console_logs: frozenset[str]
+    disks: frozenset[str]
     records: frozenset[tuple[str, str, str]]
     leases: frozenset[tuple[str, str]]
+    volume_files: frozenset[str]
+    volumes: frozenset[str]
 
 
 def host_view(vb: VolantBox) -> HostView:
@@ -51,6 +55,8 @@ def host_view(vb: VolantBox) -> HostView:
     machines = vb.sh("machinectl list --no-legend --no-pager | awk '{print $1}'")
     run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
     logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
+    disks = vb.sh("ls -1A /var/lib/volant/disks 2>/dev/null || true")
+    volume_files = vb.sh("ls -1 /var/lib/volant/volumes 2>/dev/null || true")
     # Read inside the box (its /var/lib is its own), with the system's python3.
     tables = json.loads(vb.sh(f"python3 -c {shlex.quote(QUERY)}"))
     records, leases = tables["records"], tables["leases"]
@@ -61,8 +67,11 @@ def host_view(vb: VolantBox) -> HostView:
         machines=frozenset(machines.split()),
         run_dirs=frozenset(run_dirs.split()),
         console_logs=frozenset(log.removesuffix(".log") for log in logs.split()),
+        disks=frozenset(disks.split()),
         records=frozenset((str(k), str(n), str(v)) for k, n, v in records),
         leases=frozenset((str(ip), str(name)) for ip, name in leases),
+        volume_files=frozenset(f"/var/lib/volant/volumes/{f}" for f in volume_files.split()),
+        volumes=frozenset(str(name) for name in tables["volumes"]),
     )
 
 
@@ -85,7 +94,15 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
         problems.append(f"run dirs without a VM: {sorted(view.run_dirs - names)}")
     if not view.console_logs <= names:
         problems.append(f"console logs without a VM: {sorted(view.console_logs - names)}")
-    strays = {record for record in view.records if record[2] not in names}
+    # A VM's disk is <name>.img; anything else (a partial `.<name>.img.partial`) is left over.
+    if not view.disks <= {f"{name}.img" for name in names}:
+        problems.append(f"disks without a VM: {sorted(view.disks - {f'{n}.img' for n in names})}")
+    # Volume files belong to no VM: recorded with vm "", one per volume row, each on disk.
+    volume_records = {name for kind, name, _vm in view.records if kind == "volume"}
+    differ("volume files", view.volume_files, volume_records)
+    differ("volume records", volume_records,
+           {f"/var/lib/volant/volumes/{name}.img" for name in view.volumes})  # fmt: skip
+    strays = {r for r in view.records if r[2] not in names and r[0] != "volume"}
     if strays:
         problems.append(f"resource records without a VM: {sorted(strays)}")
     for kind, name, vm in view.records:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from scripts.sysbox import Sysbox
 from scripts.volantbox import VolantBox
 from tests.integration.daemon import build_guest
 from tests.integration.oci_images import image_layout
+from tests.integration.rootfs_images import rootfs_image, rootfs_manifest, write_rootfs_plugin
 from tests.system.hostcheck import orphans
 from volant.engine.faults import STEPS
 
@@ -28,6 +30,9 @@ FAULT_FILE = "/run/volant/fault"
 SETTLING = ("creating", "starting", "stopping")
 VM = "w"
 BUILT = "built"  # the plugin the plugin-build walk builds from the test image
+# The walked VM boots a rootfs plugin, so its writable disk is made, kept and removed on the
+# walked paths (its guest never runs: paused, only the files matter).
+PLUGIN = "rootapp"
 # A create or start that got as far as this boundary has finished its work: the VM runs.
 DONE = "running"
 
@@ -36,7 +41,19 @@ DONE = "running"
 def volantd(sysbox: Sysbox) -> Iterator[VolantBox]:
     build_guest()
     vb = VolantBox(sysbox, service_extra=f"Environment=VOLANT_FAULT_FILE={FAULT_FILE}\n")
-    vb.install({"runtime.start_paused": True, "runtime.stop_timeout": 3}, plugins=("demo",))
+    vb.install(
+        {"runtime.start_paused": True, "runtime.stop_timeout": 3, "vm.disk_size_mb": 64},
+        plugins=("demo",),
+    )
+    inside = Path("/srv/volant-test")
+    # No health check: a paused guest never answers one, and create must reach `running`.
+    workload = rootfs_manifest(rootfs_image(), PLUGIN)["workload"]
+    workload = {k: v for k, v in workload.items() if k not in ("health_check", "base_url")}
+    workload["type"] = "process"
+    directory = vb.box.root / inside.relative_to("/")
+    manifest = write_rootfs_plugin(directory, PLUGIN, rootfs_image(), workload=workload)
+    body = {"manifest": manifest.read_text(), "origin": (inside / manifest.name).as_uri()}
+    assert vb.api("POST", "/api/v1/plugins", body).status == 201
     yield vb
     vb.run("systemctl", "stop", "volantd")
 
@@ -76,10 +93,22 @@ def kill_at(vb: VolantBox, point: str, call: Callable[[], object]) -> None:
     assert f"fault injection: SIGKILL at {point}" in vb.journal(lines=400)
 
 
+VOLUME = "vol"
+VOLUMES = "/api/v1/volumes"
+
+
 def prepare(vb: VolantBox, verb: str) -> None:
     """The state each verb starts from."""
     if verb == "plugin-build":
         vb.api("DELETE", f"/api/v1/plugins/{BUILT}")
+    if verb.startswith("volume-"):
+        if verb != "volume-create":
+            assert vb.api("POST", VOLUMES, {"name": VOLUME, "size": "32M"}).status == 201
+        if verb == "volume-resize":
+            # Formatted by a VM's start (so the resize grows a file system), then free again.
+            body = {"name": VM, "plugin": "demo", "volumes": [{"name": VOLUME, "path": "/data"}]}
+            assert vb.api("POST", "/api/v1/vms", body).status == 201
+            assert vb.api("DELETE", f"/api/v1/vms/{VM}").status == 204
         return
     if verb == "plugin-install":
         vb.api("DELETE", "/api/v1/plugins/spare")
@@ -89,7 +118,7 @@ def prepare(vb: VolantBox, verb: str) -> None:
         return
     if verb == "create":
         return
-    assert vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": "demo"}).status == 201
+    assert vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN}).status == 201
     if verb == "start":
         assert vb.api("POST", f"/api/v1/vms/{VM}/stop").status == 200
 
@@ -98,8 +127,14 @@ def call(vb: VolantBox, verb: str) -> Callable[[], object]:
     if verb == "plugin-build":
         body = {"image": f"oci:{image_layout()}:app", "name": BUILT}
         return lambda: vb.api("POST", "/api/v1/plugins/build", body)
+    if verb == "volume-create":
+        return lambda: vb.api("POST", VOLUMES, {"name": VOLUME, "size": "32M"})
+    if verb == "volume-resize":
+        return lambda: vb.api("POST", f"{VOLUMES}/{VOLUME}/resize", {"size": "64M"})
+    if verb == "volume-delete":
+        return lambda: vb.api("DELETE", f"{VOLUMES}/{VOLUME}")
     if verb == "create":
-        return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": "demo"})
+        return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN})
     if verb == "plugin-install":
         return lambda: vb.install_test_plugin("spare")
     if verb == "plugin-remove":
@@ -137,14 +172,16 @@ def test_kill_at_every_boundary(volantd: VolantBox, verb: str, step: str) -> Non
 
     if verb == "plugin-build":
         check_build_left_nothing(volantd, installed=step == "installed")
+    if verb.startswith("volume-"):
+        check_volume_after(volantd, verb, step)
         return
     if verb.startswith("plugin-"):
         # Install is killed before it records the plugin, remove after it deleted it.
         assert volantd.api("GET", "/api/v1/plugins/spare").status == 404
         # What the killed daemon cached or half-wrote for it was pruned at start: only the
-        # demo plugin's initramfs is left.
+        # demo plugin's initramfs and the rootfs plugin's image are left.
         artifacts = "/var/lib/volant/artifacts"
-        assert len(volantd.sh(f"ls -A {artifacts}/sha256").split()) == 1
+        assert len(volantd.sh(f"ls -A {artifacts}/sha256").split()) == 2
         assert volantd.sh(f"ls -A {artifacts}/tmp").split() == []
         return
     mine = {vm["name"]: vm for vm in current}.get(VM)
@@ -178,10 +215,32 @@ def check_build_left_nothing(vb: VolantBox, *, installed: bool) -> None:
         assert vb.api("DELETE", f"/api/v1/plugins/{BUILT}").status == 204
 
 
+def check_volume_after(vb: VolantBox, verb: str, step: str) -> None:
+    """A create killed before its row is recorded leaves no file (repair removed it); a
+    delete killed after its row went leaves none either; a resize killed half-way is finished
+    by the next resize. Then the volume goes, and nothing of it stays behind."""
+    reply = vb.api("GET", f"{VOLUMES}/{VOLUME}")
+    exists = {"volume-create": step == "recorded", "volume-delete": False}.get(verb, True)
+    assert reply.status == (200 if exists else 404), reply
+    path = f"/var/lib/volant/volumes/{VOLUME}.img"
+    assert vb.run("test", "-e", path).returncode == (0 if exists else 1)
+    if verb == "volume-resize":
+        grown = vb.api("POST", f"{VOLUMES}/{VOLUME}/resize", {"size": "64M"})
+        assert (grown.status, grown.body["size_bytes"]) == (200, 64 << 20), grown
+        blocks = vb.sh(f"dumpe2fs -h {path} 2>/dev/null | sed -n 's/^Block count: *//p'")
+        size = vb.sh(f"dumpe2fs -h {path} 2>/dev/null | sed -n 's/^Block size: *//p'")
+        assert int(blocks) * int(size) == 64 << 20
+    if exists:
+        assert vb.api("DELETE", f"{VOLUMES}/{VOLUME}").status == 204
+    assert vb.sh("ls -A /var/lib/volant/volumes").split() == []
+    assert orphans(vb, vms(vb)) == []
+
+
 def test_every_boundary_is_walked() -> None:
     walked = {f"{verb}:{step}" for verb, step in POINTS}
     assert len(walked) == sum(len(steps) for steps in STEPS.values())
     assert {"create", "start", "stop", "restart", "delete"} <= STEPS.keys()
+    assert {"volume-create", "volume-resize", "volume-delete"} <= STEPS.keys()
 
 
 def ghost_scope(vb: VolantBox, name: str) -> int:
@@ -220,6 +279,8 @@ def test_start_removes_what_no_vm_owns(volantd: VolantBox) -> None:
     volantd.sh(
         "ip tuntap add dev vt-deadbeef00 mode tap && ip link set vt-deadbeef00 alias ghost"
         " && mkdir -p /run/volant/vms/ghost && touch /var/lib/volant/consoles/ghost.log"
+        " && mkdir -p /var/lib/volant/disks && truncate -s 1M /var/lib/volant/disks/ghost.img"
+        " /var/lib/volant/disks/.e.img.partial"
     )
     volantd.sh("systemctl start volantd")
     volantd.wait_healthy()
@@ -237,6 +298,8 @@ def test_start_removes_what_no_vm_owns(volantd: VolantBox) -> None:
         ("tap", "ghost"),
         ("run_dir", "ghost"),
         ("console_log", "ghost"),
+        ("disk", "ghost"),
+        ("disk", "e"),  # a partial disk of a VM that exists: a make cut short
         ("scope", "e"),
         ("tap", "e"),
         ("machine", "e"),

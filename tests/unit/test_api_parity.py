@@ -19,6 +19,7 @@ from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
+from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
 pytestmark = pytest.mark.unit
@@ -56,6 +57,18 @@ PARITY = {
     "builds.get_build": ("GET /api/v1/builds/{build}", "GetBuild"),
     "builds.cancel_build": ("DELETE /api/v1/builds/{build}", "CancelBuild"),
 }
+# Volumes are their own service (Engine.volumes): Volumes method -> (REST, D-Bus, MCP tool).
+VOLUME_PARITY = {
+    "list_volumes": ("GET /api/v1/volumes", "ListVolumes", "list_volumes"),
+    "get_volume": ("GET /api/v1/volumes/{volume}", "GetVolume", "get_volume"),
+    "create_volume": ("POST /api/v1/volumes", "CreateVolume", "create_volume"),
+    "resize_volume": ("POST /api/v1/volumes/{volume}/resize", "ResizeVolume", "resize_volume"),
+    "delete_volume": ("DELETE /api/v1/volumes/{volume}", "DeleteVolume", "delete_volume"),
+    # `vms get` shows a VM's volumes: GET /api/v1/vms/{name}, GetVM and get_vm answer them.
+    "vm_volumes": ("GET /api/v1/vms/{name}", "GetVM", "get_vm"),
+}
+# The start hook and repair's questions, not verbs a caller may use.
+VOLUME_INTERNAL = {"attach", "wanted_files", "found_files"}
 # REST-only verbs, each with the reason it has no D-Bus method (yet).
 REST_ONLY = {
     # An OpenAPI document is for HTTP tooling (Swagger UI, code generators) pointed at the VM.
@@ -144,6 +157,15 @@ def test_table_covers_every_public_engine_verb() -> None:
     assert not set(PARITY) & set(REST_ONLY)
 
 
+def test_volume_table_covers_every_public_volumes_verb() -> None:
+    verbs = {
+        name
+        for name, member in inspect.getmembers(Volumes, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    assert verbs - VOLUME_INTERNAL == set(VOLUME_PARITY)
+
+
 def test_every_verb_has_its_rest_route() -> None:
     app = make_app(cast(Engine, object()))
     routes = {
@@ -153,6 +175,7 @@ def test_every_verb_has_its_rest_route() -> None:
     }
     wanted = {rest for rest, _dbus in PARITY.values()}
     wanted |= {rest for rest, _reason in REST_ONLY.values()}
+    wanted |= {rest for rest, _dbus, _mcp in VOLUME_PARITY.values()}
     assert wanted <= routes
 
 
@@ -162,20 +185,23 @@ def test_every_verb_has_its_dbus_method() -> None:
         for member in vars(ManagerInterface).values()
         if isinstance(member, DbusMethodAsync)
     }
-    assert {dbus for _rest, dbus in PARITY.values()} == methods
+    wanted = {dbus for _rest, dbus in PARITY.values()}
+    wanted |= {dbus for _rest, dbus, _mcp in VOLUME_PARITY.values()}
+    assert wanted == methods
 
 
 def test_mcp_has_each_verb_or_says_why_not() -> None:
     verbs = set(PARITY) | set(REST_ONLY)
     assert set(MCP) | set(MCP_WITHOUT) == verbs
     assert not set(MCP) & set(MCP_WITHOUT)
-    assert set(MCP.values()) == {tool.name for tool in TOOLS} | {TEMPLATE}
+    volume_tools = {tool for _rest, _dbus, tool in VOLUME_PARITY.values()}
+    assert set(MCP.values()) | volume_tools == {tool.name for tool in TOOLS} | {TEMPLATE}
 
 
 def test_create_takes_the_same_fields_everywhere() -> None:
     """A field of VMSpec (isolated, say) reaches the engine from REST, D-Bus, MCP and volar."""
     spec = {field.name for field in fields(VMSpec)}
-    assert "isolated" in spec
+    assert {"isolated", "volumes"} <= spec
     assert set(CreateVMRequest.model_fields) == spec
     assert set(SPEC_KEYS) == spec
     assert set(CreateVM.model_fields) == spec

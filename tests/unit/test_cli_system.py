@@ -19,7 +19,7 @@ def test_status(standin: tuple[StandIn, str]) -> None:
         0,
         "volantd: 0.1.0, supervisor process, hypervisor qemu\n"
         "VMs:     3 (2 running, 1 stopped)\n"
-        "usage:   CPU 12.3 s, memory -\n"
+        "usage:   CPU 12.3 s, memory -, VM disks -\n"
         "IP pool: 3 of 253 leased in 192.168.127.0/24\n"
         "host:    2 CPUs, 14.2% busy, load 0.50 0.25 0.12\n"
         "memory:  1.5 GiB available of 4.0 GiB\n"

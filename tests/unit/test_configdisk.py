@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from volant_agent.manifest import encode_config_disk, load, read_config_disk
+from volant_agent.rootfs import Mount, parse_storage
 
-from volant.model import InvalidArgument
+from volant.model import UPPER_SERIAL, GuestMount, GuestRoot, InvalidArgument, LaunchSpec
 from volant.runtime.cmdline import encode_manifest
-from volant.runtime.configdisk import MAX_DOCUMENT, config_disk_image, write_config_disk
+from volant.runtime.configdisk import (
+    MAX_DOCUMENT,
+    config_disk_image,
+    storage_document,
+    write_config_disk,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +92,44 @@ def test_documents_over_one_mib_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         write_config_disk(tmp_path / "config.img", huge, SECRET)
     assert list(tmp_path.iterdir()) == []
+
+
+# The image of ({"name": "x"}, "s") before the storage key existed: initramfs plugins without
+# volumes must keep these bytes.
+BEFORE_STORAGE = "45432a4ea6644aee86c2a8ad1338b0a2b386cbb13615567c78b55591bfc6c6cf"
+
+
+def _spec(**changes: Any) -> LaunchSpec:
+    base = LaunchSpec(
+        name="web", cpus=1, memory_mb=256, kernel=Path("/k"), initramfs=None, cmdline="",
+        mac="02:56:00:00:00:01", run_dir=Path("/run/x"), console_log=Path("/log"),
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def test_no_storage_keeps_the_old_bytes() -> None:
+    assert storage_document(_spec()) is None
+    image = config_disk_image({"name": "x"}, "s", storage_document(_spec()))
+    assert hashlib.sha256(image).hexdigest() == BEFORE_STORAGE
+
+
+def test_storage_bytes_equal_the_agents_and_it_reads_them(tmp_path: Path) -> None:
+    mounts = (GuestMount("vol-data", "/srv/data", read_only=True),)
+    for spec in (
+        _spec(root=GuestRoot("erofs", upper=UPPER_SERIAL), mounts=mounts),
+        _spec(root=GuestRoot("squashfs")),  # ephemeral: tmpfs upper layer
+        _spec(mounts=mounts),  # volumes on an initramfs plugin
+    ):
+        storage = storage_document(spec)
+        assert storage is not None
+        image = config_disk_image({"name": "x"}, SECRET, storage)
+        assert image == encode_config_disk({"name": "x"}, SECRET, storage)
+        disk = write_config_disk(tmp_path / "config.img", {"name": "x"}, SECRET, storage)
+        parsed = parse_storage(load("console=ttyS0", [disk]).storage)
+        assert parsed.rootfs_format == (spec.root.format if spec.root else "")
+        assert parsed.upper_serial == (spec.root.upper if spec.root else "")
+        assert parsed.mounts == (Mount("vol-data", "/srv/data", True),)[: len(spec.mounts)]
+    assert storage_document(_spec(root=GuestRoot("ext4", upper="volant-upper"))) == {
+        "rootfs": {"serial": "volant-rootfs", "format": "ext4"},
+        "upper": {"serial": "volant-upper"},
+    }

@@ -49,6 +49,9 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         "stop_vm",
         "restart_vm",
         "call_action",
+        "create_volume",
+        "resize_volume",
+        "delete_volume",
     }
     assert {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS} == changing | {
         "console_log"  # read-only, but guests print secrets on their console
@@ -93,6 +96,21 @@ ARGUMENTS: list[tuple[str, dict[str, Any], bool]] = [
     ("list_events", {"vm": "Web"}, False),
     ("list_events", {"after": -1}, False),
     ("system_status", {}, True),
+    (
+        "create_vm",
+        {"name": "db", "plugin": "pg", "volumes": [{"name": "data", "path": "/srv"}]},
+        True,
+    ),
+    ("create_vm", {"name": "db", "plugin": "pg", "volumes": [{"name": "data"}]}, False),
+    ("create_vm", {"name": "db", "plugin": "pg", "volumes": [{"name": "d", "path": "srv"}]}, False),
+    ("create_volume", {"name": "data", "size": "1G"}, True),
+    ("create_volume", {"name": "data", "size": 1 << 30}, True),
+    ("create_volume", {"name": "data"}, False),
+    ("create_volume", {"name": "a" * 21, "size": "1G"}, False),
+    ("resize_volume", {"name": "data", "size": "2G"}, True),
+    ("get_volume", {"name": "data"}, True),
+    ("delete_volume", {"name": "Data"}, False),
+    ("list_volumes", {}, True),
 ]
 
 

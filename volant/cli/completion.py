@@ -98,6 +98,22 @@ def complete_plugins(
     return _ask(ctx, fetch)
 
 
+def complete_volumes(
+    ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Names of the volumes that start with incomplete (the VM using one as help)."""
+
+    async def fetch(client: VolantClient) -> list[CompletionItem]:
+        volumes = await client.list_volumes()
+        return [
+            CompletionItem(v["name"], help=v.get("in_use_by") or "")
+            for v in volumes
+            if str(v.get("name", "")).startswith(incomplete)
+        ]
+
+    return _ask(ctx, fetch)
+
+
 def complete_files(
     _ctx: click.Context, _param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:

@@ -15,6 +15,7 @@ from volant.cli.plugins import plugins
 from volant.cli.setup import setup
 from volant.cli.system import system
 from volant.cli.vms import vms
+from volant.cli.volumes import volumes
 from volant.client.http import DEFAULT_API
 
 
@@ -61,6 +62,7 @@ cli.add_command(vms)
 plugins.add_command(plugins_build)
 plugins.add_command(plugins_manifest)
 cli.add_command(plugins)
+cli.add_command(volumes)
 cli.add_command(events)
 cli.add_command(system)
 cli.add_command(setup)

@@ -29,6 +29,14 @@ PLUGIN_COLUMNS = (
     ("SIGNER", "signer"),
     ("DIGEST", "digest"),
 )
+VOLUME_COLUMNS = (
+    ("NAME", "name"),
+    ("SIZE", "size_bytes"),
+    ("USED", "allocated_bytes"),
+    ("FORMATTED", "formatted"),
+    ("IN USE BY", "in_use_by"),
+    ("VMS", "attachments"),
+)
 # Keys shown only when they say something: an empty status_reason is the normal case.
 QUIET_WHEN_EMPTY = frozenset({"status_reason"})
 SHORT_DIGEST = 12
@@ -90,6 +98,13 @@ def fields(rows: Sequence[tuple[str, str]]) -> None:
 
 
 def vm_details(vm: dict[str, Any]) -> None:
+    """The VM's fields, and a `disk` line when it has its own disk (a rootfs plugin's VM)."""
+    from volant.cli.system import size  # here: volant.cli.system imports this module
+
+    usage = vm.get("usage") or {}
+    used, total = usage.get("disk_bytes"), usage.get("disk_size_bytes")
+    if used is not None and total is not None:
+        vm = {**vm, "disk": f"{size(used)} used on the host, {size(total)} in the guest"}
     details(vm)
 
 
@@ -111,6 +126,38 @@ def plugin_details(plugin: dict[str, Any]) -> None:
         click.echo("manifest:")
         for line in json.dumps(manifest, indent=2, sort_keys=True).splitlines():
             click.echo(f"  {line}")
+
+
+def _volume_cell(key: str, value: Any) -> str:
+    if key in ("size_bytes", "allocated_bytes") and isinstance(value, int):
+        return _bytes(value)
+    if key == "attachments" and isinstance(value, list):
+        return ",".join(str(a.get("vm")) for a in value) or "-"
+    return _cell(key, value)
+
+
+def _bytes(value: int) -> str:
+    """1.0G, 512M, 4.0K: what `ls -sh` would say."""
+    size = float(value)
+    for unit in ("", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.0f}{unit}" if unit in ("", "K") or size >= 10 else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(value)
+
+
+def volume_table(volumes: Sequence[dict[str, Any]]) -> None:
+    rows = [[_volume_cell(key, v.get(key)) for _title, key in VOLUME_COLUMNS] for v in volumes]
+    _table(VOLUME_COLUMNS, rows)
+
+
+def volume_details(volume: dict[str, Any]) -> None:
+    details(volume, skip=frozenset({"attachments"}))
+    attachments = volume.get("attachments") or []
+    click.echo("attachments:" + ("" if attachments else " -"))
+    for a in attachments:
+        mode = "ro" if a.get("read_only") else "rw"
+        click.echo(f"  {a.get('vm')}: {a.get('path')} ({mode}, VM {a.get('vm_status')})")
 
 
 def log_line(line: dict[str, Any]) -> str:

@@ -45,13 +45,15 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
     load = " ".join(f"{x:.2f}" for x in host.get("load_average") or []) or "-"
     cpu = usage.get("cpu_seconds")
     memory = usage.get("memory_bytes")
+    disk = usage.get("disk_bytes")
     return [
         ("volantd", _daemon(status)),
         ("VMs", _vm_counts(status.get("vms_total", 0), status.get("vms_by_status") or {})),
         (
             "usage",
             f"CPU {'-' if cpu is None else f'{cpu:.1f} s'}, "
-            f"memory {'-' if memory is None else size(memory)}",
+            f"memory {'-' if memory is None else size(memory)}, "
+            f"VM disks {'-' if disk is None else size(disk)}",
         ),
         (
             "IP pool",

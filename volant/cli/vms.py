@@ -14,7 +14,9 @@ from volant.cli.completion import complete_plugins, complete_vms
 from volant.cli.context import Context, fail, json_option, pass_ctx
 from volant.cli.output import emit_json, log_line, vm_details, vm_table
 from volant.cli.progress import Boot, boot, final_line
+from volant.cli.volumes import volume_option
 from volant.client import VolantClient
+from volant.model import VolumeMount
 from volant.model.validate import NAME_RE, NAME_RULE
 
 FAILED = frozenset({"error", "crashed", "deleted"})
@@ -68,6 +70,19 @@ def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     is_flag=True,
     help="Cut the VM off from every other guest (it still reaches the host and beyond).",
 )
+@click.option(
+    "--ephemeral",
+    is_flag=True,
+    help="A rootfs plugin's VM keeps its writes in memory (lost at stop), not on its own disk.",
+)
+@click.option(
+    "--volume",
+    "volumes",
+    multiple=True,
+    callback=volume_option,
+    metavar="NAME:/PATH[:ro]",
+    help="Mount a volume in the guest (repeatable); `volar volumes create` makes one.",
+)
 @wait_option
 @json_option
 @pass_ctx
@@ -79,6 +94,8 @@ def vms_create(
     memory_mb: int | None,
     kernel_args: str,
     isolated: bool,
+    ephemeral: bool,
+    volumes: tuple[VolumeMount, ...],
     wait: bool | None,
     as_json: bool,
 ) -> None:
@@ -94,6 +111,10 @@ def vms_create(
         spec["memory_mb"] = memory_mb
     if isolated:
         spec["isolated"] = True
+    if ephemeral:
+        spec["ephemeral"] = True
+    if volumes:
+        spec["volumes"] = [v.to_dict() for v in volumes]
     _boot(ctx, Boot(name, "creating", _waits(wait, as_json)), as_json, lambda c: c.create_vm(spec))
 
 

@@ -364,6 +364,28 @@ class VolantClient:
             raise problem(reply.status, reply.body.decode(errors="replace"))
         return reply
 
+    # Volumes
+
+    async def list_volumes(self) -> list[dict[str, Any]]:
+        return await self.request_items("/api/v1/volumes", "volumes")
+
+    async def get_volume(self, name: str) -> dict[str, Any]:
+        """The volume, with the VMs it is attached to under "attachments"."""
+        return await self.request_object("GET", f"/api/v1/volumes/{_seg(name)}")
+
+    async def create_volume(self, name: str, size: int | str) -> dict[str, Any]:
+        """size: bytes, or a text such as "1G"."""
+        return await self.request_object("POST", "/api/v1/volumes", {"name": name, "size": size})
+
+    async def resize_volume(self, name: str, size: int | str) -> dict[str, Any]:
+        """Grow the volume; ApiError (400 smaller, 409 while a VM runs with it)."""
+        path = f"/api/v1/volumes/{_seg(name)}/resize"
+        return await self.request_object("POST", path, {"size": size})
+
+    async def delete_volume(self, name: str) -> None:
+        """Delete the volume; ApiError (409 Conflict) while a VM has it attached."""
+        await self.request("DELETE", f"/api/v1/volumes/{_seg(name)}")
+
     # Events and status
 
     async def list_events(

@@ -101,6 +101,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vm.max_cpus", int, 32, "Largest vCPU count a VM may ask for."),
     Setting("vm.min_memory_mb", int, 64, "Smallest guest RAM in MiB."),
     Setting("vm.max_memory_mb", int, 65536, "Largest guest RAM in MiB."),
+    Setting("vm.disk_size_mb", int, 10240, "Size in MiB of the writable disk each VM of a rootfs "
+            "plugin gets (a sparse file under state_dir/disks: it takes only what the VM writes)."),
     Setting("plugins.require_signature", bool, False, "Refuse plugin manifests without a valid "
             "Ed25519 signature by a trusted key (a signature that is present is always checked)."),
     Setting("plugins.trusted_keys_dir", Path, Path("/etc/volant/trusted-keys.d"), "Directory of "
@@ -158,6 +160,7 @@ class Config:
     vm_max_cpus: int
     vm_min_memory_mb: int
     vm_max_memory_mb: int
+    vm_disk_size_mb: int
     plugins_require_signature: bool
     plugins_trusted_keys_dir: Path
     plugins_download_timeout: float
@@ -182,6 +185,11 @@ class Config:
         return self.state_dir / "artifacts"
 
     @property
+    def volumes_dir(self) -> Path:
+        """Volume files (sparse raw ext4 images) under the state directory: they outlive VMs."""
+        return self.state_dir / "volumes"
+
+    @property
     def db_path(self) -> Path:
         return self.state_dir / "state.db"
 
@@ -203,6 +211,12 @@ class Config:
 
     def vm_console_log(self, name: str) -> Path:
         return self.state_dir / "consoles" / f"{name}.log"
+
+    @property
+    def disks_dir(self) -> Path:
+        """The VMs' writable disks, `<vm>.img`; under the state directory, so they outlive a
+        reboot."""
+        return self.state_dir / "disks"
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -323,6 +337,8 @@ def _check(config: Config) -> None:
         raise InvalidArgument(f"api.allow_cidr: {exc}", field="api.allow_cidr") from exc
     if config.vm_min_memory_mb > config.vm_max_memory_mb:
         raise InvalidArgument("vm.min_memory_mb is larger than vm.max_memory_mb")
+    if config.vm_disk_size_mb < 16:
+        raise InvalidArgument("vm.disk_size_mb must be at least 16", field="vm.disk_size_mb")
     _check_events(config)
 
 

@@ -22,6 +22,8 @@ from volant.daemon.lifecycle import status_lines, stop, watchdog
 from volant.daemon.logs import setup_logging
 from volant.daemon.notify import Notifier
 from volant.engine import Engine, Faults
+from volant.engine.ledger import Ledger
+from volant.engine.volumes import Volumes
 from volant.host import MachineRegistry, make_supervisor
 from volant.host.builds import make_build_runner
 from volant.model import StateCorrupt, VolantError
@@ -34,6 +36,8 @@ from volant.network import (
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
 from volant.runtime.guest import GuestAgent
+from volant.storage import DiskFiles
+from volant.storage.volumes import VolumeDir
 from volant.store import SqliteStore
 
 log = logging.getLogger("volantd")
@@ -82,6 +86,8 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
         if machines is not None:
             await machines.open()
         async with GuestAgent() as guest:
+            faults = Faults.from_environment()
+            volumes = Volumes(store.volumes, Ledger(store), VolumeDir(config.volumes_dir), faults)
             engine = Engine(
                 config,
                 store,
@@ -89,11 +95,13 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 supervisor,
                 network,
                 artifacts=artifacts,
+                disks=DiskFiles(),
                 guest=guest,
                 mac_for=mac_for,
                 version=_version(),
                 machines=machines,
-                faults=Faults.from_environment(),
+                faults=faults,
+                volumes=volumes,
                 builder=make_build_runner(supervisor.kind, owner=str(config.state_dir)),
             )
             await engine.start()

@@ -1,7 +1,8 @@
 """How a VM boots: its resources, kernel command line, boot files and launch spec.
 
 `Booting` is a base of `Engine`. A VM boots the host's agent image with the plugin's own
-initramfs appended, and its manifest on the command line when the line stays within the x86
+initramfs appended, or with the plugin's rootfs disk and its own writable disk attached
+(volant.engine.vmdisks), and its manifest on the command line when the line stays within the x86
 limit of 2047 characters. Every VM also gets a read-only config disk with its manifest and its
 agent secret: the secret never goes on the command line, which every local user can read in
 QEMU's argv (/proc/<pid>/cmdline).
@@ -12,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from volant.config import Config
 from volant.engine.guest import vm_manifest
 from volant.engine.ports import Artifacts, HypervisorDriver, Network, Store
+from volant.engine.vmdisks import VMDisks
+from volant.engine.volumes import Volumes
 from volant.model import (
     InvalidArgument,
     LaunchSpec,
@@ -26,6 +29,7 @@ from volant.model import (
     Unavailable,
     VirtualMachine,
     VMSpec,
+    validate_mounts,
 )
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
 from volant.runtime.cmdline import build_cmdline, encode_manifest
@@ -41,35 +45,44 @@ def new_agent_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
 
+@dataclass(frozen=True)
+class BootArtifacts:
+    """A plugin's boot files as verified cached paths (initramfs or rootfs, not both)."""
+
+    kernel: Path
+    initramfs: Path | None = None
+    rootfs: Path | None = None
+
+
 class Booting:
     """Resources, command line and boot files of a VM; a base of Engine."""
 
     config: Config
+    disks: VMDisks
     store: Store
     driver: HypervisorDriver
     network: Network
     artifacts: Artifacts
+    volumes: Volumes
     _subnet: IPv4Network
     _gateway: IPv4Address
 
-    async def boot_artifacts(self, manifest: Manifest, origin: str) -> tuple[Path, Path | None]:
-        """(kernel, plugin initramfs) as verified cached files; the kernel is the host's
-        default unless the manifest names one."""
-        if manifest.rootfs is not None:
-            raise InvalidArgument(
-                "plugins that boot from a rootfs disk are not supported yet; ship the workload "
-                "as an initramfs",
-                field="rootfs",
-            )
+    async def boot_artifacts(self, manifest: Manifest, origin: str) -> BootArtifacts:
+        """The kernel (the host's default unless the manifest names one), the plugin's
+        initramfs or rootfs, as verified cached files; a rootfs must also be a whole file
+        system of its format."""
         kernel = self.config.runtime_kernel
         if manifest.kernel is not None:
             kernel = await self.artifacts.ensure(manifest.kernel, base=origin, field="kernel")
-        initramfs = None
+        initramfs = rootfs = None
         if manifest.initramfs is not None:
             initramfs = await self.artifacts.ensure(
                 manifest.initramfs, base=origin, field="initramfs"
             )
-        return kernel, initramfs
+        if manifest.rootfs is not None:
+            rootfs = await self.artifacts.ensure(manifest.rootfs, base=origin, field="rootfs")
+            await self.disks.check_rootfs(rootfs, manifest)
+        return BootArtifacts(kernel, initramfs, rootfs)
 
     def validate_spec(self, spec: VMSpec, manifest: Manifest | None = None) -> VMSpec:
         """Domain checks every front-end shares; raises InvalidArgument naming the field.
@@ -100,6 +113,12 @@ class Booting:
             kernel_args=validate_kernel_args(spec.kernel_args),
             # The plugin's network.isolated holds for all its VMs; a VM may ask on its own.
             isolated=spec.isolated or (manifest is not None and manifest.isolated),
+            # Likewise its rootfs.ephemeral: the VM gets no disk, and says so.
+            ephemeral=spec.ephemeral
+            or (manifest is not None and manifest.rootfs is not None and manifest.rootfs.ephemeral),
+            # Once the plugin is known: an unknown plugin is the first thing to hear about
+            # (the create's schema cannot say that one volume comes once only).
+            volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:
@@ -145,13 +164,23 @@ class Booting:
         initramfs, and the config disk; and the VM's manifest (None for a VM created before VMs
         carried one)."""
         spec = self.launch_spec(vm)
-        spec = replace(spec, config_disk=spec.run_dir / CONFIG_DISK)
+        # The VM's volumes (claimed for it, formatted on first use) after the config disk.
+        disks, mounts = await self.volumes.attach(vm.name)
+        spec = replace(
+            spec,
+            config_disk=spec.run_dir / CONFIG_DISK,
+            disks=(*spec.disks, *disks),
+            mounts=(*spec.mounts, *mounts),
+        )
         if not vm.manifest_json:
             return spec, None  # boot the host image as it is
         manifest = vm_manifest(vm)
         plugin = await self.store.get_plugin(vm.plugin)
-        kernel, extra = await self.boot_artifacts(manifest, plugin.source)
-        initramfs = self.config.runtime_initramfs
+        boot = await self.boot_artifacts(manifest, plugin.source)
+        kernel, extra, initramfs = boot.kernel, boot.initramfs, self.config.runtime_initramfs
+        if boot.rootfs is not None:
+            disks, root = self.disks.layout(vm, manifest, boot.rootfs)
+            spec = replace(spec, disks=(*disks, *spec.disks), root=root)
         if extra is not None:
             try:
                 initramfs = await self.artifacts.concatenated(initramfs, extra)

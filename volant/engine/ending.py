@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from volant.model import EndCause, EventType, HypervisorEnd, VMStatus
+from volant.model import EndCause, EventType, HypervisorEnd, VMStatus, VolantError
 
 GUEST = "guest"  # VM_STOPPED's reason when the guest powered itself off
 SCOPE_STOPPED = "scope stopped by systemd"
@@ -65,3 +65,10 @@ def _exit_text(exit_status: int | None) -> str:
             name = f"signal {-exit_status}"
         return f"hypervisor killed by {name}"
     return f"hypervisor exited with status {exit_status}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for status_reason and events: a VolantError's message, else the exception's."""
+    if isinstance(exc, VolantError):
+        return exc.message
+    return str(exc) or type(exc).__name__

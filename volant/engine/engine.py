@@ -12,6 +12,7 @@ from volant.engine.boot import Booting, new_agent_secret
 from volant.engine.buildrun import BuildRunner
 from volant.engine.builds import build_service
 from volant.engine.console import Console, ConsoleVerbs
+from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
 from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
@@ -21,6 +22,7 @@ from volant.engine.ledger import Ledger
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
+    Disks,
     Guest,
     HypervisorDriver,
     MacFor,
@@ -33,6 +35,8 @@ from volant.engine.repair import Paths, Repair
 from volant.engine.system import SystemVerbs
 from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
+from volant.engine.vmdisks import VMDisks
+from volant.engine.volumes import Volumes
 from volant.engine.watch import Live, Watching, wait_event
 from volant.model import (
     AgentEndpoint,
@@ -70,7 +74,9 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         network: Network,
         *,
         artifacts: Artifacts,
+        disks: Disks,
         guest: Guest,
+        volumes: Volumes,
         mac_for: MacFor,
         version: str = "",
         machines: Machines | None = None,
@@ -84,16 +90,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.network = network
         self.artifacts = artifacts
         self.guest = guest
+        self.volumes = volumes
         self.machines = machines
         self.faults = faults or Faults()
         self.ledger = Ledger(store)
         self.host = HostSteps(self.ledger, supervisor, network, machines)
-        self.repair = Repair(
-            store,
-            self.host,
-            Paths(run_root=config.runtime_dir / "vms", console_root=config.state_dir / "consoles"),
-            self._emit_repair,
-        )
+        self.disks = VMDisks(self.ledger, disks, config.disks_dir, config.vm_disk_size_mb)
+        paths = Paths(config.runtime_dir / "vms", config.state_dir / "consoles", config.disks_dir)
+        self.repair = Repair(store, self.host, self.disks, paths, self._emit_repair, volumes)
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
@@ -160,11 +164,10 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         return await self.store.get_vm(validate_name(name))
 
     async def vm_usage(self, name: str) -> Usage:
-        """CPU time and memory of a VM's hypervisor (None fields where unknown or not running)."""
+        """Its hypervisor's CPU and memory (None: unknown, not running) and its disk's space."""
         vm = await self.store.get_vm(validate_name(name))
-        if not vm.status.is_active:
-            return Usage()
-        return await self.supervisor.usage(vm.name)
+        usage = await self.supervisor.usage(vm.name) if vm.status.is_active else Usage()
+        return await self.disks.usage(vm.name, usage)
 
     # -- write verbs --------------------------------------------------------------------------
 
@@ -206,6 +209,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 self.config.vm_console_log(vm.name),
             )
             undo.push("remove files", lambda: self.host.remove_files(run_dir, console_log))
+            undo.push("remove disk", lambda: self.disks.remove(spec.name))
             announced = False
             try:
                 cmdline = self._kernel_cmdline(vm, manifest, spec.kernel_args)
@@ -232,7 +236,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 return await self._launch(vm, undo)
             except BaseException as exc:
                 await undo.run()
-                reason = _reason(exc)
+                reason = failure_reason(exc)
                 vm = await self.store.update_vm(
                     name, status=VMStatus.ERROR, pid=None, status_reason=reason
                 )
@@ -277,12 +281,11 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
     async def delete_vm(self, name: str) -> None:
         """Kill the hypervisor if any, remove the tap, the row, its lease and its files."""
         async with self._lock(validate_name(name)), self.faults.verb("delete"):
-            vm = await self.store.get_vm(name)
+            vm, cfg = await self.store.get_vm(name), self.config
             await self._terminate(vm, graceful=False)
             self.faults.at("ended")
-            await self.host.remove_files(
-                self.config.vm_run_dir(name), self.config.vm_console_log(name)
-            )
+            await self.host.remove_files(cfg.vm_run_dir(name), cfg.vm_console_log(name))
+            await self.disks.remove(name)
             self.faults.at("files-removed")
             await self.store.delete_vm(name)
             self.faults.at("deleted")
@@ -306,6 +309,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         await self.host.plumb_tap(name, tap, isolated=vm.isolated)
         undo.push(f"delete tap {tap}", lambda: self.host.unplumb_tap(name))
         self.faults.at("tap-created")
+        await self.disks.ensure(name, spec.disks)
+        self.faults.at("disk-ready")
         await self.host.prepare_files(vm, spec)
         live = Live(hv=self.driver.for_vm(spec))
         self._live[name] = live
@@ -363,7 +368,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 log.info("VM %s running: workload healthy", vm.name, extra={"VM": vm.name})
                 await self._emit(EventType.VM_RUNNING, vm)
                 return
-            reason = _reason(failure)
+            reason = failure_reason(failure)
             log.error("VM %s failed its health gate: %s", vm.name, reason, extra={"VM": vm.name})
             await self._terminate(vm, graceful=False)
             vm = await self.store.update_vm(
@@ -417,10 +422,3 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                     await self._kill(vm.name, live)
             await self._forget(vm.name, live)
         await self.host.unplumb(vm.name)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for status_reason and events."""
-    if isinstance(exc, VolantError):
-        return exc.message
-    return str(exc) or type(exc).__name__

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 ENV = "VOLANT_FAULT_FILE"
 
-_LAUNCH = ("starting", "tap-created", "launched", "ready", "running")
+_LAUNCH = ("starting", "tap-created", "disk-ready", "launched", "ready", "running")
 _STOP = ("stopping", "ended", "stopped")
 # Every boundary of every verb, in the order a verb passes them. The fault-injection walk
 # (tests/system/test_faults.py) arms each one; a unit test checks the verbs pass exactly these.
@@ -38,6 +38,9 @@ STEPS: dict[str, tuple[str, ...]] = {
     "plugin-remove": ("removed",),
     # The install steps are the plugin-install ones, passed inside the build.
     "plugin-build": ("dir-made", "launched", "built", "verified", "artifacts-cached", "installed"),
+    "volume-create": ("file-made", "recorded"),
+    "volume-resize": ("grown", "fs-resized", "resized"),
+    "volume-delete": ("forgotten", "removed"),
 }
 
 _verb: contextvars.ContextVar[str] = contextvars.ContextVar("volant_verb", default="")

@@ -25,7 +25,7 @@ from volant.model import (
     VirtualMachine,
     disk_full_as_error,
 )
-from volant.runtime.configdisk import write_config_disk
+from volant.runtime.configdisk import storage_document, write_config_disk
 
 # The hypervisor's pid file and log need this much in its run directory.
 RUN_DIR_MIN_FREE = 64 * 1024
@@ -68,7 +68,11 @@ class HostSteps:
             document = json.loads(vm.manifest_json) if vm.manifest_json else None
             if spec.config_disk is not None:
                 await asyncio.to_thread(
-                    write_config_disk, spec.config_disk, document, vm.agent_secret
+                    write_config_disk,
+                    spec.config_disk,
+                    document,
+                    vm.agent_secret,
+                    storage_document(spec),
                 )
         await store.resource_made(ResourceKind.RUN_DIR, str(spec.run_dir))
 

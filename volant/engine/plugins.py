@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +31,9 @@ from volant.plugins.manifest import MAX_MANIFEST_BYTES, parse_manifest, validate
 from volant.plugins.schema import manifest_schema
 from volant.plugins.signing import verify
 
+if TYPE_CHECKING:
+    from volant.engine.boot import BootArtifacts
+
 log = logging.getLogger("volant.engine.engine")
 
 # A detached signature is one line of base64; anything much larger is not one.
@@ -51,9 +53,7 @@ class PluginVerbs:
 
     if TYPE_CHECKING:  # provided by Booting
 
-        async def boot_artifacts(
-            self, manifest: Manifest, origin: str
-        ) -> tuple[Path, Path | None]: ...
+        async def boot_artifacts(self, manifest: Manifest, origin: str) -> BootArtifacts: ...
 
     def plugin_schema(self) -> dict[str, Any]:
         """The JSON Schema (draft 2020-12) every manifest is validated against."""
@@ -127,10 +127,12 @@ class PluginVerbs:
         )
         manifest = parse_manifest(text)
         self.faults.at("verified")
-        if manifest.rootfs is None:
+        try:
             await self.boot_artifacts(manifest, origin)
-        else:  # cached now; booting it is volant.engine.boot's (rootfs support)
-            await self.artifacts.ensure(manifest.rootfs, base=origin, field="rootfs")
+        except VolantError:
+            # A rootfs that verified but is not a whole file system was cached already.
+            await self.prune_artifacts()
+            raise
         self.faults.at("artifacts-cached")
         plugin = await self.store.add_plugin(
             manifest.canonical_json,

@@ -28,6 +28,8 @@ from volant.model import (
     VirtualMachine,
     VMQuery,
     VMSpec,
+    Volume,
+    VolumeMount,
 )
 
 MacFor = Callable[[str, str | None], str]
@@ -147,6 +149,68 @@ class Store(Protocol):
     async def list_resources(self, vm: str | None = None) -> list[HostResource]: ...
 
     async def close(self) -> None: ...
+
+
+class VolumeStore(Protocol):
+    """Volume records and which VM mounts which volume (volant.store.volumes)."""
+
+    async def create_volume(self, name: str, size: int) -> Volume:
+        """Record a new, unformatted volume; NameTaken when one of that name exists."""
+        ...
+
+    async def get_volume(self, name: str) -> Volume:
+        """The volume with its attachments; NotFound when there is none."""
+        ...
+
+    async def volume_exists(self, name: str) -> bool: ...
+
+    async def list_volumes(self) -> list[Volume]: ...
+
+    async def update_volume(
+        self, name: str, *, size_bytes: int | None = None, formatted: bool | None = None
+    ) -> Volume: ...
+
+    async def delete_volume(self, name: str) -> None:
+        """Delete the record; Conflict while any VM has the volume attached."""
+        ...
+
+    async def vm_volumes(self, vm: str) -> list[VolumeMount]:
+        """The volumes attached to a VM (recorded with the VM at create)."""
+        ...
+
+    async def vm_state(self, vm: str) -> tuple[str, datetime] | None:
+        """(status, updated_at) of a VM; None when it is gone."""
+        ...
+
+
+class VolumeFiles(Protocol):
+    """Volume files on the host (volant.storage.volumes): sparse, ext4, grown offline."""
+
+    def path(self, name: str) -> Path: ...
+
+    async def create(self, name: str, size: int) -> None:
+        """A new sparse file; FileExistsError when there is one already."""
+        ...
+
+    async def remove(self, name: str) -> None: ...
+
+    async def grow(self, name: str, size: int) -> None: ...
+
+    async def format(self, name: str) -> None:
+        """mkfs.ext4 on the file."""
+        ...
+
+    async def grow_fs(self, name: str) -> None:
+        """Check the file system, then grow it to the file's size."""
+        ...
+
+    async def stat(self, name: str) -> tuple[int, int] | None:
+        """(size, bytes allocated on the host); None when the file is missing."""
+        ...
+
+    async def scan(self) -> dict[str, str]:
+        """Every file in the volumes directory: path -> volume name."""
+        ...
 
 
 class Hypervisor(Protocol):
@@ -271,6 +335,36 @@ class Artifacts(Protocol):
     async def prune(self, keep: set[str]) -> int:
         """Remove cached artifacts whose checksum is not in keep, every combined file and
         whatever a killed daemon left half-written; how many cached files went."""
+        ...
+
+
+class DiskSpaceLike(Protocol):
+    @property
+    def size_bytes(self) -> int: ...
+
+    @property
+    def allocated_bytes(self) -> int: ...
+
+
+class Disks(Protocol):
+    """VM disk files on the host (volant.storage.disks) and rootfs image checks."""
+
+    async def make(self, path: Path, size_bytes: int, label: str) -> None:
+        """A sparse ext4 file system of size_bytes at path, made whole or not at all."""
+        ...
+
+    async def remove(self, path: Path) -> None: ...
+
+    async def space(self, path: Path) -> DiskSpaceLike | None:
+        """Size and allocated bytes of the disk file; None when there is none."""
+        ...
+
+    async def scan(self, root: Path) -> dict[str, str]:
+        """Disk files under root (partial ones too): path -> VM name."""
+        ...
+
+    async def check_rootfs(self, path: Path, fmt: str) -> None:
+        """InvalidArgument (field rootfs) unless path holds a whole file system of fmt."""
         ...
 
 

@@ -3,9 +3,9 @@
 The store says which VMs exist and which of them this daemon now watches (adopted). The host
 is scanned on its own terms, not through the store: VM scopes (or, without systemd, hypervisor
 processes carrying a VM's name), taps with Volant's prefix, machined registrations, run
-directories and console logs; the ledger's records add whatever a scan cannot guess. What a VM
-needs is kept (and recorded when its record is missing); everything else is removed. Each
-repair is logged and recorded as a HOST_REPAIRED event.
+directories, console logs and VM disks; the ledger's records add whatever a scan cannot
+guess. What a VM needs is kept (and recorded when its record is missing); everything else is
+removed. Each repair is logged and recorded as a HOST_REPAIRED event.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Store
+from volant.engine.vmdisks import VMDisks
 from volant.model import ResourceKind, VirtualMachine, VolantError
 
 log = logging.getLogger("volant.engine.engine")
@@ -32,15 +33,27 @@ ORDER = (
     ResourceKind.TAP,
     ResourceKind.RUN_DIR,
     ResourceKind.CONSOLE_LOG,
+    ResourceKind.DISK,
+    ResourceKind.VOLUME,
 )
+
+
+class VolumeSource(Protocol):
+    """What repair needs of volumes (volant.engine.volumes.Volumes): the files the store
+    records, and the files in the volumes directory; path -> "" (no VM owns a volume)."""
+
+    async def wanted_files(self) -> dict[str, str]: ...
+
+    async def found_files(self) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Where per-VM files live: run directories and console logs."""
+    """Where per-VM files live: run directories, console logs and writable disks."""
 
     run_root: Path
     console_root: Path
+    disk_root: Path
 
     def run_dir(self, vm: str) -> str:
         return str(self.run_root / vm)
@@ -48,23 +61,38 @@ class Paths:
     def console_log(self, vm: str) -> str:
         return str(self.console_root / f"{vm}.log")
 
+    def disk(self, vm: str) -> str:
+        return str(self.disk_root / f"{vm}.img")
+
 
 class Repair:
     """Compares the host with the store and removes what no VM needs."""
 
-    def __init__(self, store: Store, host: HostSteps, paths: Paths, emit: Emit) -> None:
+    def __init__(
+        self,
+        store: Store,
+        host: HostSteps,
+        disks: VMDisks,
+        paths: Paths,
+        emit: Emit,
+        volumes: VolumeSource | None = None,
+    ) -> None:
         self.store = store
         self.host = host
+        self.disks = disks
         self.paths = paths
         self._emit = emit
+        self.volumes = volumes
 
     def wanted(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> dict[Key, str]:
-        """What the VMs need on the host: files for every VM; a hypervisor, a tap and a
-        machine for the ones whose hypervisor is watched. Key -> VM name."""
+        """What the VMs need on the host: files (and a disk, when it has one) for every VM; a
+        hypervisor, a tap and a machine for the ones whose hypervisor is watched. Key -> VM
+        name. A partial disk (a make cut short) is never wanted."""
         wanted: dict[Key, str] = {}
         for vm in vms:
             wanted[(ResourceKind.RUN_DIR, self.paths.run_dir(vm.name))] = vm.name
             wanted[(ResourceKind.CONSOLE_LOG, self.paths.console_log(vm.name))] = vm.name
+            wanted[(ResourceKind.DISK, self.paths.disk(vm.name))] = vm.name
             if vm.name in active:
                 wanted[(ResourceKind.SCOPE, vm.name)] = vm.name
                 wanted[(ResourceKind.TAP, self.host.network.tap_name(vm.name))] = vm.name
@@ -75,6 +103,11 @@ class Repair:
     async def run(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> int:
         """Repair the host; return how many resources were removed or adopted."""
         wanted = self.wanted(vms, active)
+        if self.volumes is not None:
+            # A volume's file is wanted while its row exists; one without a row is an orphan
+            # of a create or delete that was cut short, and goes.
+            files = await self.volumes.wanted_files()
+            wanted |= {(ResourceKind.VOLUME, path): vm for path, vm in files.items()}
         found = await self.scan()
         # Other services' records (builds) are theirs to repair.
         listed = await self.store.list_resources()
@@ -100,6 +133,8 @@ class Repair:
                 continue
             if key in found:
                 reason = "VM not running" if vm in names else "no VM of that name"
+                if kind is ResourceKind.VOLUME:
+                    reason = "no volume of that name"
                 await self._repaired(vm, kind, name, "removed", reason)
                 repairs += 1
             # else only the intent was written (the kill came before the change), or the
@@ -115,6 +150,8 @@ class Repair:
             (ResourceKind.TAP, self._taps),
             (ResourceKind.RUN_DIR, self._run_dirs),
             (ResourceKind.CONSOLE_LOG, self._console_logs),
+            (ResourceKind.DISK, self.disks.scan),
+            (ResourceKind.VOLUME, self._volume_files),
         ):
             try:
                 for name, vm in (await listing()).items():
@@ -139,6 +176,9 @@ class Repair:
 
     async def _console_logs(self) -> dict[str, str]:
         return await asyncio.to_thread(_entries, self.paths.console_root, "*.log", dirs=False)
+
+    async def _volume_files(self) -> dict[str, str]:
+        return {} if self.volumes is None else await self.volumes.found_files()
 
     async def _repaired(
         self, vm: str, kind: ResourceKind, name: str, action: str, reason: str

@@ -16,6 +16,7 @@ from volant.config import Config
 from volant.engine.events import EventBus
 from volant.engine.ports import HypervisorDriver, Store, Supervisor
 from volant.engine.telemetry import Telemetry
+from volant.engine.vmdisks import VMDisks
 from volant.host.stats import host_stats
 from volant.model import HostStats, Usage, VirtualMachine
 
@@ -60,6 +61,7 @@ class SystemVerbs:
     supervisor: Supervisor
     bus: EventBus
     telemetry: Telemetry
+    disks: VMDisks
     _version: str
 
     @property
@@ -67,9 +69,11 @@ class SystemVerbs:
         return self._version
 
     async def system_status(self) -> SystemStatus:
-        """VMs by status, their summed usage, IP pool usage and the host's CPU, memory, load."""
+        """VMs by status, their summed usage (disks of every VM, running or not), IP pool usage
+        and the host's CPU, memory, load."""
         vms = await self.store.list_vms()
         usages = [await self.supervisor.usage(vm.name) for vm in vms if vm.status.is_active]
+        usages += [await self.disks.usage(vm.name, Usage()) for vm in vms]
         leased, total = await self.store.pool_usage()
         return SystemStatus(
             version=self._version,
@@ -122,6 +126,11 @@ def _total(usages: list[Usage]) -> Usage:
     """Sum of the known values; None when no VM reported one."""
     cpu = [u.cpu_seconds for u in usages if u.cpu_seconds is not None]
     memory = [u.memory_bytes for u in usages if u.memory_bytes is not None]
+    disk = [u.disk_bytes for u in usages if u.disk_bytes is not None]
+    size = [u.disk_size_bytes for u in usages if u.disk_size_bytes is not None]
     return Usage(
-        cpu_seconds=sum(cpu) if cpu else None, memory_bytes=sum(memory) if memory else None
+        cpu_seconds=sum(cpu) if cpu else None,
+        memory_bytes=sum(memory) if memory else None,
+        disk_bytes=sum(disk) if disk else None,
+        disk_size_bytes=sum(size) if size else None,
     )

@@ -41,12 +41,15 @@ from volant.model.plugins import (
 from volant.model.types import (
     AGENT_PORT,
     CONFIG_DISK_SERIAL,
+    ROOTFS_SERIAL,
+    UPPER_SERIAL,
     AgentEndpoint,
     Disk,
     EndCause,
     Event,
     EventType,
     GuestMount,
+    GuestRoot,
     HostResource,
     HostStats,
     HypervisorEnd,
@@ -63,10 +66,21 @@ from volant.model.types import (
     VMSpec,
     VMStatus,
 )
+from volant.model.volumes import (
+    Volume,
+    VolumeAttachment,
+    VolumeMount,
+    format_size,
+    parse_size,
+    validate_mounts,
+    validate_volume_name,
+)
 
 __all__ = [
     "AGENT_PORT",
     "CONFIG_DISK_SERIAL",
+    "ROOTFS_SERIAL",
+    "UPPER_SERIAL",
     "ERROR_CLASSES",
     "ERROR_TABLE",
     "Action",
@@ -74,6 +88,7 @@ __all__ = [
     "Disk",
     "Artifact",
     "GuestMount",
+    "GuestRoot",
     "HealthCheck",
     "Manifest",
     "Plugin",
@@ -121,5 +136,12 @@ __all__ = [
     "VMStatus",
     "VirtualMachine",
     "VolantError",
+    "Volume",
+    "VolumeAttachment",
+    "VolumeMount",
     "WireForms",
+    "format_size",
+    "parse_size",
+    "validate_mounts",
+    "validate_volume_name",
 ]

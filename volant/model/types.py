@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from volant.model.volumes import VolumeMount
+
 # The guest agent's TCP (and vsock) port.
 AGENT_PORT = 8080
 
@@ -61,6 +63,8 @@ class ResourceKind(StrEnum):
     # directory; recorded under the build's id, never wanted after a volantd restart.
     BUILD_UNIT = "build_unit"
     BUILD_DIR = "build_dir"
+    DISK = "disk"  # a VM's writable disk (the overlay's upper layer), under the state dir
+    VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
 
 
 class ResourceState(StrEnum):
@@ -109,6 +113,10 @@ class VMSpec:
     kernel_args: str = ""
     # Cut off from every other guest on the bridge (it still reaches the host and beyond).
     isolated: bool = False
+    # A rootfs plugin's writes go to a tmpfs, lost at stop, instead of a per-VM disk.
+    ephemeral: bool = False
+    # Volumes attached at create, mounted by the agent at their paths on every start.
+    volumes: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class VirtualMachine:
     # The plugin manifest (canonical JSON) as it was when the VM was created.
     manifest_json: str = field(default="", repr=False)
     isolated: bool = False
+    ephemeral: bool = False
     # What the guest's agent wants on every request. Only volantd and that guest know it: it is
     # in no representation (to_dict), event, log line or repr.
     agent_secret: str = field(default="", repr=False)
@@ -153,6 +162,7 @@ class VirtualMachine:
             "kernel_cmdline": self.kernel_cmdline,
             "unit": self.unit,
             "isolated": self.isolated,
+            "ephemeral": self.ephemeral,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -219,6 +229,20 @@ class GuestMount:
 
 # The serial of the config disk every VM gets (volant.runtime.configdisk).
 CONFIG_DISK_SERIAL = "volant-config"
+# Serials of a rootfs plugin's shared, read-only root and of a VM's own writable disk.
+ROOTFS_SERIAL = "volant-rootfs"
+UPPER_SERIAL = "volant-upper"
+
+
+@dataclass(frozen=True)
+class GuestRoot:
+    """The workload's root in a rootfs plugin's guest: the rootfs disk (format, found by its
+    serial) under an overlay whose upper layer is the disk with serial upper, or a tmpfs when
+    upper is empty (an ephemeral VM). Both disks are in LaunchSpec.disks."""
+
+    format: str
+    rootfs: str = ROOTFS_SERIAL
+    upper: str = ""
 
 
 @dataclass(frozen=True)
@@ -241,6 +265,8 @@ class LaunchSpec:
     disks: tuple[Disk, ...] = ()
     # Where the agent mounts disks of `disks` in the workload's root (the config disk says).
     mounts: tuple[GuestMount, ...] = ()
+    # None for an initramfs plugin: the workload runs in the agent's own root.
+    root: GuestRoot | None = None
     start_paused: bool = False
 
     @property
@@ -288,13 +314,25 @@ class Launched:
 
 @dataclass(frozen=True)
 class Usage:
-    """Resources a VM's hypervisor has used; None where the host cannot tell (no accounting)."""
+    """Resources a VM's hypervisor has used; None where the host cannot tell (no accounting).
+
+    disk_bytes is what the VM's writable disk takes on the host (allocated blocks: its own
+    writes, the shared rootfs not counted) and disk_size_bytes the size the guest sees; both
+    None when the VM has no disk (an initramfs plugin, or an ephemeral VM).
+    """
 
     cpu_seconds: float | None = None
     memory_bytes: int | None = None
+    disk_bytes: int | None = None
+    disk_size_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu_seconds": self.cpu_seconds, "memory_bytes": self.memory_bytes}
+        return {
+            "cpu_seconds": self.cpu_seconds,
+            "memory_bytes": self.memory_bytes,
+            "disk_bytes": self.disk_bytes,
+            "disk_size_bytes": self.disk_size_bytes,
+        }
 
 
 class VMSortKey(StrEnum):

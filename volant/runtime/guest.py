@@ -192,6 +192,11 @@ class GuestAgent:
                 status, last = probed
                 if status == 200 and "workload" in last:
                     return last
+                if last.get("workload") == "failed":  # it never will be: say why now
+                    raise Unavailable(
+                        f"the guest cannot start its workload: {last.get('error', 'unknown')}",
+                        hint="the agent's log stream (/v1/logs) and the console log say more",
+                    )
             left = end - time.monotonic()
             if left > 0:
                 await asyncio.sleep(min(interval, left))

@@ -5,6 +5,7 @@ them, only model. Needs skopeo, umoci and mkfs.erofs (erofs-utils) on PATH, and 
 """
 
 from volant.storage.cache import ImageCache
+from volant.storage.disks import DiskFiles, DiskSpace
 from volant.storage.errors import (
     ImageCorrupt,
     ImageNotFound,
@@ -25,6 +26,8 @@ from volant.storage.skopeo import Access
 __all__ = [
     "Access",
     "Descriptor",
+    "DiskFiles",
+    "DiskSpace",
     "ImageCache",
     "ImageCorrupt",
     "ImageNotFound",

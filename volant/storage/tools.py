@@ -18,7 +18,14 @@ from volant.storage.errors import NoSpace
 
 log = logging.getLogger(__name__)
 
-PACKAGES = {"skopeo": "skopeo", "umoci": "umoci", "mkfs.erofs": "erofs-utils"}
+PACKAGES = {
+    "skopeo": "skopeo",
+    "umoci": "umoci",
+    "mkfs.erofs": "erofs-utils",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+}
 # skopeo logs through logrus: time="…" level=fatal msg="…"; umoci marks its message with a
 # cross (U+2A2F).
 _LOGRUS_MSG = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
@@ -67,7 +74,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> F
     except FileNotFoundError as exc:
         package = PACKAGES.get(tool, tool)
         raise Unavailable(
-            f"{tool} is not installed; image builds need it", hint=f"apt install {package}"
+            f"{tool} is not installed; Volant needs it here", hint=f"apt install {package}"
         ) from exc
     try:
         out, err = await proc.communicate()

@@ -130,12 +130,48 @@ _HOST_RESOURCES = (
     "CREATE INDEX host_resources_vm ON host_resources(vm)",
 )
 
+# Volumes: named sparse files under <state_dir>/volumes that outlive VMs, and which VM mounts
+# which volume where. A VM's attachments go with it (CASCADE); a volume cannot go while a VM
+# has it (RESTRICT, and the store says so first with a Conflict). formatted: mkfs.ext4 ran on
+# the file (at its first attach), so the next attach must not run it again.
+_VOLUMES = (
+    """
+    CREATE TABLE volumes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 20),
+        size_bytes INTEGER NOT NULL CHECK (size_bytes > 0),
+        filesystem TEXT NOT NULL DEFAULT 'ext4',
+        formatted INTEGER NOT NULL DEFAULT 0 CHECK (formatted IN (0, 1)),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT
+    """,
+    """
+    CREATE TABLE vm_volumes (
+        vm_id INTEGER NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        volume_id INTEGER NOT NULL REFERENCES volumes(id) ON DELETE RESTRICT,
+        path TEXT NOT NULL CHECK (substr(path, 1, 1) = '/'),
+        read_only INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
+        PRIMARY KEY (vm_id, volume_id),
+        UNIQUE (vm_id, path)
+    ) STRICT
+    """,
+    "CREATE INDEX vm_volumes_volume ON vm_volumes(volume_id)",
+)
+
+# A rootfs VM whose writes go to a tmpfs (lost at stop) rather than to its own disk.
+_EPHEMERAL = (
+    "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0 CHECK (ephemeral IN (0, 1))",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
     Migration(3, "index events by time for retention", _EVENT_AGE),
     Migration(4, "agent secrets and guest isolation", _AGENT_SECRET_AND_ISOLATION),
     Migration(5, "records of host resources", _HOST_RESOURCES),
+    Migration(6, "volumes and their attachments to VMs", _VOLUMES),
+    Migration(7, "ephemeral VMs", _EPHEMERAL),
 )
 
 

@@ -20,7 +20,7 @@ from volant.model import (
     VMSpec,
     VMStatus,
 )
-from volant.store import pool
+from volant.store import pool, volumes
 from volant.store.rows import PluginRow, VMRow, to_vm, utcnow
 
 MacFor = Callable[[str, str | None], str]
@@ -50,8 +50,8 @@ def create_vm(
 ) -> VirtualMachine:
     """Insert the VM and take its lease in one transaction; on error nothing remains.
 
-    The VM's plugin must be installed and enabled; that is checked in the same transaction, so
-    a plugin cannot be removed between the check and the insert.
+    The VM's plugin must be installed and enabled and its volumes must exist; that is checked in
+    the same transaction, so neither can be removed between the check and the insert.
     """
     if spec.cpu_cores is None or spec.memory_mb is None:
         raise TypeError("create_vm() needs a spec with cpu_cores and memory_mb resolved")
@@ -84,6 +84,7 @@ def create_vm(
             "unit": unit,
             "manifest_json": manifest_json,
             "isolated": spec.isolated,
+            "ephemeral": spec.ephemeral,
             "agent_secret": agent_secret,
             "created_at": now,
             "updated_at": now,
@@ -96,6 +97,7 @@ def create_vm(
         # above cannot have been leased by anyone else in between.
         if ip is not None and not pool.lease(db, ip, vm_id, now):
             raise Conflict(f"IP address {ip} was leased concurrently; retry")
+        volumes.attach(db, vm_id, spec.volumes)
     return to_vm(VMRow(id=vm_id, **values))
 
 

@@ -90,6 +90,7 @@ class VMRow(_Row):
     status_reason = peewee.TextField(default="")
     manifest_json = peewee.TextField(default="")
     isolated = peewee.BooleanField(default=False)
+    ephemeral = peewee.BooleanField(default=False)
     agent_secret = peewee.TextField(default="")
     created_at = _Timestamp()
     updated_at = _Timestamp()
@@ -152,6 +153,31 @@ class ResourceRow(_Row):
         primary_key = peewee.CompositeKey("kind", "name")
 
 
+class VolumeRow(_Row):
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    size_bytes = peewee.IntegerField()
+    filesystem = peewee.TextField(default="ext4")
+    formatted = peewee.BooleanField(default=False)
+    created_at = _Timestamp()
+    updated_at = _Timestamp()
+
+    class Meta:
+        table_name = "volumes"
+
+
+class VMVolumeRow(_Row):
+    # Plain columns, like IPRow.vm_id: the constraints live in the schema.
+    vm_id = peewee.IntegerField()
+    volume_id = peewee.IntegerField()
+    path = peewee.TextField()
+    read_only = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "vm_volumes"
+        primary_key = peewee.CompositeKey("vm_id", "volume_id")
+
+
 def to_resource(row: ResourceRow) -> HostResource:
     return HostResource(
         kind=ResourceKind(row.kind),
@@ -179,6 +205,7 @@ def to_vm(row: VMRow) -> VirtualMachine:
         status_reason=row.status_reason,
         manifest_json=row.manifest_json,
         isolated=bool(row.isolated),
+        ephemeral=bool(row.ephemeral),
         agent_secret=row.agent_secret,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -41,6 +41,7 @@ from volant.store.migrations import MIGRATIONS, Migration, check_order
 from volant.store.opening import connect
 from volant.store.ops import MacFor
 from volant.store.space import RESERVE_BYTES, Reserve, full_error, is_disk_full
+from volant.store.volumes import SqliteVolumes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class SqliteStore:
         self._reserve = reserve
         self._closed = False
         self.path = path
+        self.volumes = SqliteVolumes(db, self._call, self._add)
+        """Volume records (the engine's VolumeStore), on this store's thread."""
 
     @classmethod
     async def open(

@@ -18,6 +18,8 @@ from volant.model import (
     VMSortKey,
     VMSpec,
     VMStatus,
+    Volume,
+    VolumeMount,
 )
 
 from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
@@ -25,7 +27,11 @@ from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
 INTEGER_TYPES = frozenset("ynqiuxt")
 SCALARS: tuple[tuple[type, str], ...] = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
 SPEC_KEYS = {"name": "s", "plugin": "s", "cpu_cores": "int", "memory_mb": "int",
-             "kernel_args": "s", "isolated": "b"}  # fmt: skip
+             "kernel_args": "s", "isolated": "b", "ephemeral": "b",
+             "volumes": "aa{sv}"}  # fmt: skip
+MOUNT_KEYS = {"name": "s", "path": "s", "read_only": "b"}
+# A size is bytes (any integer type) or a text with a suffix ("1G").
+VOLUME_KEYS = {"name": "s", "size": "size"}
 QUERY_KEYS = {"status": "s", "plugin": "s", "prefix": "s", "sort": "s", "descending": "b",
               "limit": "int", "offset": "int"}  # fmt: skip
 INSTALL_KEYS = {"manifest": "s", "url": "s", "signature": "s", "origin": "s", "replace": "b"}
@@ -109,7 +115,12 @@ def _typed(request: Mapping[str, tuple[str, Any]], keys: Mapping[str, str], what
         expected = keys.get(key)
         if expected is None:
             raise InvalidArgument(f"unknown key {key!r} in the {what}", field=key)
-        ok = signature in INTEGER_TYPES if expected == "int" else signature == expected
+        if expected == "int":
+            ok = signature in INTEGER_TYPES
+        elif expected == "size":
+            ok = signature in INTEGER_TYPES or signature == "s"
+        else:
+            ok = signature == expected
         if not ok:
             want = "an integer" if expected == "int" else f"type {expected!r}"
             raise InvalidArgument(
@@ -131,7 +142,30 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
         memory_mb=values.get("memory_mb"),
         kernel_args=values.get("kernel_args", ""),
         isolated=values.get("isolated", False),
+        ephemeral=values.get("ephemeral", False),
+        volumes=tuple(_mount(m) for m in values.get("volumes", [])),
     )
+
+
+def _mount(mount: Mapping[str, tuple[str, Any]]) -> VolumeMount:
+    values = _typed(mount, MOUNT_KEYS, "volume of the VM spec")
+    if "name" not in values or "path" not in values:
+        raise InvalidArgument("each volume needs a 'name' and a 'path'", field="volumes")
+    return VolumeMount(values["name"], values["path"], bool(values.get("read_only", False)))
+
+
+def volume_request_from_dbus(request: Mapping[str, tuple[str, Any]]) -> tuple[str, int | str]:
+    """CreateVolume's (and, without name, ResizeVolume's) a{sv}: (name, size)."""
+    values = _typed(request, VOLUME_KEYS, "volume request")
+    if "size" not in values:
+        raise InvalidArgument(
+            "the volume request needs a 'size' (bytes, or like '1G')", field="size"
+        )
+    return str(values.get("name", "")), values["size"]
+
+
+def volume_to_dbus(volume: Volume) -> VarDict:
+    return vardict(volume.to_dict())
 
 
 def query_from_dbus(filters: Mapping[str, tuple[str, Any]]) -> VMQuery:

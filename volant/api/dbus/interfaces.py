@@ -176,6 +176,35 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name=MANAGER_INTERFAC
         """The last lines (0: 100) the VM printed on its serial console, as bytes."""
         raise NotImplementedError
 
+    @dbus_method_async("", "aa{sv}", CALL, ("volumes",), method_name="ListVolumes")
+    async def list_volumes(self) -> list[VarDict]:
+        raise NotImplementedError
+
+    @dbus_method_async("s", "a{sv}", CALL, ("volume",), ("name",), method_name="GetVolume")
+    async def get_volume(self, name: str) -> VarDict:
+        """The volume: size_bytes, allocated_bytes, formatted, missing, in_use_by and its
+        attachments (vm, path, read_only, vm_status)."""
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "a{sv}", "a{sv}", CALL, ("volume",), ("request",), method_name="CreateVolume"
+    )
+    async def create_volume(self, request: VarDict) -> VarDict:
+        """request: name (s) and size (bytes as an integer, or s such as "1G")."""
+        raise NotImplementedError
+
+    @dbus_method_async(
+        "sa{sv}", "a{sv}", CALL, ("volume",), ("name", "request"), method_name="ResizeVolume"
+    )
+    async def resize_volume(self, name: str, request: VarDict) -> VarDict:
+        """request: size (grow only; refused while a VM runs with the volume)."""
+        raise NotImplementedError
+
+    @dbus_method_async("s", "", CALL, (), ("name",), method_name="DeleteVolume")
+    async def delete_volume(self, name: str) -> None:
+        """Refused (Conflict) while any VM has the volume attached."""
+        raise NotImplementedError
+
     @dbus_signal_async("tssa{sv}", ("id", "type", "vm", "payload"), signal_name="VMEvent")
     def vm_event(self) -> tuple[int, str, str, VarDict]:
         raise NotImplementedError

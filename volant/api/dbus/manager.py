@@ -30,6 +30,8 @@ from .codec import (
     spec_from_dbus,
     vardict,
     vm_to_dbus,
+    volume_request_from_dbus,
+    volume_to_dbus,
 )
 from .errors import dbus_errors
 from .interfaces import ManagerInterface, VarDict
@@ -70,7 +72,9 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
     async def get_vm(self, name: str) -> VarDict:
         with dbus_errors(self._engine.telemetry):
             await self._authorize(Action.READ)
-            return vm_to_dbus(await self._engine.get_vm(name))
+            vm = vm_to_dbus(await self._engine.get_vm(name))
+            mounts = await self._engine.volumes.vm_volumes(name)
+            return vm | vardict({"volumes": [m.to_dict() for m in mounts]})
 
     @dbus_method_async_override()
     async def get_vm_usage(self, name: str) -> VarDict:
@@ -217,6 +221,40 @@ class ManagerObject(DbusObjectManagerInterfaceAsync, ManagerInterface):
                 plugin, action, body=body, content_type=content_type
             )
             return reply_to_dbus(reply)
+
+    # -- volumes --------------------------------------------------------------------------------
+
+    @dbus_method_async_override()
+    async def list_volumes(self) -> list[VarDict]:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.READ)
+            return [volume_to_dbus(v) for v in await self._engine.volumes.list_volumes()]
+
+    @dbus_method_async_override()
+    async def get_volume(self, name: str) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.READ)
+            return volume_to_dbus(await self._engine.volumes.get_volume(name))
+
+    @dbus_method_async_override()
+    async def create_volume(self, request: VarDict) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.MANAGE_VMS)
+            name, size = volume_request_from_dbus(request)
+            return volume_to_dbus(await self._engine.volumes.create_volume(name, size))
+
+    @dbus_method_async_override()
+    async def resize_volume(self, name: str, request: VarDict) -> VarDict:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.MANAGE_VMS)
+            _name, size = volume_request_from_dbus(request)
+            return volume_to_dbus(await self._engine.volumes.resize_volume(name, size))
+
+    @dbus_method_async_override()
+    async def delete_volume(self, name: str) -> None:
+        with dbus_errors(self._engine.telemetry):
+            await self._authorize(Action.MANAGE_VMS)
+            await self._engine.volumes.delete_volume(name)
 
     # -- events and the host --------------------------------------------------------------------
 

@@ -14,30 +14,25 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import asdict
+from typing import Any
 
 from mcp import types
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, StrictStr
+from pydantic import Field, JsonValue, StrictBool, StrictInt, StrictStr
 
-from volant.api.validation import validate_model
 from volant.auth.polkit import Action
 from volant.engine import Engine
 from volant.engine.console import MAX_LOG_LINES
 from volant.engine.ports import GuestReplyLike
-from volant.model import EventType, VMQuery, VMSpec, VMStatus, VolantError
+from volant.model import EventType, VMQuery, VMSpec, VMStatus, VolantError, VolumeMount
 from volant.model.validate import DNS_LABEL
+from volant.model.volumes import VOLUME_NAME_PATTERN
 from volant.plugins.schema import ACTION_NAME
 
-A = TypeVar("A", bound=BaseModel)
-Authorize = Callable[[Action], Awaitable[None]]
+from .tooldef import A, Arguments, Authorize, ToolDef, inline_refs, parse_arguments
+from .volume_tools import VOLUME_TOOLS
 
-
-class Arguments(BaseModel):
-    """Tool arguments: unknown keys and loosely typed values are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["A", "TOOLS", "Arguments", "Authorize", "ToolDef", "inline_refs", "parse_arguments"]
 
 
 class NoArguments(Arguments):
@@ -56,6 +51,12 @@ class ListVMs(Arguments):
     offset: StrictInt = Field(0, ge=0, le=1_000_000, description="Skip this many matches first")
 
 
+class VolumeArgument(Arguments):
+    name: StrictStr = Field(pattern=VOLUME_NAME_PATTERN, description="An existing volume")
+    path: StrictStr = Field(pattern="^/", description="Absolute path the guest mounts it at")
+    read_only: StrictBool = Field(False, description="Mount it read-only")
+
+
 class CreateVM(Arguments):
     name: StrictStr = Field(pattern=DNS_LABEL, description="VM name (a DNS label)")
     plugin: StrictStr = Field(pattern=DNS_LABEL, description="Installed plugin to run")
@@ -64,6 +65,12 @@ class CreateVM(Arguments):
     kernel_args: StrictStr = Field("", description="Extra kernel command line arguments")
     isolated: StrictBool = Field(
         False, description="Cut the VM off from every other guest (it still reaches the host)"
+    )
+    ephemeral: StrictBool = Field(
+        False, description="A rootfs plugin's VM writes to a tmpfs, lost at stop, not a disk"
+    )
+    volumes: list[VolumeArgument] = Field(
+        [], max_length=16, description="Volumes to mount in the guest (create_volume makes one)"
     )
 
 
@@ -109,7 +116,8 @@ async def list_vms(engine: Engine, args: ListVMs) -> dict[str, Any]:
 async def get_vm(engine: Engine, args: VMName) -> dict[str, Any]:
     vm = await engine.get_vm(args.name)
     usage = await engine.vm_usage(vm.name)
-    return {**vm.to_dict(), "usage": usage.to_dict()}
+    volumes = [v.to_dict() for v in await engine.volumes.vm_volumes(vm.name)]
+    return {**vm.to_dict(), "usage": usage.to_dict(), "volumes": volumes}
 
 
 async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
@@ -120,6 +128,8 @@ async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
         memory_mb=args.memory_mb,
         kernel_args=args.kernel_args,
         isolated=args.isolated,
+        ephemeral=args.ephemeral,
+        volumes=tuple(VolumeMount(v.name, v.path, v.read_only) for v in args.volumes),
     )
     return (await engine.create_vm(spec)).to_dict()
 
@@ -189,76 +199,6 @@ async def list_events(engine: Engine, args: ListEvents) -> dict[str, Any]:
 
 async def system_status(engine: Engine, _args: NoArguments) -> dict[str, Any]:
     return asdict(await engine.system_status())
-
-
-@dataclass(frozen=True)
-class ToolDef(Generic[A]):
-    """One tool: its name and description for the model, its arguments and its engine call.
-
-    `action` is the polkit action a unix-socket caller needs (None: open to all); TCP callers
-    were already judged by the API key before the MCP request was read. A tool without an
-    action only reads; `read_only` says so of one that needs an action all the same.
-    """
-
-    name: str
-    title: str
-    description: str
-    arguments: type[A]
-    run: Callable[[Engine, A], Awaitable[dict[str, Any]]]
-    action: Action | None = None
-    destructive: bool = False
-    idempotent: bool = True
-    read_only: bool = False
-
-    def describe(self) -> types.Tool:
-        schema = inline_refs(self.arguments.model_json_schema())
-        schema.pop("title", None)
-        return types.Tool(
-            name=self.name,
-            title=self.title,
-            description=self.description,
-            input_schema=schema,
-            annotations=types.ToolAnnotations(
-                title=self.title,
-                read_only_hint=self.action is None or self.read_only,
-                destructive_hint=self.destructive,
-                idempotent_hint=self.idempotent,
-                open_world_hint=False,
-            ),
-        )
-
-    async def call(
-        self, engine: Engine, arguments: Mapping[str, Any], authorize: Authorize
-    ) -> dict[str, Any]:
-        """Authorise, decode, run; raises VolantError."""
-        if self.action is not None:
-            await authorize(self.action)
-        return await self.run(engine, parse_arguments(self.arguments, arguments))
-
-
-def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with its `$defs` written out where they are used: some MCP clients hand tool
-    schemas to models that do not follow `$ref`. (The argument models are not recursive.)"""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            rest = {key: value for key, value in node.items() if key != "$ref"}
-            return {**walk(defs[ref.removeprefix("#/$defs/")]), **walk(rest)}
-        return {key: walk(value) for key, value in node.items()}
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
-def parse_arguments(model: type[A], arguments: Mapping[str, Any]) -> A:
-    """Validate tool arguments; the first problem becomes an InvalidArgument naming it."""
-    return validate_model(model, arguments, unknown="argument", whole="arguments")
 
 
 TOOLS: tuple[ToolDef[Any], ...] = (
@@ -384,6 +324,7 @@ TOOLS: tuple[ToolDef[Any], ...] = (
         arguments=NoArguments,
         run=system_status,
     ),
+    *VOLUME_TOOLS,
 )
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import builds, console, events, plugins, system, vms
+from . import builds, console, events, plugins, system, vms, volumes
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -37,6 +37,7 @@ def declare(api: Api) -> None:
     events.add_routes(api)
     builds.add_routes(api)  # before plugins: POST /plugins/build is not a plugin's route
     plugins.add_routes(api)
+    volumes.add_routes(api)
     console.add_routes(api)
 
 

@@ -43,6 +43,10 @@ class VM(Reply):
         description="Cut off from every other guest (asked at create, or the plugin's "
         "network.isolated)"
     )
+    ephemeral: bool = Field(
+        description="Asked at create: its writes go to a tmpfs, not a disk (a plugin's "
+        "rootfs.ephemeral has the same effect)"
+    )
     created_at: str = Field(description="ISO 8601 time")
     updated_at: str = Field(description="ISO 8601 time")
 
@@ -50,10 +54,50 @@ class VM(Reply):
 class Usage(Reply):
     cpu_seconds: float | None = Field(description="CPU time used; null when unknown")
     memory_bytes: int | None = Field(description="Memory in use; null without memory accounting")
+    disk_bytes: int | None = Field(
+        description="Host space the VM's own disk takes (its writes; the shared rootfs is not "
+        "counted); null without a disk (initramfs plugins, ephemeral VMs)"
+    )
+    disk_size_bytes: int | None = Field(
+        description="Size of the VM's disk as the guest sees it; null without a disk"
+    )
+
+
+class VMVolume(Reply):
+    name: str
+    path: str = Field(description="Where the guest mounts it")
+    read_only: bool
 
 
 class VMWithUsage(VM):
     usage: Usage
+    volumes: list[VMVolume] = Field(description="Volumes attached at create, by name")
+
+
+class VolumeAttachment(Reply):
+    vm: str
+    path: str = Field(description="Where that VM's guest mounts the volume")
+    read_only: bool
+    vm_status: str
+
+
+class Volume(Reply):
+    name: str
+    size_bytes: int = Field(description="The size the guest sees")
+    allocated_bytes: int | None = Field(
+        description="Bytes the sparse file takes on the host; null when the file is missing"
+    )
+    formatted: bool = Field(description="ext4 made on it (at its first use)")
+    missing: bool = Field(description="The volume is recorded but its file is gone")
+    in_use_by: str | None = Field(description="The VM running with it now, if any")
+    attachments: list[VolumeAttachment]
+    created_at: str
+    updated_at: str
+
+
+class VolumeList(Reply):
+    volumes: list[Volume]
+    total: int
 
 
 class VMList(Reply):

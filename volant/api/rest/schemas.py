@@ -16,9 +16,14 @@ from pydantic import (
     field_validator,
 )
 
-from volant.api.validation import validate_model
-from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus
+from volant.api.validation import Size, validate_model
+from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus, VolumeMount
 from volant.model.validate import DNS_LABEL, PREFIX_RE
+from volant.model.volumes import (
+    MAX_PATH,
+    MOUNT_PATH_PATTERN,
+    VOLUME_NAME_PATTERN,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,6 +39,40 @@ def _whole(value: Any) -> Any:
 
 
 Whole = Annotated[StrictInt, BeforeValidator(_whole)]
+# The pattern is documented, not enforced here: the engine's check says what a name is.
+VolumeName = Annotated[StrictStr, Field(json_schema_extra={"pattern": VOLUME_NAME_PATTERN})]
+
+
+class VolumeRequest(BaseModel):
+    """One volume of a new VM."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: VolumeName = Field(description="An existing volume")
+    path: StrictStr = Field(
+        description="Absolute path the guest mounts it at: not / or a system directory such "
+        "as /proc, no '.' or '..', no spaces or ':'",
+        max_length=MAX_PATH,
+        json_schema_extra={"pattern": MOUNT_PATH_PATTERN},
+    )
+    read_only: StrictBool = Field(False, description="Mount it read-only")
+
+
+class CreateVolumeRequest(BaseModel):
+    """POST /api/v1/volumes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: VolumeName = Field(description="Volume name: a DNS label of at most 20 characters")
+    size: Size
+
+
+class ResizeVolumeRequest(BaseModel):
+    """POST /api/v1/volumes/{volume}/resize: grow only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Size
 
 
 class CreateVMRequest(BaseModel):
@@ -57,6 +96,19 @@ class CreateVMRequest(BaseModel):
         description="Cut the VM off from every other guest (it still reaches the host and "
         "beyond); a plugin's network.isolated makes every VM of it so",
     )
+    ephemeral: StrictBool = Field(
+        False,
+        description="A rootfs plugin's VM keeps its writes in a tmpfs, lost at stop, instead of "
+        "on its own disk; a plugin's rootfs.ephemeral makes every VM of it so",
+    )
+    volumes: list[VolumeRequest] = Field(
+        [],
+        max_length=16,
+        description="Volumes to mount in the guest; each used by one running VM at a time",
+    )
+
+    def volume_mounts(self) -> tuple[VolumeMount, ...]:
+        return tuple(VolumeMount(v.name, v.path, v.read_only) for v in self.volumes)
 
 
 SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from volant.model.validate import DNS_LABEL
+from volant.model.volumes import VOLUME_NAME_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
@@ -28,6 +29,11 @@ PATH_PARAMS: Mapping[str, dict[str, Any]] = {
     "plugin": {"type": "string", "pattern": DNS_LABEL, "description": "Plugin name"},
     "action": {"type": "string", "minLength": 1, "description": "Action name in the manifest"},
     "build": {"type": "string", "pattern": "^[0-9a-f]{12}$", "description": "Build id"},
+    "volume": {
+        "type": "string",
+        "pattern": VOLUME_NAME_PATTERN,
+        "description": "Volume name (a DNS label of at most 20 characters)",
+    },
 }
 
 # Statuses any route can answer with, whatever it does: access control, limits, bugs.
