@@ -210,3 +210,10 @@ def test_the_image_config_keeps_entrypoint_and_cmd_apart() -> None:
     workload = workload_from_config(config)
     assert workload.argv == ("/init", "serve", "-v")
     assert (workload.entrypoint, workload.cmd) == (("/init",), ("serve", "-v"))
+
+
+def test_a_health_check_on_a_process_workload_gets_a_base_url() -> None:
+    spec = BuildSpec(image=FACTS.image, workload_type="process", health_path="/")
+    workload = workload_from(FACTS, spec)
+    assert (workload["type"], workload["base_url"]) == ("process", "http://127.0.0.1:443")
+    parse_manifest(json.dumps(manifest_from_image(FACTS, spec, "web")))

@@ -99,7 +99,7 @@ def workload_from(facts: ImageFacts, spec: BuildSpec) -> dict[str, Any]:
     user = facts.user if spec.user is None else spec.user
     if user:
         workload["user"] = user
-    if kind == "http":
+    if kind == "http" or spec.health_path:  # a health check is asked of base_url
         workload["base_url"] = _base_url(facts, spec)
     if spec.health_path:
         workload["health_check"] = {"path": spec.health_path}

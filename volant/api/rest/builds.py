@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from volant.auth.polkit import Action
 from volant.model.builds import BuildSpec, BuildState
 from volant.model.validate import NAME_RE
-from volant.plugins.schema import ABS_PATH, ENV_NAME, HTTP_URL, USER
+from volant.plugins.schema import ENV_NAME, HTTP_URL, USER
 
 from .common import engine_of, read_json
 from .peer import authorize
@@ -35,6 +35,9 @@ _DOCKER = (
 _LOCAL = r"(oci|oci-archive|docker-archive):[A-Za-z0-9._/-]*[A-Za-z0-9](:[!-~]*)?"
 IMAGE = rf"^({_DOCKER}|{_LOCAL})$"
 VERSION = r"^([0-9A-Za-z][0-9A-Za-z.+_-]{0,63})?$"
+# An absolute path of printable ASCII: the manifest's `^/\S*$` read the way Python reads \S
+# (control characters such as U+001E count as blanks there).
+PATH = r"^(/[!-~]*)?$"
 
 
 def _doc(pattern: str) -> dict[str, Any]:
@@ -79,7 +82,7 @@ class BuildPluginRequest(BaseModel):
         json_schema_extra={"propertyNames": {"pattern": ENV_NAME}},
     )
     workdir: StrictStr | None = Field(
-        None, description="Replaces WorkingDir", json_schema_extra=_doc(f"^$|{ABS_PATH}")
+        None, description="Replaces WorkingDir", json_schema_extra=_doc(PATH)
     )
     user: StrictStr | None = Field(
         None,
@@ -97,7 +100,7 @@ class BuildPluginRequest(BaseModel):
     health_path: StrictStr = Field(
         "",
         description="Health check path of an http workload",
-        json_schema_extra=_doc(f"^$|{ABS_PATH}"),
+        json_schema_extra=_doc(PATH),
     )
     cpu_cores: Whole = Field(1, ge=1, le=512)
     memory_mb: Whole = Field(512, ge=16, le=4_194_304)
