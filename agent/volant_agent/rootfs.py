@@ -11,9 +11,11 @@ The agent stays the child of the host initramfs' PID 1 and never switch_roots: i
 then binds its own /proc, /sys, /dev, /dev/pts, /run and /tmp into root, writes /etc/hostname,
 /etc/hosts and /etc/resolv.conf there, and mounts each volume disk at its path (a new,
 read-write volume first gets the files, owner and mode of the image's directory it covers).
-The workload is then started chrooted into root (volant_agent.workload). Disks are found by the
-serial volantd gave them (/sys/block/vdX/serial). Every path inside the image is resolved with
-volant_agent.paths, so the image's symlinks cannot point a mount or a write outside root.
+Ports below 1024 are opened to every user (net.ipv4.ip_unprivileged_port_start=0, as in a
+Docker container). The workload is then started chrooted into root (volant_agent.workload).
+Disks are found by the serial volantd gave them (/sys/block/vdX/serial). Every path inside
+the image is resolved with volant_agent.paths, so the image's symlinks cannot point a mount or
+a write outside root.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ BASE = Path("/volant")
 MODULES_LIST = Path("/lib/volant/storage-modules")
 BINDS = ("/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp")
 DISK_WAIT = 5.0
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 
 
 class StorageError(Exception):
@@ -197,6 +200,7 @@ class Assembly:
         for source in BINDS:
             await self._mount(resolve_in_root(root, source, make_dirs=True), "-o", "bind", source)
         write_etc(root, cmdline)
+        allow_low_ports()
 
     async def _volume(self, root: Path, mount: Mount) -> None:
         device = await self._disk(mount.serial)
@@ -257,6 +261,12 @@ def take_owner_and_mode(top: Path, like: Path) -> None:
     st = os.lstat(like)
     os.chown(top, st.st_uid, st.st_gid)
     os.chmod(top, stat.S_IMODE(st.st_mode))
+
+
+def allow_low_ports(sysctl: Path = UNPRIVILEGED_PORT_START) -> None:
+    """Let the image's non-root user bind ports below 1024 (nginx on 80), as Docker does in
+    a container: the VM is the workload's alone, so those ports guard nothing."""
+    sysctl.write_text("0\n")
 
 
 def _is_mount(path: str) -> bool:

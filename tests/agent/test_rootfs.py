@@ -18,6 +18,7 @@ from volant_agent.rootfs import (
     Mount,
     Storage,
     _module_names,
+    allow_low_ports,
     ip_fields,
     is_new_volume,
     parse_storage,
@@ -256,3 +257,10 @@ def test_a_new_volume_takes_the_images_directory_owner_and_mode(tmp_path: Path) 
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (100, 101, 0o750)
     (volume / "appendonly.aof").write_text("SET k v")
     assert not is_new_volume(volume)
+
+
+def test_low_ports_are_opened_to_every_user(tmp_path: Path) -> None:
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text("1024\n")
+    allow_low_ports(sysctl)
+    assert sysctl.read_text() == "0\n"

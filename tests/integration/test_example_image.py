@@ -31,6 +31,7 @@ WWW_DATA = 33  # Debian's fixed uid and gid for www-data (base-passwd)
 _RUN = """
 set -e
 ip link set lo up
+echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start
 mount -t erofs -o loop,ro "$1" "$2"
 mount -t tmpfs tmpfs "$2/tmp"
 mount -t proc proc "$2/proc"
@@ -39,7 +40,7 @@ chroot --userspec={uid}:{uid} "$2" {argv} > "$3" 2>&1 &
 server=$!
 trap 'kill $server' EXIT
 for _ in $(seq 200); do
-    curl -s --max-time 5 http://127.0.0.1:8080/ && break
+    curl -s --max-time 5 http://127.0.0.1:80/ && break
     kill -0 $server
     sleep 0.1
 done
@@ -61,7 +62,7 @@ async def test_nginx_example(tmp_path: Path) -> None:
     assert (work.user, work.workdir, work.exposed_ports) == (
         "www-data",
         "/var/www/site",
-        ("8080/tcp",),
+        ("80/tcp",),
     )
     assert len(done.image.layers) == 2
 

@@ -514,6 +514,6 @@ def test_the_nginx_example_builds_as_a_plugin(daemon: Daemon) -> None:
     workload = manifest["workload"]
     assert workload["user"] == "www-data"
     assert workload["entrypoint"][0].endswith("nginx")
-    assert workload["base_url"] == "http://127.0.0.1:8080"
-    assert manifest["labels"] == {"oci.exposed-ports": "8080/tcp"}
+    assert workload["base_url"] == "http://127.0.0.1:80"
+    assert manifest["labels"] == {"oci.exposed-ports": "80/tcp"}
     assert_left_nothing(daemon)

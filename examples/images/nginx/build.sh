@@ -10,7 +10,7 @@
 # Layer 1 is a minimal Debian (the Essential packages) plus nginx, as mmdebstrap makes it.
 # Layer 2 is the site: an nginx.conf for running unprivileged, a page, and the package's
 # default site removed, which umoci records as a whiteout. The image runs nginx in the
-# foreground as www-data on port 8080.
+# foreground as www-data on port 80 (8080 is the Volant guest agent's).
 set -eu
 
 out=$1
@@ -44,7 +44,7 @@ umoci config --image "$image" \
 	--config.cmd=-e --config.cmd=stderr --config.cmd=-g --config.cmd='daemon off;' \
 	--config.user=www-data --config.workingdir=/var/www/site \
 	--config.env=PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-	--config.exposedports=8080/tcp \
+	--config.exposedports=80/tcp \
 	--created "$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
 umoci gc --layout "$work/oci"
 
