@@ -100,6 +100,8 @@ bench: deps
 	@$(PY) -m bench.events_latency
 	@$(PY) -m bench.volar_startup
 	@$(PY) -m bench.oci_import
+	@$(PY) -m bench.plugin_build
+	@$(PY) -m bench.rootfs_boot
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps
