@@ -165,17 +165,28 @@ async def test_disk_full(tmp_path: Path, full: str, size: str, step: str) -> Non
         assert len(builds) == (1 if full == "out" else 0)
 
 
-async def test_cancelled_build_leaves_nothing(tmp_path: Path) -> None:
+async def test_cancelled_build_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
+    # The real mkfs.erofs packs this image in a fraction of a second, too short to land a
+    # cancel in reliably on a loaded machine: a mkfs.erofs first on PATH holds the build there
+    # (the tree is unpacked in work/, the image not yet written) until it is cancelled.
+    bindir, started = tmp_path / "bin", tmp_path / "mkfs-started"
+    bindir.mkdir()
+    (bindir / "mkfs.erofs").write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 600\n")
+    (bindir / "mkfs.erofs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     task = asyncio.create_task(
         import_image(
             f"oci:{image_layout()}:app", cache_dir=tmp_path / "c", out=out / "x", work_dir=work
         )
     )
-    # Cancel once the unpack has begun (its staging directory exists), mid-build.
-    while not (work.exists() and any(work.iterdir())) and not task.done():
-        await asyncio.sleep(0.002)
-    assert not task.done()
+    async with asyncio.timeout(60):
+        while not started.exists():
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+    assert any(work.iterdir())  # mid-build: the unpacked tree is there
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
