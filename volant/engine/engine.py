@@ -279,10 +279,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             return await self.start_vm(name)
 
     async def delete_vm(self, name: str) -> None:
-        """Kill the hypervisor if any, remove the tap, the row, its lease and its files."""
+        """End the hypervisor if any, remove the tap, the row, its lease and its files.
+
+        A VM with writable volumes is shut down cleanly (they outlive it: their file systems and
+        its workload's last writes stay clean for the next VM); any other is killed."""
         async with self._lock(validate_name(name)), self.faults.verb("delete"):
             vm, cfg = await self.store.get_vm(name), self.config
-            await self._terminate(vm, graceful=False)
+            mounts = await self.volumes.vm_volumes(name)
+            await self._terminate(vm, graceful=any(not m.read_only for m in mounts))
             self.faults.at("ended")
             await self.host.remove_files(cfg.vm_run_dir(name), cfg.vm_console_log(name))
             await self.disks.remove(name)
