@@ -328,10 +328,14 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.faults.at("ready")
         live.launching = False
         self._follow(live)
-        undo.clear()
         await self.host.register_machine(name, launched.pid, tap)
+        undo.push("unregister machine", lambda: self.host.unregister_machine(name))
+        # Until the last write below the launch is undone if one fails (a full disk): the kill
+        # sets stop_requested, so neither the exit watcher nor the health gate acts on it.
         if self._gate_health(vm, live, manifest):
-            return await self.store.update_vm(name, pid=launched.pid, unit=launched.unit)
+            vm = await self.store.update_vm(name, pid=launched.pid, unit=launched.unit)
+            undo.clear()
+            return vm
         vm = await self.store.update_vm(
             name, status=VMStatus.RUNNING, pid=launched.pid, unit=launched.unit
         )
@@ -339,6 +343,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             "VM %s running (pid %d)", name, launched.pid, extra={"VM": name, "UNIT": launched.unit}
         )
         await self._emit(EventType.VM_RUNNING, vm)
+        undo.clear()
         self.faults.at("running")
         return vm
 

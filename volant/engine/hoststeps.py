@@ -118,10 +118,14 @@ class HostSteps:
         """Remove what a VM's run leaves on the host: its hypervisor's scope, its machine and
         its tap."""
         await self.end_scope(name)
+        await self.unregister_machine(name)
+        await self.unplumb_tap(name)
+
+    async def unregister_machine(self, name: str) -> None:
+        """Remove the VM's machined registration, when machined is there."""
         machines = self.machines
         if machines is not None:
             await self.ledger.remove(ResourceKind.MACHINE, name, lambda: machines.unregister(name))
-        await self.unplumb_tap(name)
 
     async def unplumb_tap(self, name: str) -> None:
         tap = self.network.tap_name(name)
