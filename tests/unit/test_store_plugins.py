@@ -12,6 +12,7 @@ import pytest
 from volant.model import Conflict, NameTaken, NotFound, VMSpec
 from volant.plugins.manifest import load_manifest
 from volant.store import SqliteStore
+from volant.store.rows import name_some
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +112,9 @@ async def test_delete_refused_while_a_vm_uses_it(store: SqliteStore) -> None:
     await store.delete_vm("web")
     await store.delete_plugin("hello")
     assert await store.list_plugins() == []
+
+
+def test_a_refused_delete_names_five_vms_then_counts() -> None:
+    assert name_some(["a", "b"]) == "a, b"
+    names = [f"vm{i}" for i in range(8)]
+    assert name_some(names) == "vm0, vm1, vm2, vm3, vm4 and 3 more"

@@ -5,10 +5,7 @@ from __future__ import annotations
 import peewee
 
 from volant.model import Conflict, NameTaken, NotFound, Plugin
-from volant.store.rows import PluginRow, VMRow, to_plugin, utcnow
-
-# How many dependent VMs a refused delete names before it just counts them.
-NAMED_USERS = 5
+from volant.store.rows import PluginRow, VMRow, name_some, to_plugin, utcnow
 
 
 def _row(db: peewee.SqliteDatabase, name: str) -> PluginRow:
@@ -100,11 +97,8 @@ def delete_plugin(db: peewee.SqliteDatabase, name: str) -> None:
             .execute(db)
         ]
         if users:
-            shown = ", ".join(users[:NAMED_USERS])
-            extra = len(users) - NAMED_USERS
             raise Conflict(
-                f"plugin {name!r} is used by VM(s) {shown}"
-                + (f" and {extra} more" if extra > 0 else ""),
+                f"plugin {name!r} is used by VM(s) {name_some(users)}",
                 hint="delete those VMs first, or disable the plugin instead",
             )
         PluginRow.delete().where(PluginRow.id == row.id).execute(db)

@@ -28,6 +28,14 @@ FREE = "free"
 LEASED = "leased"
 
 
+def name_some(names: list[str], shown: int = 5) -> str:
+    """The first `shown` names, then how many more: a refused delete names the VMs in its way
+    without listing a thousand."""
+    text = ", ".join(names[:shown])
+    extra = len(names) - shown
+    return text + (f" and {extra} more" if extra > 0 else "")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

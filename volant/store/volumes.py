@@ -21,12 +21,10 @@ from volant.model import (
     VolumeAttachment,
     VolumeMount,
 )
-from volant.store.rows import VMRow, VMVolumeRow, VolumeRow, utcnow
+from volant.store.rows import VMRow, VMVolumeRow, VolumeRow, name_some, utcnow
 
 _T = TypeVar("_T")
 Call = Callable[[Callable[[], _T]], Awaitable[_T]]
-# How many VMs a refused delete names before it just counts them.
-NAMED_USERS = 5
 
 
 def _row(db: peewee.SqliteDatabase, name: str) -> VolumeRow:
@@ -108,11 +106,8 @@ def delete(db: peewee.SqliteDatabase, name: str) -> None:
         row = _row(db, name)
         users = [a.vm for a in _attachments(db, row.id)]
         if users:
-            shown = ", ".join(users[:NAMED_USERS])
-            extra = len(users) - NAMED_USERS
             raise Conflict(
-                f"volume {name!r} is attached to VM(s) {shown}"
-                + (f" and {extra} more" if extra > 0 else ""),
+                f"volume {name!r} is attached to VM(s) {name_some(users)}",
                 hint="delete those VMs first; the volume outlives them",
             )
         VolumeRow.delete().where(VolumeRow.id == row.id).execute(db)
