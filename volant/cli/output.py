@@ -15,6 +15,7 @@ VM_COLUMNS = (
     ("NAME", "name"),
     ("STATUS", "status"),
     ("IP", "ip_address"),
+    ("PORTS", "publish"),
     ("CPUS", "cpu_cores"),
     ("MEMORY", "memory_mb"),
     ("PLUGIN", "plugin"),
@@ -40,6 +41,7 @@ VOLUME_COLUMNS = (
 # Keys shown only when they say something: an empty status_reason is the normal case.
 QUIET_WHEN_EMPTY = frozenset({"status_reason"})
 SHORT_DIGEST = 12
+PORTS_SHOWN = 2  # a VM list shows this many published ports, then how many more
 
 
 def emit_json(data: Any) -> None:
@@ -47,6 +49,8 @@ def emit_json(data: Any) -> None:
 
 
 def _cell(key: str, value: Any) -> str:
+    if key == "publish" and isinstance(value, list):
+        return ports_cell(value)
     if value is None or value == "":
         return "-"
     if key == "memory_mb":
@@ -54,6 +58,16 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+def ports_cell(ports: Sequence[str], shown: int | None = PORTS_SHOWN) -> str:
+    """Published ports compactly: `8080:80,53:53/udp,+2` (tcp goes without saying)."""
+    if not ports:
+        return "-"
+    texts = [str(p).removesuffix("/tcp") for p in ports]
+    if shown is None or len(texts) <= shown:
+        return ",".join(texts)
+    return ",".join(texts[:shown]) + f",+{len(texts) - shown}"
 
 
 def short_digest(digest: str) -> str:
@@ -85,6 +99,8 @@ def details(obj: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
 
 
 def _value(key: str, value: Any) -> str:
+    if key == "publish" and isinstance(value, list):
+        return ports_cell(value, shown=None)
     return (
         json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else _cell(key, value)
     )

@@ -16,7 +16,7 @@ from volant.cli.output import emit_json, log_line, vm_details, vm_table
 from volant.cli.progress import Boot, boot, final_line
 from volant.cli.volumes import volume_option
 from volant.client import VolantClient
-from volant.model import VolumeMount
+from volant.model import InvalidArgument, PortMapping, VolumeMount, validate_publish
 from volant.model.validate import NAME_RE, NAME_RULE
 
 FAILED = frozenset({"error", "crashed", "deleted"})
@@ -59,6 +59,16 @@ def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     return name
 
 
+def _publish_option(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[PortMapping, ...]:
+    """`--publish [ADDR:]HOST_PORT:VM_PORT[/tcp|udp]`, repeatable."""
+    try:
+        return validate_publish(values, "--publish")
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message) from None
+
+
 @vms.command("create")
 @click.argument("name", callback=_new_name)
 @click.option("--plugin", default="", shell_complete=complete_plugins, help="Plugin the VM runs.")
@@ -83,6 +93,15 @@ def _new_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     metavar="NAME:/PATH[:ro]",
     help="Mount a volume in the guest (repeatable); `volar volumes create` makes one.",
 )
+@click.option(
+    "--publish",
+    "publish",
+    multiple=True,
+    callback=_publish_option,
+    metavar="[ADDR:]HOST_PORT:VM_PORT[/tcp|udp]",
+    help="Forward a host port to the VM while it runs (repeatable); replaces the plugin's "
+    "network.publish.",
+)
 @wait_option
 @json_option
 @pass_ctx
@@ -96,6 +115,7 @@ def vms_create(
     isolated: bool,
     ephemeral: bool,
     volumes: tuple[VolumeMount, ...],
+    publish: tuple[PortMapping, ...],
     wait: bool | None,
     as_json: bool,
 ) -> None:
@@ -115,6 +135,8 @@ def vms_create(
         spec["ephemeral"] = True
     if volumes:
         spec["volumes"] = [v.to_dict() for v in volumes]
+    if publish:
+        spec["publish"] = [str(mapping) for mapping in publish]
     _boot(ctx, Boot(name, "creating", _waits(wait, as_json)), as_json, lambda c: c.create_vm(spec))
 
 

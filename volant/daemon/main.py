@@ -29,6 +29,7 @@ from volant.host.builds import make_build_runner
 from volant.model import StateCorrupt, VolantError
 from volant.network import (
     HostNetwork,
+    PortRules,
     forwarding_enabled,
     mac_for,
     warn_without_bridge_table,
@@ -103,6 +104,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 faults=faults,
                 volumes=volumes,
                 builder=make_build_runner(supervisor.kind, owner=str(config.state_dir)),
+                port_rules=PortRules(config.network_bridge, subnet),
             )
             await engine.start()
             if not forwarding_enabled():

@@ -30,6 +30,7 @@ from volant.model import (
     VirtualMachine,
     VMSpec,
     validate_mounts,
+    validate_publish,
 )
 from volant.model.validate import validate_kernel_args, validate_name, validate_range
 from volant.runtime.cmdline import build_cmdline, encode_manifest
@@ -119,6 +120,10 @@ class Booting:
             # Once the plugin is known: an unknown plugin is the first thing to hear about
             # (the create's schema cannot say that one volume comes once only).
             volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
+            # The VM's own list replaces the plugin's network.publish ([] publishes nothing).
+            publish=validate_publish(spec.publish)
+            if spec.publish is not None
+            else (manifest.publish if manifest is not None else None),
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:

@@ -31,6 +31,7 @@ from volant.engine.ports import (
     Store,
     Supervisor,
 )
+from volant.engine.published import PortFirewall, Published
 from volant.engine.repair import Paths, Repair
 from volant.engine.system import SystemVerbs
 from volant.engine.telemetry import Telemetry
@@ -82,6 +83,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         machines: Machines | None = None,
         faults: Faults | None = None,
         builder: BuildRunner | None = None,
+        port_rules: PortFirewall | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -94,10 +96,13 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.machines = machines
         self.faults = faults or Faults()
         self.ledger = Ledger(store)
-        self.host = HostSteps(self.ledger, supervisor, network, machines)
+        self.published = Published(self.ledger, port_rules, self._emit_repair)
+        self.host = HostSteps(self.ledger, supervisor, network, machines, self.published)
         self.disks = VMDisks(self.ledger, disks, config.disks_dir, config.vm_disk_size_mb)
         paths = Paths(config.runtime_dir / "vms", config.state_dir / "consoles", config.disks_dir)
-        self.repair = Repair(store, self.host, self.disks, paths, self._emit_repair, volumes)
+        self.repair = Repair(
+            store, self.host, self.disks, paths, self._emit_repair, volumes, self.published
+        )
         self.bus = EventBus()
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
@@ -190,6 +195,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         if manifest.network is NetworkMode.VSOCK:
             raise InvalidArgument("vsock networking is not supported yet", field="network.mode")
         spec = self.validate_spec(spec, manifest)
+        await self.published.check(spec.name, spec.publish or ())
         # Fail before anything exists when an artifact is missing or corrupt.
         await self.boot_artifacts(manifest, plugin.source)
         async with self._lock(spec.name), self.faults.verb("create"):
@@ -231,6 +237,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             vm = await self.store.get_vm(name)
             if vm.status not in STARTABLE:
                 raise InvalidState(f"VM {name!r} is {vm.status}; only a stopped VM can start")
+            await self.published.check(name, vm.publish)
             undo = Undo()
             try:
                 return await self._launch(vm, undo)
@@ -330,6 +337,9 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self._follow(live)
         await self.host.register_machine(name, launched.pid, tap)
         undo.push("unregister machine", lambda: self.host.unregister_machine(name))
+        await self.published.open(vm)
+        undo.push("close published ports", lambda: self.published.close(name))
+        self.faults.at("published")
         # Until the last write below the launch is undone if one fails (a full disk): the kill
         # sets stop_requested, so neither the exit watcher nor the health gate acts on it.
         if self._gate_health(vm, live, manifest):

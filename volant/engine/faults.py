@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 ENV = "VOLANT_FAULT_FILE"
 
-_LAUNCH = ("starting", "tap-created", "disk-ready", "launched", "ready", "running")
+_LAUNCH = ("starting", "tap-created", "disk-ready", "launched", "ready", "published", "running")
 _STOP = ("stopping", "ended", "stopped")
 # Every boundary of every verb, in the order a verb passes them. The fault-injection walk
 # (tests/system/test_faults.py) arms each one; a unit test checks the verbs pass exactly these.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from volant.engine.ledger import HostChange, Ledger
 from volant.engine.ports import Machines, Network, Supervisor
+from volant.engine.published import Published
 from volant.model import (
     InsufficientStorage,
     Launched,
@@ -40,11 +41,13 @@ class HostSteps:
         supervisor: Supervisor,
         network: Network,
         machines: Machines | None,
+        published: Published | None = None,
     ) -> None:
         self.ledger = ledger
         self.supervisor = supervisor
         self.network = network
         self.machines = machines
+        self.published = published
 
     async def plumb_tap(self, name: str, tap: str, *, isolated: bool = False) -> None:
         """Create the VM's tap on the bridge (an isolated port for an isolated VM)."""
@@ -115,9 +118,11 @@ class HostSteps:
         await self.ledger.remove(ResourceKind.SCOPE, name, lambda: self.supervisor.kill(name))
 
     async def unplumb(self, name: str) -> None:
-        """Remove what a VM's run leaves on the host: its hypervisor's scope, its machine and
-        its tap."""
+        """Remove what a VM's run leaves on the host: its hypervisor's scope, its published
+        ports, its machine and its tap."""
         await self.end_scope(name)
+        if self.published is not None:
+            await self.published.close(name)
         await self.unregister_machine(name)
         await self.unplumb_tap(name)
 

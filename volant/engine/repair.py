@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Store
+from volant.engine.published import Published
 from volant.engine.vmdisks import VMDisks
 from volant.model import ResourceKind, VirtualMachine, VolantError
 
@@ -76,6 +77,7 @@ class Repair:
         paths: Paths,
         emit: Emit,
         volumes: VolumeSource | None = None,
+        published: Published | None = None,
     ) -> None:
         self.store = store
         self.host = host
@@ -83,6 +85,7 @@ class Repair:
         self.paths = paths
         self._emit = emit
         self.volumes = volumes
+        self.published = published
 
     def wanted(self, vms: Sequence[VirtualMachine], active: Collection[str]) -> dict[Key, str]:
         """What the VMs need on the host: files (and a disk, when it has one) for every VM; a
@@ -139,6 +142,9 @@ class Repair:
                 repairs += 1
             # else only the intent was written (the kill came before the change), or the
             # resource went away by itself: the record was all that was left.
+        if self.published is not None:
+            # Rules are not only removed but also put back (setup's file replaces the table).
+            repairs += await self.published.repair(vms, active)
         return repairs
 
     async def scan(self) -> dict[Key, str]:

@@ -38,6 +38,14 @@ from volant.model.plugins import (
     Workload,
     WorkloadType,
 )
+from volant.model.publish import (
+    ANY_ADDRESS,
+    PortMapping,
+    Protocol,
+    mapping_from,
+    parse_publish,
+    validate_publish,
+)
 from volant.model.types import (
     AGENT_PORT,
     CONFIG_DISK_SERIAL,
@@ -77,6 +85,12 @@ from volant.model.volumes import (
 )
 
 __all__ = [
+    "ANY_ADDRESS",
+    "PortMapping",
+    "Protocol",
+    "mapping_from",
+    "parse_publish",
+    "validate_publish",
     "AGENT_PORT",
     "CONFIG_DISK_SERIAL",
     "ROOTFS_SERIAL",

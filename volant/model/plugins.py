@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from volant.model.publish import PortMapping
 from volant.model.types import NetworkMode
 
 
@@ -109,6 +110,8 @@ class Manifest:
     labels: dict[str, str] = field(default_factory=dict)
     # network.isolated: every VM of the plugin is cut off from the other guests.
     isolated: bool = False
+    # network.publish: the host ports each VM publishes unless it names its own.
+    publish: tuple[PortMapping, ...] = ()
     # The OCI image the plugin was built from, and its manifest digest ("" when none).
     image: str = ""
     image_digest: str = ""

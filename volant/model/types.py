@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from volant.model.publish import PortMapping
 from volant.model.volumes import VolumeMount
 
 # The guest agent's TCP (and vsock) port.
@@ -65,6 +66,8 @@ class ResourceKind(StrEnum):
     BUILD_DIR = "build_dir"
     DISK = "disk"  # a VM's writable disk (the overlay's upper layer), under the state dir
     VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
+    # A running VM's published ports: its nftables rules in table inet volant (named after the VM).
+    PORT_RULES = "port_rules"
 
 
 class ResourceState(StrEnum):
@@ -117,6 +120,8 @@ class VMSpec:
     ephemeral: bool = False
     # Volumes attached at create, mounted by the agent at their paths on every start.
     volumes: tuple[VolumeMount, ...] = ()
+    # Host ports forwarded to the VM while it runs; None: the manifest's network.publish.
+    publish: tuple[PortMapping, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ class VirtualMachine:
     # What the guest's agent wants on every request. Only volantd and that guest know it: it is
     # in no representation (to_dict), event, log line or repr.
     agent_secret: str = field(default="", repr=False)
+    publish: tuple[PortMapping, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +169,7 @@ class VirtualMachine:
             "unit": self.unit,
             "isolated": self.isolated,
             "ephemeral": self.ephemeral,
+            "publish": [str(mapping) for mapping in self.publish],
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

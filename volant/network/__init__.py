@@ -10,6 +10,7 @@ from volant.network.host import (
     forwarding_enabled,
 )
 from volant.network.names import mac_for, tap_name
+from volant.network.ports import PortRules
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -17,6 +18,7 @@ __all__ = [
     "ISOLATED_GROUP",
     "BridgeState",
     "HostNetwork",
+    "PortRules",
     "bridge_table_text",
     "forwarding_enabled",
     "mac_for",

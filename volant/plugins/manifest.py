@@ -31,6 +31,7 @@ from volant.model import (
     RootfsFormat,
     Workload,
     WorkloadType,
+    validate_publish,
 )
 from volant.plugins.schema import manifest_schema
 
@@ -274,6 +275,7 @@ def _build(doc: dict[str, Any]) -> Manifest:
         openapi=doc.get("openapi", ""),
         labels=dict(doc.get("labels", {})),
         isolated=doc.get("network", {}).get("isolated", False),
+        publish=validate_publish(doc.get("network", {}).get("publish", []), "network.publish"),
         image=doc.get("image", ""),
         image_digest=doc.get("image_digest", ""),
         digest="sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),

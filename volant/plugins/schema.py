@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from volant.model.publish import PUBLISH_PATTERN, PUBLISH_RULE
 from volant.model.validate import DNS_LABEL
 
 SCHEMA_ID = "https://volantvm.com/schemas/plugin-manifest/v1.json"
@@ -169,6 +170,16 @@ _SCHEMA: dict[str, Any] = {
                 "mode": {"enum": ["bridged", "dhcp", "vsock"]},
                 # The plugin's VMs reach the host and beyond, never another guest.
                 "isolated": {"type": "boolean"},
+                # Host ports every VM of the plugin publishes unless it names its own list.
+                "publish": {
+                    "type": "array",
+                    "maxItems": 64,
+                    "items": {
+                        "type": "string",
+                        "pattern": PUBLISH_PATTERN,
+                        "x-message": f"must be {PUBLISH_RULE}",
+                    },
+                },
             },
         },
         "actions": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 
 from volant.network import bridge_table_text
+from volant.network.ports import CHAINS
 
 TABLE = "volant"
 FAMILIES = ("inet", "bridge")
@@ -32,6 +33,8 @@ def table_text(bridge: str, subnet: IPv4Network, api_port: int | None = None) ->
         "\t\ttype filter hook forward priority filter; policy accept;\n"
         f'\t\tiifname "{bridge}" accept\n'
         f'\t\toifname "{bridge}" ct state established,related accept\n'
+        # Connections to a VM's published port (volantd's DNAT, volant.network.ports).
+        f'\t\toifname "{bridge}" ct status dnat accept\n'
         f'\t\toifname "{bridge}" reject\n'
         "\t}\n"
     )
@@ -46,6 +49,17 @@ def table_text(bridge: str, subnet: IPv4Network, api_port: int | None = None) ->
             "\t}\n"
         )
     return text + "}\n"
+
+
+def setup_chains(listed: str) -> str:
+    """`nft list table inet volant` without the chains volantd adds for published ports
+    (volant.network.ports.CHAINS): setup's own part, to compare with table_text."""
+    blocks = listed.split("\n\n")
+    kept = [b for b in blocks if not any(f"\tchain {c} {{" in b for c in CHAINS)]
+    text = "\n\n".join(kept)
+    if len(kept) < len(blocks) and not text.endswith("}\n"):
+        text = text.rstrip("\n") + "\n}\n"  # the last chain went, with the table's brace
+    return text
 
 
 def listed_tables(bridge: str, subnet: IPv4Network, api_port: int | None = None) -> dict[str, str]:

@@ -164,6 +164,10 @@ _EPHEMERAL = (
     "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0 CHECK (ephemeral IN (0, 1))",
 )
 
+# The host ports a VM publishes while it runs, as a JSON list of their short forms
+# ("127.0.0.1:8080:80/tcp"): read and written whole with the VM, never queried by port.
+_PUBLISH = ("ALTER TABLE vms ADD COLUMN publish TEXT NOT NULL DEFAULT '[]'",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "status reasons, VM manifests, plugin provenance", _REASONS_AND_PROVENANCE),
@@ -172,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "records of host resources", _HOST_RESOURCES),
     Migration(6, "volumes and their attachments to VMs", _VOLUMES),
     Migration(7, "ephemeral VMs", _EPHEMERAL),
+    Migration(8, "published ports", _PUBLISH),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,7 @@ def create_vm(
             "isolated": spec.isolated,
             "ephemeral": spec.ephemeral,
             "agent_secret": agent_secret,
+            "publish": json.dumps([str(mapping) for mapping in spec.publish or ()]),
             "created_at": now,
             "updated_at": now,
         }

@@ -22,6 +22,7 @@ from volant.model import (
     ResourceState,
     VirtualMachine,
     VMStatus,
+    parse_publish,
 )
 
 FREE = "free"
@@ -100,6 +101,7 @@ class VMRow(_Row):
     isolated = peewee.BooleanField(default=False)
     ephemeral = peewee.BooleanField(default=False)
     agent_secret = peewee.TextField(default="")
+    publish = peewee.TextField(default="[]")
     created_at = _Timestamp()
     updated_at = _Timestamp()
 
@@ -215,6 +217,7 @@ def to_vm(row: VMRow) -> VirtualMachine:
         isolated=bool(row.isolated),
         ephemeral=bool(row.ephemeral),
         agent_secret=row.agent_secret,
+        publish=tuple(parse_publish(text) for text in json.loads(row.publish)),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

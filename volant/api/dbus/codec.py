@@ -20,6 +20,7 @@ from volant.model import (
     VMStatus,
     Volume,
     VolumeMount,
+    validate_publish,
 )
 
 from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
@@ -28,7 +29,7 @@ INTEGER_TYPES = frozenset("ynqiuxt")
 SCALARS: tuple[tuple[type, str], ...] = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
 SPEC_KEYS = {"name": "s", "plugin": "s", "cpu_cores": "int", "memory_mb": "int",
              "kernel_args": "s", "isolated": "b", "ephemeral": "b",
-             "volumes": "aa{sv}"}  # fmt: skip
+             "volumes": "aa{sv}", "publish": "as"}  # fmt: skip
 MOUNT_KEYS = {"name": "s", "path": "s", "read_only": "b"}
 # A size is bytes (any integer type) or a text with a suffix ("1G").
 VOLUME_KEYS = {"name": "s", "size": "size"}
@@ -144,6 +145,8 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
         isolated=values.get("isolated", False),
         ephemeral=values.get("ephemeral", False),
         volumes=tuple(_mount(m) for m in values.get("volumes", [])),
+        # Absent: the plugin's network.publish; an empty array publishes nothing.
+        publish=validate_publish(values["publish"]) if "publish" in values else None,
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from mcp import types
 from pydantic import Field, JsonValue, StrictBool, StrictInt, StrictStr
@@ -24,7 +24,16 @@ from volant.auth.polkit import Action
 from volant.engine import Engine
 from volant.engine.console import MAX_LOG_LINES
 from volant.engine.ports import GuestReplyLike
-from volant.model import EventType, VMQuery, VMSpec, VMStatus, VolantError, VolumeMount
+from volant.model import (
+    EventType,
+    VMQuery,
+    VMSpec,
+    VMStatus,
+    VolantError,
+    VolumeMount,
+    validate_publish,
+)
+from volant.model.publish import PUBLISH_PATTERN, PUBLISH_RULE
 from volant.model.validate import DNS_LABEL
 from volant.model.volumes import VOLUME_NAME_PATTERN
 from volant.plugins.schema import ACTION_NAME
@@ -71,6 +80,12 @@ class CreateVM(Arguments):
     )
     volumes: list[VolumeArgument] = Field(
         [], max_length=16, description="Volumes to mount in the guest (create_volume makes one)"
+    )
+    publish: list[Annotated[StrictStr, Field(pattern=PUBLISH_PATTERN)]] | None = Field(
+        None,
+        max_length=64,
+        description=f"Host ports forwarded to the VM while it runs, each {PUBLISH_RULE} "
+        "(default: the plugin's network.publish; [] publishes none)",
     )
 
 
@@ -130,6 +145,7 @@ async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
         isolated=args.isolated,
         ephemeral=args.ephemeral,
         volumes=tuple(VolumeMount(v.name, v.path, v.read_only) for v in args.volumes),
+        publish=None if args.publish is None else validate_publish(args.publish),
     )
     return (await engine.create_vm(spec)).to_dict()
 

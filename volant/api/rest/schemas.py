@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,17 @@ from pydantic import (
 )
 
 from volant.api.validation import Size, validate_model
-from volant.model import EventType, InvalidArgument, VMQuery, VMSortKey, VMStatus, VolumeMount
+from volant.model import (
+    EventType,
+    InvalidArgument,
+    PortMapping,
+    VMQuery,
+    VMSortKey,
+    VMStatus,
+    VolumeMount,
+    validate_publish,
+)
+from volant.model.publish import PUBLISH_PATTERN, PUBLISH_RULE
 from volant.model.validate import DNS_LABEL, PREFIX_RE
 from volant.model.volumes import (
     MAX_PATH,
@@ -75,6 +85,19 @@ class ResizeVolumeRequest(BaseModel):
     size: Size
 
 
+class PortRequest(BaseModel):
+    """One published port in its object form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_addr: StrictStr | None = Field(
+        None, description="An IPv4 address of the host; none: every address (0.0.0.0)"
+    )
+    host_port: Whole = Field(ge=1, le=65535, description="Port on the host")
+    vm_port: Whole = Field(ge=1, le=65535, description="Port of the VM")
+    proto: Literal["tcp", "udp"] = Field("tcp", description="tcp or udp")
+
+
 class CreateVMRequest(BaseModel):
     """POST /api/v1/vms. CPUs and memory default to the plugin's resources, then the host's
     vm.default_* settings; both must be within the host's vm.* limits."""
@@ -107,8 +130,25 @@ class CreateVMRequest(BaseModel):
         description="Volumes to mount in the guest; each used by one running VM at a time",
     )
 
+    publish: list[Annotated[StrictStr, Field(pattern=PUBLISH_PATTERN)] | PortRequest] | None = (
+        Field(
+            None,
+            max_length=64,
+            description="Host ports forwarded to the VM while it runs, each "
+            f"{PUBLISH_RULE} or an object; null: the plugin's network.publish, [] none",
+        )
+    )
+
     def volume_mounts(self) -> tuple[VolumeMount, ...]:
         return tuple(VolumeMount(v.name, v.path, v.read_only) for v in self.volumes)
+
+    def port_mappings(self) -> tuple[PortMapping, ...] | None:
+        """The published ports as the engine takes them (checked there)."""
+        if self.publish is None:
+            return None
+        return validate_publish(
+            p if isinstance(p, str) else p.model_dump(exclude_none=True) for p in self.publish
+        )
 
 
 SORT_PATTERN = "^-?(" + "|".join(key.value for key in VMSortKey) + ")$"

@@ -43,6 +43,7 @@ async def create_vm(request: web.Request) -> web.Response:
         isolated=body.isolated,
         ephemeral=body.ephemeral,
         volumes=body.volume_mounts(),
+        publish=body.port_mappings(),
     )
     vm = await engine_of(request).create_vm(spec)
     return web.json_response(vm.to_dict(), status=201)
