@@ -47,6 +47,10 @@ class VM(Reply):
         description="Asked at create: its writes go to a tmpfs, not a disk (a plugin's "
         "rootfs.ephemeral has the same effect)"
     )
+    publish: list[str] = Field(
+        description="Host ports forwarded to it while it runs, as [ADDR:]HOST_PORT:VM_PORT/PROTO "
+        "(without ADDR: every address of the host)"
+    )
     created_at: str = Field(description="ISO 8601 time")
     updated_at: str = Field(description="ISO 8601 time")
 
