@@ -2,7 +2,7 @@
 
 Used by the fault-injection walk and the soak: after any kill and restart, the scopes, QEMU
 processes, taps, machined machines, run directories, console logs, VM disks and resource records
-must match the VMs exactly.
+must match the VMs exactly, and so must the published ports' nftables rules.
 """
 
 from __future__ import annotations
@@ -43,6 +43,21 @@ class HostView:
     leases: frozenset[tuple[str, str]]
     volume_files: frozenset[str]
     volumes: frozenset[str]
+    port_rules: frozenset[str]  # VMs with published ports' rules in table inet volant
+
+
+def published(vb: VolantBox) -> frozenset[str]:
+    """VMs named by the comments of the rules in volantd's publish chains."""
+    names: set[str] = set()
+    for chain in ("publish_prerouting", "publish_output"):
+        listed = vb.run("nft", "-j", "list", "chain", "inet", "volant", chain)
+        if listed.returncode != 0:
+            continue
+        for item in json.loads(listed.stdout)["nftables"]:
+            comment = item.get("rule", {}).get("comment", "")
+            if comment.startswith("vm:"):
+                names.add(comment.removeprefix("vm:"))
+    return frozenset(names)
 
 
 def host_view(vb: VolantBox) -> HostView:
@@ -72,6 +87,7 @@ def host_view(vb: VolantBox) -> HostView:
         leases=frozenset((str(ip), str(name)) for ip, name in leases),
         volume_files=frozenset(f"/var/lib/volant/volumes/{f}" for f in volume_files.split()),
         volumes=frozenset(str(name) for name in tables["volumes"]),
+        port_rules=published(vb),
     )
 
 
@@ -90,6 +106,7 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
     differ("qemu", view.qemu_pids, {vm["pid"] for vm in active.values()})
     differ("taps", view.taps, {tap_name(n) for n in active})
     differ("machines", view.machines, set(active))
+    differ("published ports", view.port_rules, {n for n, vm in active.items() if vm.get("publish")})
     if not view.run_dirs <= names:
         problems.append(f"run dirs without a VM: {sorted(view.run_dirs - names)}")
     if not view.console_logs <= names:
@@ -106,7 +123,7 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
     if strays:
         problems.append(f"resource records without a VM: {sorted(strays)}")
     for kind, name, vm in view.records:
-        if kind in ("scope", "tap", "machine") and vm not in active:
+        if kind in ("scope", "tap", "machine", "port_rules") and vm not in active:
             problems.append(f"{kind} record {name} of VM {vm}, which is not running")
     differ(
         "leases",

@@ -33,6 +33,8 @@ BUILT = "built"  # the plugin the plugin-build walk builds from the test image
 # The walked VM boots a rootfs plugin, so its writable disk is made, kept and removed on the
 # walked paths (its guest never runs: paused, only the files matter).
 PLUGIN = "rootapp"
+# It publishes a port, so the rules are added, kept and removed on the walked paths too.
+PUBLISH = ["8090:80"]
 # A create or start that got as far as this boundary has finished its work: the VM runs.
 DONE = "running"
 
@@ -119,7 +121,8 @@ def prepare(vb: VolantBox, verb: str) -> None:
         return
     if verb == "create":
         return
-    assert vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN}).status == 201
+    body = {"name": VM, "plugin": PLUGIN, "publish": PUBLISH}
+    assert vb.api("POST", "/api/v1/vms", body).status == 201
     if verb == "start":
         assert vb.api("POST", f"/api/v1/vms/{VM}/stop").status == 200
 
@@ -135,7 +138,8 @@ def call(vb: VolantBox, verb: str) -> Callable[[], object]:
     if verb == "volume-delete":
         return lambda: vb.api("DELETE", f"{VOLUMES}/{VOLUME}")
     if verb == "create":
-        return lambda: vb.api("POST", "/api/v1/vms", {"name": VM, "plugin": PLUGIN})
+        body = {"name": VM, "plugin": PLUGIN, "publish": PUBLISH}
+        return lambda: vb.api("POST", "/api/v1/vms", body)
     if verb == "plugin-install":
         return lambda: vb.install_test_plugin("spare")
     if verb == "plugin-remove":
