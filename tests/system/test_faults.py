@@ -138,8 +138,8 @@ def call(vb: VolantBox, verb: str) -> Callable[[], object]:
     if verb == "volume-delete":
         return lambda: vb.api("DELETE", f"{VOLUMES}/{VOLUME}")
     if verb == "create":
-        body = {"name": VM, "plugin": PLUGIN, "publish": PUBLISH}
-        return lambda: vb.api("POST", "/api/v1/vms", body)
+        created: dict[str, Any] = {"name": VM, "plugin": PLUGIN, "publish": PUBLISH}
+        return lambda: vb.api("POST", "/api/v1/vms", created)
     if verb == "plugin-install":
         return lambda: vb.install_test_plugin("spare")
     if verb == "plugin-remove":
