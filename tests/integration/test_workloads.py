@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 
 from tests.integration.daemon import (
     GUEST_DIR,
+    ROOT,
     Daemon,
     build_guest,
     start_daemon,
@@ -30,6 +32,7 @@ from tests.integration.example_image import RECIPE, nginx_layout, redis_layout
 from tests.integration.registry import HOST, Registry, serving_registry
 from tests.integration.test_console import ANSWER, ASK, converse
 from tests.integration.test_plugin_build import daemon_settings
+from tests.readme import blocks
 from volant.client import VolantClient
 
 pytestmark = [
@@ -119,9 +122,16 @@ def redis(daemon: Daemon, ip: str, *args: str, timeout: float = 90) -> str:
         time.sleep(1)
 
 
-def test_nginx_serves_its_page_as_its_user_without_the_whited_out_file(daemon: Daemon) -> None:
+def nginx_plugin(daemon: Daemon) -> None:
+    """The nginx plugin, built from the example image (once per module)."""
+    if daemon.volar("plugins", "get", "nginx").returncode == 0:
+        return
     image = f"docker://{HOST}/examples/nginx:1"
     volar(daemon, "plugins", "build", "--image", image, "--name", "nginx", "--health-path", "/")
+
+
+def test_nginx_serves_its_page_as_its_user_without_the_whited_out_file(daemon: Daemon) -> None:
+    nginx_plugin(daemon)
     volar(daemon, "vms", "create", "web", "--plugin", "nginx")
     vm = wait_status(daemon, "web", "running", timeout=180)
     page = daemon.http_get(f"http://{vm['ip_address']}/", timeout=60)
@@ -133,6 +143,23 @@ def test_nginx_serves_its_page_as_its_user_without_the_whited_out_file(daemon: D
     assert in_guest(daemon, "web", f"test -e {site} && echo present || echo absent") == "absent"
     assert in_guest(daemon, "web", "test -d /volant/root/var/www/site && echo yes") == "yes"
     volar(daemon, "vms", "delete", "web")
+
+
+def test_the_documented_published_port(daemon: Daemon) -> None:
+    """docs/networking.md's block, run as it is: volar as the operator's CLI; curl and nft on
+    the host (volantd's namespace)."""
+    nginx_plugin(daemon)
+    said: dict[str, str] = {}
+    for line in blocks("published-ports", (ROOT / "docs" / "networking.md").read_text()):
+        argv = shlex.split(line)
+        proc = daemon.volar(*argv[1:]) if argv[0] == "volar" else daemon.in_ns(*argv)
+        assert proc.returncode == 0, f"{line}: {proc.stdout}{proc.stderr}"
+        said[" ".join(argv[:3])] = proc.stdout
+    assert "8080:80" in said["volar vms list"]
+    assert said["curl -sS http://127.0.0.1:8080/"] == (RECIPE / "index.html").read_text()
+    assert '"vm:web"' in said["nft list chain"]
+    assert "8080:80/tcp" in said["volar vms get"]
+    assert '"vm:web"' not in daemon.in_ns("nft", "list", "table", "inet", "volant").stdout
 
 
 def test_redis_keeps_its_data_on_a_volume(daemon: Daemon) -> None:

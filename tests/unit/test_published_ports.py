@@ -214,7 +214,7 @@ def test_volar_shows_ports_compactly() -> None:
     assert ports_cell([]) == "-"
     assert ports_cell(["8080:80/tcp", "53:53/udp"]) == "8080:80,53:53/udp"
     assert ports_cell(["1:1/tcp", "2:2/tcp", "3:3/tcp", "4:4/tcp"]) == "1:1,2:2,+2"
-    assert ports_cell(["1:1/tcp", "2:2/tcp", "3:3/tcp"], shown=None) == "1:1,2:2,3:3"
+    assert ports_cell(["1:1/tcp", "2:2/tcp", "3:3/tcp"], shown=3) == "1:1,2:2,3:3"
 
 
 def test_every_launch_passes_the_published_boundary() -> None:

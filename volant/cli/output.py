@@ -60,12 +60,12 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def ports_cell(ports: Sequence[str], shown: int | None = PORTS_SHOWN) -> str:
+def ports_cell(ports: Sequence[str], shown: int = PORTS_SHOWN) -> str:
     """Published ports compactly: `8080:80,53:53/udp,+2` (tcp goes without saying)."""
     if not ports:
         return "-"
     texts = [str(p).removesuffix("/tcp") for p in ports]
-    if shown is None or len(texts) <= shown:
+    if len(texts) <= shown:
         return ",".join(texts)
     return ",".join(texts[:shown]) + f",+{len(texts) - shown}"
 
@@ -100,7 +100,7 @@ def details(obj: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
 
 def _value(key: str, value: Any) -> str:
     if key == "publish" and isinstance(value, list):
-        return ports_cell(value, shown=None)
+        return ", ".join(map(str, value)) or "-"
     return (
         json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else _cell(key, value)
     )
