@@ -167,6 +167,32 @@ def test_a_guest_reaches_the_outside_through_nat(box: VolantBox) -> None:
     assert '"GET / HTTP/1.1" 200' in log, log
 
 
+def test_a_published_port_is_reached_from_outside_and_from_the_host(box: VolantBox) -> None:
+    """volantd.service after `volar setup`: the outside namespace (another machine, on a veth
+    to the box) and the box itself reach a guest's port 8080 at the box's port 8088; setup sees
+    no drift in volantd's chains; the rules go with the VM, and come back after a restart of
+    volantd (whose ExecStartPre replaces the table)."""
+    body = {"name": "pub", "plugin": "demo", "publish": ["8088:8080"]}
+    reply = box.api("POST", "/api/v1/vms", body)
+    assert reply.status == 201, reply
+    box.guest_answer(reply.body["ip_address"])
+    outside = "ip netns exec outside curl -sS --max-time 5 http://10.99.0.1:8088/"
+    assert "pub" in box.sh(outside)
+    assert "pub" in box.sh("curl -sS --max-time 5 http://127.0.0.1:8088/")
+    assert "pub" in box.sh("curl -sS --max-time 5 http://192.168.127.1:8088/")
+    code, out, err = setup(box, "--json")
+    assert code == 0, err
+    assert {change["action"] for change in json.loads(out)} == {"keep"}
+    box.sh("systemctl restart volantd")
+    box.wait_healthy()
+    assert box.vm("pub")["status"] == "running"
+    assert "pub" in box.sh(outside)
+    assert box.api("POST", "/api/v1/vms/pub/stop").status == 200
+    assert '"vm:pub"' not in box.sh("nft list table inet volant")
+    assert box.run("sh", "-c", outside).returncode != 0
+    assert box.api("DELETE", "/api/v1/vms/pub").status == 204
+
+
 def test_undo_refuses_while_a_vm_is_on_the_bridge(box: VolantBox) -> None:
     code, _out, err = setup(box, "--undo")
     assert code == 1

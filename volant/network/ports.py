@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import socket
+import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -38,6 +41,8 @@ TABLE = "volant"
 CHAINS = ("publish_prerouting", "publish_output", "publish_postrouting", "publish_filter")
 PREROUTING, OUTPUT = CHAINS[0], CHAINS[1]
 TAG = "vm:"
+# rtnetlink numbers (linux/rtnetlink.h, if_link.h, ip.h) for set_route_localnet.
+RTM_SETLINK, IFLA_AF_SPEC, IFLA_INET_CONF, IPV4_DEVCONF_ROUTE_LOCALNET = 19, 26, 1, 26
 _SS_USERS = re.compile(r'users:\(\("(?P<name>[^"]+)",pid=(?P<pid>\d+)')
 
 
@@ -138,13 +143,13 @@ class PortRules:
         knob = self.proc / "sys/net/ipv4/conf" / self.bridge / "route_localnet"
         try:
             if (await asyncio.to_thread(knob.read_text)).strip() != "1":
-                await asyncio.to_thread(knob.write_text, "1\n")
+                await asyncio.to_thread(set_route_localnet, self.bridge)
         except OSError as exc:
             log.warning(
-                "cannot set %s (%s): clients on this host reach published ports at the host's "
-                "other addresses, not at 127.0.0.1",
-                knob,
-                exc.strerror,
+                "cannot set route_localnet on %s (%s): clients on this host reach published "
+                "ports at the host's other addresses, not at 127.0.0.1",
+                self.bridge,
+                exc.strerror or exc,
             )
 
     async def check_address(self, mapping: PortMapping, field: str = "publish") -> None:
@@ -188,6 +193,29 @@ class PortRules:
                 hint="publish another host port, or stop that process",
                 field=field,
             )
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def set_route_localnet(bridge: str) -> None:
+    """net.ipv4.conf.<bridge>.route_localnet=1 through rtnetlink (RTM_SETLINK, IFLA_AF_SPEC ->
+    AF_INET -> IFLA_INET_CONF), which needs CAP_NET_ADMIN only: volantd.service's
+    ProtectKernelTunables= keeps /proc/sys read-only for it."""
+    conf = _nla(IFLA_INET_CONF, _nla(IPV4_DEVCONF_ROUTE_LOCALNET, struct.pack("I", 1)))
+    attrs = _nla(IFLA_AF_SPEC, _nla(socket.AF_INET, conf))
+    body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, socket.if_nametoindex(bridge), 0, 0) + attrs
+    flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+    header = struct.pack("IHHII", 16 + len(body), RTM_SETLINK, flags, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.bind((0, 0))
+        nl.send(header + body)
+        reply = nl.recv(65536)
+    (error,) = struct.unpack_from("i", reply, 16)  # the NLMSG_ERROR's code; 0 is the ack
+    if error:
+        raise OSError(-error, os.strerror(-error))
 
 
 def _same_address(local: str, mapping: PortMapping) -> bool:
