@@ -7,6 +7,7 @@ The rules themselves run against a real kernel in tests/integration/test_publish
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -26,6 +27,7 @@ from volant.model import (
     parse_publish,
     validate_publish,
 )
+from volant.model.publish import PUBLISH_PATTERN
 from volant.network.ports import chains_text, rules_text
 from volant.plugins.manifest import validate_document
 from volant.setup.nft import setup_chains, table_text
@@ -43,7 +45,7 @@ SUBNET = IPv4Network("192.168.127.0/24")
         ("8080:80/tcp", PortMapping(8080, 80)),
         ("53:53/udp", PortMapping(53, 53, Protocol.UDP)),
         ("127.0.0.1:5432:5432", PortMapping(5432, 5432, host_addr="127.0.0.1")),
-        (" 1:65535 ", PortMapping(1, 65535)),
+        ("1:65535", PortMapping(1, 65535)),
         ("0.0.0.0:80:80", PortMapping(80, 80)),
     ],
 )
@@ -69,6 +71,8 @@ def test_the_canonical_text_leaves_out_every_address() -> None:
         ("300.1.1.1:80:80", "not an IPv4 address"),
         ("::1:80:80", "not a published port"),
         ("", "not a published port"),
+        (" 80:80", "not a published port"),
+        ("080:80", "leading zeros"),
     ],
 )
 def test_bad_forms_name_the_field_and_the_rule(text: str, words: str) -> None:
@@ -77,6 +81,21 @@ def test_bad_forms_name_the_field_and_the_rule(text: str, words: str) -> None:
     assert words in err.value.message
     assert err.value.field == "publish[0]"
     assert "HOST_PORT:VM_PORT" in err.value.hint
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["8080:80", "65535:1/udp", "255.255.255.255:1:1", "0:1", "65536:1", "1:1/TCP", "1.2.3.04:1:1",
+     "010:1", "256.1.1.1:1:1", "1:1/", "99999:1"],
+)  # fmt: skip
+def test_the_schema_pattern_takes_what_the_parser_takes(text: str) -> None:
+    """JSON Schema documents (REST, MCP, manifests) say exactly what the engine accepts."""
+    try:
+        parse_publish(text)
+        parsed = True
+    except InvalidArgument:
+        parsed = False
+    assert bool(re.fullmatch(PUBLISH_PATTERN, text)) is parsed
 
 
 def test_the_object_form() -> None:

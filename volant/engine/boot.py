@@ -26,6 +26,7 @@ from volant.model import (
     InvalidArgument,
     LaunchSpec,
     Manifest,
+    PortMapping,
     Unavailable,
     VirtualMachine,
     VMSpec,
@@ -53,6 +54,10 @@ class BootArtifacts:
     kernel: Path
     initramfs: Path | None = None
     rootfs: Path | None = None
+
+
+def _publish(spec: VMSpec, manifest: Manifest) -> tuple[PortMapping, ...]:
+    return manifest.publish if spec.publish is None else validate_publish(spec.publish)
 
 
 class Booting:
@@ -120,10 +125,9 @@ class Booting:
             # Once the plugin is known: an unknown plugin is the first thing to hear about
             # (the create's schema cannot say that one volume comes once only).
             volumes=validate_mounts(spec.volumes) if manifest is not None else spec.volumes,
-            # The VM's own list replaces the plugin's network.publish ([] publishes nothing).
-            publish=validate_publish(spec.publish)
-            if spec.publish is not None
-            else (manifest.publish if manifest is not None else None),
+            # The VM's own list replaces the plugin's network.publish ([] publishes nothing);
+            # overlaps within it are checked once the plugin is known, as volumes are.
+            publish=spec.publish if manifest is None else _publish(spec, manifest),
         )
 
     def _kernel_cmdline(self, vm: VirtualMachine, manifest: Manifest, extra: str) -> str:

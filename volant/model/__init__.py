@@ -43,6 +43,7 @@ from volant.model.publish import (
     PortMapping,
     Protocol,
     mapping_from,
+    mappings_from,
     parse_publish,
     validate_publish,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "PortMapping",
     "Protocol",
     "mapping_from",
+    "mappings_from",
     "parse_publish",
     "validate_publish",
     "AGENT_PORT",

@@ -20,8 +20,12 @@ ANY_ADDRESS = "0.0.0.0"  # noqa: S104 (published on every address, as documented
 PUBLISH_RULE = (
     "[ADDR:]HOST_PORT:VM_PORT[/tcp|udp], ports 1-65535, e.g. 8080:80 or 127.0.0.1:5432:5432"
 )
-# For JSON Schema documents; parse_publish checks the numbers and the address.
-PUBLISH_PATTERN = r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}(/(tcp|udp))?$"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+IPV4_PATTERN = rf"^{_OCTET}(\.{_OCTET}){{3}}$"
+# Exactly the forms parse_publish takes, for JSON Schema documents (it says what is wrong).
+PUBLISH_PATTERN = rf"^({_OCTET}(\.{_OCTET}){{3}}:)?{_PORT}:{_PORT}(/(tcp|udp))?$"
+_EXACT = re.compile(PUBLISH_PATTERN)
 _FORM = re.compile(r"(?:(?P<addr>[0-9.]+):)?(?P<host>[0-9]+):(?P<vm>[0-9]+)(?:/(?P<proto>[a-z]+))?")
 
 
@@ -80,7 +84,7 @@ def _address(value: str, field: str) -> str:
 
 def parse_publish(text: str, field: str = "publish") -> PortMapping:
     """A mapping from its short form; InvalidArgument naming field when it is not one."""
-    match = _FORM.fullmatch(text.strip())
+    match = _FORM.fullmatch(text)
     if match is None:
         raise InvalidArgument(f"{text!r} is not a published port", hint=PUBLISH_RULE, field=field)
     proto = match["proto"] or "tcp"
@@ -88,12 +92,23 @@ def parse_publish(text: str, field: str = "publish") -> PortMapping:
         raise InvalidArgument(
             f"protocol {proto!r} in {text!r} is neither tcp nor udp", hint=PUBLISH_RULE, field=field
         )
-    return PortMapping(
+    mapping = PortMapping(
         host_port=_port(int(match["host"]), "host port", field),
         vm_port=_port(int(match["vm"]), "VM port", field),
         proto=Protocol(proto),
         host_addr=_address(match["addr"], field) if match["addr"] else ANY_ADDRESS,
     )
+    if not _EXACT.fullmatch(text):  # what is left: leading zeros
+        raise InvalidArgument(
+            f"{text!r} is not a published port (no leading zeros)", hint=PUBLISH_RULE, field=field
+        )
+    return mapping
+
+
+def mappings_from(values: Iterable[object], field: str = "publish") -> tuple[PortMapping, ...]:
+    """Each entry parsed (short or object form); overlaps within the list are validate_publish's
+    to find, once the VM's plugin is known to exist."""
+    return tuple(mapping_from(value, f"{field}[{index}]") for index, value in enumerate(values))
 
 
 def mapping_from(value: object, field: str = "publish") -> PortMapping:
@@ -128,8 +143,7 @@ def mapping_from(value: object, field: str = "publish") -> PortMapping:
 def validate_publish(values: Iterable[object], field: str = "publish") -> tuple[PortMapping, ...]:
     """Every mapping parsed, none taking a host port another one of the list takes."""
     mappings: list[PortMapping] = []
-    for index, value in enumerate(values):
-        mapping = mapping_from(value, f"{field}[{index}]")
+    for index, mapping in enumerate(mappings_from(values, field)):
         for earlier in mappings:
             if mapping.overlaps(earlier):
                 raise InvalidArgument(

@@ -20,7 +20,7 @@ from volant.model import (
     VMStatus,
     Volume,
     VolumeMount,
-    validate_publish,
+    mappings_from,
 )
 
 from .interfaces import PLUGIN_PATH_PREFIX, VM_PATH_PREFIX, VarDict
@@ -146,7 +146,7 @@ def spec_from_dbus(spec: Mapping[str, tuple[str, Any]]) -> VMSpec:
         ephemeral=values.get("ephemeral", False),
         volumes=tuple(_mount(m) for m in values.get("volumes", [])),
         # Absent: the plugin's network.publish; an empty array publishes nothing.
-        publish=validate_publish(values["publish"]) if "publish" in values else None,
+        publish=mappings_from(values["publish"]) if "publish" in values else None,
     )
 
 

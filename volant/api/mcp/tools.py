@@ -31,7 +31,7 @@ from volant.model import (
     VMStatus,
     VolantError,
     VolumeMount,
-    validate_publish,
+    mappings_from,
 )
 from volant.model.publish import PUBLISH_PATTERN, PUBLISH_RULE
 from volant.model.validate import DNS_LABEL
@@ -145,7 +145,7 @@ async def create_vm(engine: Engine, args: CreateVM) -> dict[str, Any]:
         isolated=args.isolated,
         ephemeral=args.ephemeral,
         volumes=tuple(VolumeMount(v.name, v.path, v.read_only) for v in args.volumes),
-        publish=None if args.publish is None else validate_publish(args.publish),
+        publish=None if args.publish is None else mappings_from(args.publish),
     )
     return (await engine.create_vm(spec)).to_dict()
 

@@ -25,9 +25,9 @@ from volant.model import (
     VMSortKey,
     VMStatus,
     VolumeMount,
-    validate_publish,
+    mappings_from,
 )
-from volant.model.publish import PUBLISH_PATTERN, PUBLISH_RULE
+from volant.model.publish import IPV4_PATTERN, PUBLISH_PATTERN, PUBLISH_RULE
 from volant.model.validate import DNS_LABEL, PREFIX_RE
 from volant.model.volumes import (
     MAX_PATH,
@@ -91,7 +91,9 @@ class PortRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host_addr: StrictStr | None = Field(
-        None, description="An IPv4 address of the host; none: every address (0.0.0.0)"
+        None,
+        pattern=IPV4_PATTERN,
+        description="An IPv4 address of the host; none: every address (0.0.0.0)",
     )
     host_port: Whole = Field(ge=1, le=65535, description="Port on the host")
     vm_port: Whole = Field(ge=1, le=65535, description="Port of the VM")
@@ -146,7 +148,7 @@ class CreateVMRequest(BaseModel):
         """The published ports as the engine takes them (checked there)."""
         if self.publish is None:
             return None
-        return validate_publish(
+        return mappings_from(
             p if isinstance(p, str) else p.model_dump(exclude_none=True) for p in self.publish
         )
 
