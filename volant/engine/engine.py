@@ -38,7 +38,7 @@ from volant.engine.telemetry import Telemetry
 from volant.engine.undo import Undo
 from volant.engine.vmdisks import VMDisks
 from volant.engine.volumes import Volumes
-from volant.engine.watch import Live, Watching, wait_event
+from volant.engine.watch import Live, Watching, wait_event, wait_ready
 from volant.model import (
     AgentEndpoint,
     EventType,
@@ -331,7 +331,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         undo.push("forget scope", lambda: self.host.end_scope(name))
         undo.push("kill hypervisor", lambda: self._kill(name, live))
         self.faults.at("launched")
-        await self._wait_ready(name, live)
+        log_file = self.config.vm_run_dir(name) / "hypervisor.log"
+        await wait_ready(name, live, self.config.runtime_ready_timeout, log_file)
         self.faults.at("ready")
         live.launching = False
         self._follow(live)
@@ -394,22 +395,6 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 vm.name, status=VMStatus.ERROR, pid=None, status_reason=reason
             )
             await self._emit(EventType.VM_ERROR, vm, reason=reason)
-
-    async def _wait_ready(self, name: str, live: Live) -> None:
-        ready = asyncio.ensure_future(live.hv.wait_ready(self.config.runtime_ready_timeout))
-        exited = asyncio.ensure_future(live.exited.wait())
-        try:
-            await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-        if live.exited.is_set() and not ready.done():
-            ready.cancel()
-            await asyncio.gather(ready, return_exceptions=True)
-            raise HypervisorFailed(
-                f"hypervisor of {name!r} exited during start (status {live.exit_status}); "
-                f"see {self.config.vm_run_dir(name) / 'hypervisor.log'}"
-            )
-        ready.result()
 
     async def _forget(self, name: str, live: Live) -> None:
         live.cancel_health()

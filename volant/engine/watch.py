@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from volant.engine.ending import judge_end
@@ -17,7 +18,14 @@ from volant.engine.events import EventBus
 from volant.engine.hoststeps import HostSteps
 from volant.engine.ports import Hypervisor, HypervisorDriver, Machines, Network, Store, Supervisor
 from volant.engine.repair import Repair
-from volant.model import Event, EventType, LaunchSpec, VirtualMachine, VMStatus
+from volant.model import (
+    Event,
+    EventType,
+    HypervisorFailed,
+    LaunchSpec,
+    VirtualMachine,
+    VMStatus,
+)
 
 log = logging.getLogger("volant.engine.engine")
 
@@ -216,3 +224,22 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def wait_ready(name: str, live: Live, timeout: float, log_file: Path) -> None:
+    """Until the hypervisor answers on its API socket; HypervisorFailed (naming its log) when
+    it exits first."""
+    ready = asyncio.ensure_future(live.hv.wait_ready(timeout))
+    exited = asyncio.ensure_future(live.exited.wait())
+    try:
+        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+    if live.exited.is_set() and not ready.done():
+        ready.cancel()
+        await asyncio.gather(ready, return_exceptions=True)
+        raise HypervisorFailed(
+            f"hypervisor of {name!r} exited during start (status {live.exit_status}); "
+            f"see {log_file}"
+        )
+    ready.result()
