@@ -82,10 +82,19 @@ def test_spec_defaults_and_integer_types(tmp_path: Path) -> None:
     assert (spec.name, spec.cpu_cores, spec.memory_mb, spec.plugin) == ("web", 2, None, "")
 
 
+def test_spec_publish_absent_empty_or_listed() -> None:
+    assert spec_from_dbus({"name": ("s", "web")}).publish is None  # the plugin's default
+    assert spec_from_dbus({"name": ("s", "web"), "publish": ("as", [])}).publish == ()
+    listed = spec_from_dbus({"name": ("s", "web"), "publish": ("as", ["8080:80", "53:53/udp"])})
+    assert [str(p) for p in listed.publish or ()] == ["8080:80/tcp", "53:53/udp"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ({"name": ("s", "w"), "colour": ("s", "red")}, "unknown key 'colour'"),
+        ({"name": ("s", "w"), "publish": ("s", "8080:80")}, "publish: expected type 'as'"),
+        ({"name": ("s", "w"), "publish": ("as", ["80"])}, "not a published port"),
         ({"name": ("s", "w"), "memory_mb": ("s", "1")}, "memory_mb: expected an integer"),
         ({"name": ("u", 1)}, "name: expected type 's'"),
         ({}, "needs a 'name'"),
