@@ -184,3 +184,14 @@ def test_starting_volar_loads_no_host_plumbing() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_create_checks_publish_before_asking_volantd(tmp_path: Path) -> None:
+    api = f"unix:{tmp_path}/none.sock"
+    code, _out, err = volar("--api", api, "vms", "create", "web", "--publish", "8080")
+    assert code == 2
+    assert "'8080' is not a published port" in err
+    code, _out, err = volar("--api", api, "vms", "create", "web", "--publish", "80:1",
+                            "--publish", "80:2")  # fmt: skip
+    assert code == 2
+    assert "take the same host port" in err
