@@ -16,6 +16,8 @@ import pytest
 
 from tests.fakes.fake_cloud_hypervisor import CLIError, FakeCloudHypervisor, parse_cli
 from volant.model import (
+    AgentChannel,
+    ChannelKind,
     Disk,
     EndCause,
     HypervisorEnd,
@@ -94,6 +96,16 @@ def test_argv_without_optional_parts_still_parses(run_dir: Path) -> None:
     assert "--net" not in argv
     assert "--initramfs" not in argv
     assert parse_cli(argv)["--kernel"] == "/g/vmlinuz"
+
+
+def test_networkless_vm_gets_a_hybrid_vsock(run_dir: Path) -> None:
+    channel = CloudHypervisorDriver().agent_channel(7)
+    assert channel == AgentChannel(ChannelKind.HYBRID, 7)
+    argv = vm(run_dir, tap=None, agent_channel=channel).command()
+    assert "--net" not in argv
+    assert parse_cli(argv)["--vsock"] == {"cid": "7", "socket": f"{run_dir}/vsock.sock"}
+    with pytest.raises(CLIError, match="cid"):
+        parse_cli(["cloud-hypervisor", "--kernel", "k", "--vsock", "cid=2,socket=/s"])
 
 
 def test_cli_check_catches_what_ch_refuses() -> None:

@@ -97,7 +97,7 @@ class HostSteps:
         )
         return launched[0]
 
-    async def register_machine(self, name: str, pid: int, tap: str) -> None:
+    async def register_machine(self, name: str, pid: int, tap: str | None) -> None:
         """Register the VM with systemd-machined, when it is there."""
         machines = self.machines
         if machines is not None:
