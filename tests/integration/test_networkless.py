@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from tests.integration.daemon import (
     GUEST_DIR,
+    ROOT,
     Daemon,
     build_guest,
     netns,
@@ -26,6 +28,7 @@ from tests.integration.daemon import (
     stop_daemon,
     wait_status,
 )
+from tests.readme import blocks
 from volant.client import VolantClient
 
 pytestmark = pytest.mark.integration
@@ -68,6 +71,17 @@ PLUGIN: dict[str, Any] = {
 }
 
 
+def documented_commands() -> list[list[str]]:
+    """The volar command lines of docs/networking.md's networkless block, without `volar`."""
+    lines = blocks("networkless", (ROOT / "docs" / "networking.md").read_text())
+    commands = [shlex.split(line) for line in lines]
+    assert [argv[:3] for argv in commands] == [
+        ["volar", "vms", "create"], ["volar", "vms", "get"],
+        ["volar", "vms", "action"], ["volar", "vms", "logs"],
+    ]  # fmt: skip
+    return [argv[1:] for argv in commands]
+
+
 @pytest.fixture
 def settings() -> dict[str, Any]:
     build_guest()
@@ -100,11 +114,13 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
         try:
             assert first is not None
             first.install_plugin("quiet", **PLUGIN)
-            created = first.volar("vms", "create", "quiet1", "--plugin", "quiet")
+            # docs/networking.md's commands, in order, with the checks between them.
+            create, get, ping, logs = documented_commands()
+            created = first.volar(*create)
             assert created.returncode == 0, created.stderr + first.log_text()
             vm = wait_status(first, "quiet1", "running", timeout=120)
             assert vm["ip_address"] is None
-            shown = first.volar("vms", "get", "quiet1")
+            shown = first.volar(*get)
             assert shown.returncode == 0, shown.stderr
             assert "running" in shown.stdout
             links = first.in_ns("ip", "-o", "link", "show").stdout
@@ -117,11 +133,11 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
             assert "hold 1: waiting for release" in seen
             assert released == {"path": "/release"}
             assert held == {"path": "/hold"}
-            pinged = first.volar("vms", "action", "quiet1", "ping")
+            pinged = first.volar(*ping)
             assert pinged.returncode == 0, pinged.stderr
             assert '"/ping"' in pinged.stdout
-            logs = first.volar("vms", "logs", "quiet1")
-            assert "GET /hold" in logs.stdout, logs.stdout
+            printed = first.volar(*logs)
+            assert "GET /hold" in printed.stdout, printed.stdout
 
             # volantd killed outright: the next one adopts the VM and relays to it again.
             first.proc.send_signal(signal.SIGKILL)
@@ -131,7 +147,7 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
             second = start_daemon(ns, tmp_path, settings, plugins=())
             assert "adopted VM quiet1" in second.log_text()
             assert wait_status(second, "quiet1", "running")["pid"] == vm["pid"]
-            pinged = second.volar("vms", "action", "quiet1", "ping")
+            pinged = second.volar(*ping)
             assert pinged.returncode == 0, pinged.stderr + second.log_text()
             assert '"/ping"' in pinged.stdout
             seen, released, held = second.call(lambda c: _held_action_beside_the_log_stream(c, 2))
