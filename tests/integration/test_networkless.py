@@ -3,8 +3,8 @@ virtio-serial path (this machine has no /dev/vhost-vsock): volantd in its own ne
 
 Covers: no tap and no address; the health check, actions and the log stream reach the agent
 over the multiplexed port, concurrently (an action held open while the log stream and another
-action go through); after volantd is killed (SIGKILL) and started again the VM is adopted and
-its agent answers through the new volantd's relay.
+action go through); after volantd is killed (SIGKILL), or stopped (SIGTERM), and started again the
+VM is adopted and its agent answers through the new volantd's relay.
 """
 
 from __future__ import annotations
@@ -152,6 +152,12 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
             assert '"/ping"' in pinged.stdout
             seen, released, held = second.call(lambda c: _held_action_beside_the_log_stream(c, 2))
             assert held == {"path": "/hold"}
+
+            # And stopped politely (SIGTERM: its relay closes, the VM runs on).
+            stop_daemon(second, delete_vms=False)
+            second = start_daemon(ns, tmp_path, settings, plugins=())
+            pinged = second.volar(*ping)
+            assert pinged.returncode == 0, pinged.stderr + second.log_text()
         finally:
             for daemon in (first, second):
                 if daemon is not None:

@@ -144,9 +144,12 @@ class SerialLink:
             greeter.cancel()
 
     async def _greet(self, writer: asyncio.StreamWriter, nonce: bytes) -> None:
-        # The guest drops what arrives before its agent opens the port: say it until answered.
+        # The guest drops what reaches its port before the agent opens it: say it until
+        # answered. QEMU reads nothing from the socket until then either, so a greeting still
+        # waiting in the buffer is not repeated (the backlog would only grow).
         while True:
-            writer.write(PAD + frame(Frame.HELLO, 0, payload=nonce))
+            if writer.transport.get_write_buffer_size() == 0:
+                writer.write(PAD + frame(Frame.HELLO, 0, payload=nonce))
             await asyncio.sleep(HELLO_EVERY)
 
     async def carry(self, client: Streams) -> None:
