@@ -116,12 +116,17 @@ async def echo(path: Path, text: str) -> str:
 
 
 async def test_a_stalled_channel_does_not_stop_the_others(tmp_path: Path) -> None:
-    async with guest(tmp_path) as (run_dir, _), relay(run_dir) as path:
+    async with guest(tmp_path) as (run_dir, demux), relay(run_dir) as path:
         slow_reader, slow_writer = await asyncio.open_unix_connection(path)
         slow_writer.write(b"FLOOD\n")
-        await asyncio.sleep(0.5)  # the flood fills its window and stops there
+        # The flood fills the host's socket buffers and its window, and stops there: the guest
+        # holds the rest back until credit comes.
+        while not any(c.credit <= 0 for c in demux.channels.values()):
+            await asyncio.sleep(0.05)
+        flood = next(iter(demux.channels.values()))
         answers = await asyncio.gather(*(echo(path, f"probe {i}") for i in range(20)))
         assert answers == [f"probe {i}" for i in range(20)]
+        assert flood.credit <= 0  # still held back while the probes went through
         received = await asyncio.wait_for(slow_reader.read(), 30)
         chunk = bytes(range(256)) * 256
         assert received == chunk * (FLOOD // len(chunk))

@@ -158,6 +158,12 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
             second = start_daemon(ns, tmp_path, settings, plugins=())
             pinged = second.volar(*ping)
             assert pinged.returncode == 0, pinged.stderr + second.log_text()
+            # A restart of the VM itself: the relay ends with the old QEMU and comes back.
+            restarted = second.volar("vms", "restart", "quiet1")
+            assert restarted.returncode == 0, restarted.stderr
+            wait_status(second, "quiet1", "running", timeout=120)
+            pinged = second.volar(*ping)
+            assert pinged.returncode == 0, pinged.stderr + second.log_text()
         finally:
             for daemon in (first, second):
                 if daemon is not None:
