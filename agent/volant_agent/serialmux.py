@@ -9,7 +9,9 @@ never imports volant. A frame: magic 0xA7 (u8), type (u8), channel (u16), value 
 The port is /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name is PORT_NAME. QEMU tells
 the guest when volantd connects or disconnects its socket: while nobody is connected a read
 gives end of file (and poll POLLHUP), and writes wait. On end of file every channel is closed
-and the port polled again; a new volantd greets with HELLO, which resets the channels too.
+and the port polled again; a new volantd greets with HELLO, which resets the channels too. An
+agent that starts (again) sends HELLO itself, without payload: a volantd that was talking to the
+agent before ends its session and greets anew.
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class Demux:
 
     async def run(self) -> None:
         """Serve the port until cancelled."""
+        # A volantd that was talking to an earlier agent (this one restarted) starts over.
+        self.send(frame(HELLO, 0))
         try:
             while True:
                 data = await self._read()

@@ -45,8 +45,27 @@ async def _agent_standin(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     writer.close()
 
 
+class GuestEnd:
+    """The agent's demux on its end of the port; restart() plays an agent that starts again."""
+
+    def __init__(self, fd: int, port: int) -> None:
+        self.fd, self.port = fd, port
+        self.demux = Demux(fd, "127.0.0.1", port)
+        self.task = asyncio.create_task(self.demux.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def restart(self) -> None:
+        await self.stop()
+        self.demux = Demux(self.fd, "127.0.0.1", self.port)
+        self.task = asyncio.create_task(self.demux.run())
+
+
 @contextlib.asynccontextmanager
-async def guest(tmp_path: Path) -> AsyncIterator[tuple[Path, Demux]]:
+async def guest(tmp_path: Path) -> AsyncIterator[tuple[Path, GuestEnd]]:
     """The agent stand-in on loopback, its demux on one end of a socketpair and, as QEMU's
     chardev, a unix server at run_dir/agent.sock relaying each host connection to the other
     end (the pair stays: the guest sees a new host only by its HELLO)."""
@@ -54,8 +73,7 @@ async def guest(tmp_path: Path) -> AsyncIterator[tuple[Path, Demux]]:
     port = agent.sockets[0].getsockname()[1]
     guest_end, port_end = socket.socketpair()
     guest_end.setblocking(False)
-    demux = Demux(guest_end.fileno(), "127.0.0.1", port)
-    task = asyncio.create_task(demux.run())
+    end = GuestEnd(guest_end.fileno(), port)
     port_reader, port_writer = await asyncio.open_connection(sock=port_end)
     hosts: list[asyncio.StreamWriter] = []
 
@@ -82,12 +100,10 @@ async def guest(tmp_path: Path) -> AsyncIterator[tuple[Path, Demux]]:
     run_dir.mkdir()
     server = await asyncio.start_unix_server(chardev, path=run_dir / SERIAL_SOCKET)
     try:
-        yield run_dir, demux
+        yield run_dir, end
     finally:
         server.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await end.stop()
         port_writer.close()
         guest_end.close()
         agent.close()
@@ -116,7 +132,8 @@ async def echo(path: Path, text: str) -> str:
 
 
 async def test_a_stalled_channel_does_not_stop_the_others(tmp_path: Path) -> None:
-    async with guest(tmp_path) as (run_dir, demux), relay(run_dir) as path:
+    async with guest(tmp_path) as (run_dir, end), relay(run_dir) as path:
+        demux = end.demux
         slow_reader, slow_writer = await asyncio.open_unix_connection(path)
         slow_writer.write(b"FLOOD\n")
         # The flood fills the host's socket buffers and its window, and stops there: the guest
@@ -134,7 +151,8 @@ async def test_a_stalled_channel_does_not_stop_the_others(tmp_path: Path) -> Non
 
 
 async def test_a_new_host_session_resets_the_guest(tmp_path: Path) -> None:
-    async with guest(tmp_path) as (run_dir, demux):
+    async with guest(tmp_path) as (run_dir, end):
+        demux = end.demux
         async with relay(run_dir) as path:
             reader, writer = await asyncio.open_unix_connection(path)
             writer.write(b"FLOOD\n")
@@ -145,6 +163,20 @@ async def test_a_new_host_session_resets_the_guest(tmp_path: Path) -> None:
             assert await echo(path, "again") == "again"
             assert list(demux.channels) != [1] or not demux.channels[1].inbox.qsize()
         writer.close()
+
+
+async def test_a_restarted_agent_gets_a_new_session(tmp_path: Path) -> None:
+    async with guest(tmp_path) as (run_dir, end), relay(run_dir) as path:
+        assert await echo(path, "before") == "before"
+        # The agent starts again on the same port (a new demux, unsynced): volantd hears its
+        # HELLO and greets it anew rather than sending channels into the void.
+        await end.restart()
+        # A connection made before volantd heard the HELLO is closed with the old session, as
+        # the health probe's would be; the next ones are carried.
+        async with asyncio.timeout(10):
+            while (answer := await echo(path, "after")) != "after":
+                assert answer == ""
+                await asyncio.sleep(0.1)
 
 
 def test_parser_finds_the_greeting_after_half_a_frame_and_pads() -> None:

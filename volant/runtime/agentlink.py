@@ -138,6 +138,8 @@ class SerialLink:
                         if payload == nonce and not self.ready.is_set():
                             greeter.cancel()
                             self.ready.set()
+                    elif kind is Frame.HELLO:
+                        raise ProtocolError("the guest's agent started again")
                     elif not mux.dispatch(kind, number, value, payload):
                         raise ProtocolError(f"unexpected {kind.name} from the guest")
         finally:

@@ -7,7 +7,8 @@ A frame is an 8-byte header, big endian: magic 0xA7 (u8), type (u8), channel (u1
 followed by `value` payload bytes for HELLO, ACK and DATA:
 
   HELLO   host -> guest, channel 0, payload an 8-byte nonce: a new host session. The guest
-          closes every channel it has and answers ACK with the same nonce.
+          closes every channel it has and answers ACK with the same nonce. Guest -> host,
+          without payload: the agent (re)started; the host ends its session and greets again.
   ACK     guest -> host: the nonce of the HELLO it answers.
   OPEN    host -> guest: a channel opens; the guest connects it to its agent on loopback.
   DATA    payload bytes of the channel (at most MAX_PAYLOAD in one frame).
