@@ -6,7 +6,9 @@ over what the host and hypervisor have:
 
 - QEMU with /dev/vhost-vsock: AF_VSOCK to (cid, port).
 - Cloud Hypervisor: its hybrid vsock, a unix socket on which `CONNECT <port>\\n` is answered
-  `OK <host port>\\n`, after which the stream is the guest's port (CH's docs/vsock.md).
+  `OK <host port>\\n`, after which the stream is the guest's port; when nothing listens on the
+  port in the guest, the connection is closed instead (CH's docs/vsock.md and Firecracker's,
+  whose muxer CH took).
 - QEMU without vhost-vsock: a virtio-serial port on a unix socket, multiplexed into channels
   (volant.runtime.agentmux), one per connection.
 
@@ -172,8 +174,7 @@ class SerialLink:
         mux.send(frame(Frame.OPEN, number))
         channel = mux.add(number, lambda: _ready(client))
         assert channel.task is not None
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(channel.task)
+        await asyncio.wait({channel.task})  # a session reset cancels it: that is its end too
 
     def _free_number(self, mux: Mux) -> int | None:
         if len(mux.channels) >= MAX_CHANNELS:
