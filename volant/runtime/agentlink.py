@@ -57,6 +57,14 @@ class HybridRefused(OSError):
     """Cloud Hypervisor did not connect the guest port (nothing listens there yet)."""
 
 
+def hypervisor_sockets(spec: LaunchSpec) -> list[Path]:
+    """The sockets the hypervisor of a network-less VM binds in its run directory: a stale
+    one from its last run must go first (Cloud Hypervisor refuses to bind over it)."""
+    if spec.agent_channel is None:
+        return []
+    return [spec.run_dir / SERIAL_SOCKET, spec.run_dir / HYBRID_SOCKET]
+
+
 async def hybrid_connect(path: Path, port: int, timeout: float = HANDSHAKE_TIMEOUT) -> Streams:
     """A stream to the guest's vsock port through Cloud Hypervisor's hybrid vsock socket."""
     reader, writer = await asyncio.open_unix_connection(path)
