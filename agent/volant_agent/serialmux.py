@@ -174,7 +174,11 @@ class Demux:
         self.send(frame(HELLO, 0))
         try:
             while True:
-                data = await self._read()
+                try:
+                    data = await self._read()
+                except OSError as exc:  # treated as a host that went away: start over
+                    log.warning("serial port: read failed: %s", exc)
+                    data = b""
                 if not data:  # no host on the other end (yet, or any more)
                     if self.synced or self.channels:
                         log.info("serial port: host went away; closing its channels")

@@ -128,6 +128,9 @@ class SerialLink:
                 await self._session(reader, writer)
             except (OSError, ProtocolError) as exc:
                 log.info("agent port %s: session ended: %s", self.path, exc)
+            except Exception:
+                # Whatever it was, the VM must stay reachable: start a new session.
+                log.exception("agent port %s: session failed", self.path)
             finally:
                 self.ready.clear()
                 mux, self.mux = self.mux, None
