@@ -102,6 +102,7 @@ bench: deps
 	@$(PY) -m bench.oci_import
 	@$(PY) -m bench.plugin_build
 	@$(PY) -m bench.rootfs_boot
+	@$(PY) -m bench.agent_channel
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps

@@ -20,6 +20,7 @@ from volant_agent.http import MAX_HEAD, connection_handler
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import block_devices, load
 from volant_agent.rootfs import Assembly, prepare
+from volant_agent.serialmux import find_port, serve_port
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger("volant_agent")
@@ -105,6 +106,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         vsock = await _vsock_server(handler, args.port)
         if vsock is not None:
             servers.append(vsock)
+    # A network-less VM on a host without vhost-vsock: volantd's channels on a virtio-serial port.
+    port = find_port()
+    demux = asyncio.create_task(serve_port(port, host, args.port)) if port else None
     agent.timeline["agent_listening"] = time.monotonic()
     print(f"volant-agent: listening on {host}:{args.port}", flush=True)
     mounted: list[Assembly] = []
@@ -126,6 +130,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await runner
     for assembly in mounted:
         await assembly.unmount()  # the VM's disk is clean when PID 1 powers off
+    if demux is not None:
+        demux.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await demux
     for server in servers:
         server.close()
     return 0

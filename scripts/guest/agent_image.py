@@ -36,11 +36,12 @@ AGENT_PACKAGE = REPO / "agent" / "volant_agent"
 INIT_SCRIPT = AGENT_PACKAGE / "volant-init.sh"
 IMAGE = "agent-initramfs.img"
 META = "agent-initramfs.json"
-# virtio_blk carries the config disk; the vsock transport serves vsock mode; pvpanic_mmio tells
+# virtio_blk carries the config disk; the vsock transport and virtio_console (the agent's
+# virtio-serial port where the host has no vhost-vsock) serve vsock mode; pvpanic_mmio tells
 # QEMU of a kernel panic (its pvpanic device), so volantd can tell a panic from a reboot.
 WANTED_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "virtio_blk", "button", "evdev",
-    "vmw_vsock_virtio_transport", "pvpanic_mmio",
+    "vmw_vsock_virtio_transport", "virtio_console", "pvpanic_mmio",
 )  # fmt: skip
 # The file systems of a rootfs plugin's root (ext4, for its writable disk, is built in): in the
 # image, but loaded by the agent only in the VMs that boot a rootfs, and only the rootfs'

@@ -65,11 +65,14 @@ OPTION_KEYS: dict[str, frozenset[str]] = {
     "--serial": frozenset({"file", "socket"}),
     "--console": frozenset({"file", "iommu", "id"}),
     "--event-monitor": frozenset({"path", "fd"}),
+    "--vsock": _keys("cid socket iommu id pci_segment pci_device_id"),
 }
 PATH_OPTIONS = frozenset({"--kernel", "--initramfs", "--cmdline", "--firmware"})
 MULTI_OPTIONS = frozenset({"--disk", "--net"})
 SERIAL_MODES = frozenset({"off", "null", "pty", "tty"})
-VM_OPTIONS = frozenset({"--cpus", "--memory", "--disk", "--net", "--rng", "--serial", "--console"})
+VM_OPTIONS = frozenset(
+    {"--cpus", "--memory", "--disk", "--net", "--rng", "--serial", "--console", "--vsock"}
+)
 _BOOL = frozenset({"on", "off", "true", "false", ""})
 _SIZE = re.compile(r"\d+[KMG]?")
 
@@ -95,6 +98,8 @@ def _parse_kv(option: str, value: str) -> dict[str, str]:
         raise CLIError(f"{option}: readonly takes on|off|true|false")
     if option == "--memory" and not _SIZE.fullmatch(pairs.get("size", "512M")):
         raise CLIError(f"--memory: bad size {pairs['size']!r}")
+    if option == "--vsock" and not (pairs.get("cid", "").isdigit() and int(pairs["cid"]) >= 3):
+        raise CLIError("--vsock: cid must be a number >= 3")  # the OpenAPI's minimum
     if option == "--cpus" and not pairs.get("boot", "1").isdigit():
         raise CLIError("--cpus: boot must be a number")
     return pairs

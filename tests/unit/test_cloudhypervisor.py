@@ -16,6 +16,8 @@ import pytest
 
 from tests.fakes.fake_cloud_hypervisor import CLIError, FakeCloudHypervisor, parse_cli
 from volant.model import (
+    AgentChannel,
+    ChannelKind,
     Disk,
     EndCause,
     HypervisorEnd,
@@ -23,6 +25,7 @@ from volant.model import (
     InvalidArgument,
     LaunchSpec,
 )
+from volant.runtime.agentlink import hypervisor_sockets
 from volant.runtime.ch_events import parse_events
 from volant.runtime.cloudhypervisor import (
     CloudHypervisorAPI,
@@ -94,6 +97,20 @@ def test_argv_without_optional_parts_still_parses(run_dir: Path) -> None:
     assert "--net" not in argv
     assert "--initramfs" not in argv
     assert parse_cli(argv)["--kernel"] == "/g/vmlinuz"
+
+
+def test_networkless_vm_gets_a_hybrid_vsock(run_dir: Path) -> None:
+    channel = CloudHypervisorDriver().agent_channel(7)
+    assert channel == AgentChannel(ChannelKind.HYBRID, 7)
+    spec = make_spec(run_dir, tap=None, agent_channel=channel)
+    argv = CloudHypervisorDriver().argv(spec)
+    assert "--net" not in argv
+    assert parse_cli(argv)["--vsock"] == {"cid": "7", "socket": f"{run_dir}/vsock.sock"}
+    # CH binds it anew at each start: a stale one from the last run is removed first.
+    assert run_dir / "vsock.sock" in hypervisor_sockets(spec)
+    assert hypervisor_sockets(make_spec(run_dir)) == []
+    with pytest.raises(CLIError, match="cid"):
+        parse_cli(["cloud-hypervisor", "--kernel", "k", "--vsock", "cid=2,socket=/s"])
 
 
 def test_cli_check_catches_what_ch_refuses() -> None:

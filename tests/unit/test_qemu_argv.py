@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from volant.engine.ports import Hypervisor, HypervisorDriver
-from volant.model import Disk, InvalidArgument, LaunchSpec, Unavailable
+from volant.model import AgentChannel, ChannelKind, Disk, InvalidArgument, LaunchSpec, Unavailable
 from volant.runtime import select_driver
 from volant.runtime.cloudhypervisor import CloudHypervisorDriver
 from volant.runtime.qemu import Accel, Machine, QemuDriver, host_tsc_khz, resolve_machine
@@ -109,6 +109,30 @@ def test_no_tap_no_initramfs_and_paused_start() -> None:
     assert "-netdev" not in argv
     assert "-initrd" not in argv
     assert "-S" in argv
+
+
+def test_networkless_vm_gets_a_virtio_serial_port_without_vhost_vsock() -> None:
+    driver = QemuDriver(machine="q35", vhost_vsock=False)
+    channel = driver.agent_channel(5)
+    assert channel == AgentChannel(ChannelKind.SERIAL, 5)
+    argv = driver.argv(spec(tap=None, agent_channel=channel))
+    assert "-netdev" not in argv
+    devices = option(argv, "-device")
+    assert "virtio-serial-pci,id=vser0" in devices
+    assert "virtserialport,bus=vser0.0,chardev=agent,name=org.volant.agent" in devices
+    chardev = "socket,id=agent,path=/run/volant/vms/web/agent.sock,server=on,wait=off"
+    assert chardev in option(argv, "-chardev")
+    microvm = QemuDriver(machine="microvm", tsc_khz=TSC, vhost_vsock=False)
+    assert "virtio-serial-device,id=vser0" in option(
+        microvm.argv(spec(tap=None, agent_channel=channel)), "-device"
+    )
+
+
+def test_networkless_vm_gets_vhost_vsock_where_the_host_has_it() -> None:
+    driver = QemuDriver(machine="q35", vhost_vsock=True)
+    argv = driver.argv(spec(tap=None, agent_channel=driver.agent_channel(9)))
+    assert "vhost-vsock-pci,guest-cid=9" in option(argv, "-device")
+    assert not any("virtserialport" in device for device in option(argv, "-device"))
 
 
 def test_commas_in_paths_are_escaped() -> None:

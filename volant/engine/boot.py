@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from volant.config import Config
-from volant.engine.guest import vm_manifest
+from volant.engine.guest import networkless, vm_manifest
 from volant.engine.ports import Artifacts, HypervisorDriver, Network, Store
 from volant.engine.vmdisks import VMDisks
 from volant.engine.volumes import Volumes
@@ -40,6 +40,7 @@ log = logging.getLogger("volant.engine.engine")
 
 CONFIG_DISK = "config.img"
 SECRET_BYTES = 32
+FIRST_CID = 3
 
 
 def new_agent_secret() -> str:
@@ -201,7 +202,10 @@ class Booting:
         return replace(spec, kernel=kernel, initramfs=initramfs), manifest
 
     def launch_spec(self, vm: VirtualMachine) -> LaunchSpec:
+        """A network-less VM gets no tap but an agent channel, its vsock cid made unique
+        by the VM's row id (cids 0-2 are reserved)."""
         cfg = self.config
+        quiet = networkless(vm)
         return LaunchSpec(
             name=vm.name,
             cpus=vm.cpu_cores,
@@ -212,6 +216,7 @@ class Booting:
             mac=vm.mac,
             run_dir=cfg.vm_run_dir(vm.name),
             console_log=cfg.vm_console_log(vm.name),
-            tap=self.network.tap_name(vm.name),
+            tap=None if quiet else self.network.tap_name(vm.name),
             start_paused=cfg.runtime_start_paused,
+            agent_channel=self.driver.agent_channel(FIRST_CID + vm.id) if quiet else None,
         )

@@ -15,7 +15,7 @@ from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
-from volant.engine.guest import GuestVerbs, health_budget, vm_manifest
+from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_manifest
 from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
 from volant.engine.ledger import Ledger
@@ -40,7 +40,6 @@ from volant.engine.vmdisks import VMDisks
 from volant.engine.volumes import Volumes
 from volant.engine.watch import Live, Watching, wait_event, wait_ready
 from volant.model import (
-    AgentEndpoint,
     EventType,
     HypervisorFailed,
     InvalidArgument,
@@ -192,8 +191,6 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 hint=f"`volar plugins enable {plugin.name}`",
                 field="plugin",
             )
-        if manifest.network is NetworkMode.VSOCK:
-            raise InvalidArgument("vsock networking is not supported yet", field="network.mode")
         spec = self.validate_spec(spec, manifest)
         await self.published.check(spec.name, spec.publish or ())
         # Fail before anything exists when an artifact is missing or corrupt.
@@ -312,13 +309,13 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         """
         vm = await self._ensure_agent_secret(vm)
         spec, manifest = await self._boot_files(vm)
-        assert spec.tap is not None
-        tap, name = spec.tap, vm.name
+        tap, name = spec.tap, vm.name  # no tap: a network-less VM (network.mode vsock)
         vm = await self.store.update_vm(name, status=VMStatus.STARTING, status_reason="")
         await self._emit(EventType.VM_STARTING, vm)
         self.faults.at("starting")
-        await self.host.plumb_tap(name, tap, isolated=vm.isolated)
-        undo.push(f"delete tap {tap}", lambda: self.host.unplumb_tap(name))
+        if tap is not None:
+            await self.host.plumb_tap(name, tap, isolated=vm.isolated)
+            undo.push(f"delete tap {tap}", lambda: self.host.unplumb_tap(name))
         self.faults.at("tap-created")
         await self.disks.ensure(name, spec.disks)
         self.faults.at("disk-ready")
@@ -365,7 +362,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         """Start the health gate when the manifest has a health check; False when it has none
         (the VM is running as soon as its hypervisor is)."""
         budget = health_budget(self.config, manifest) if manifest is not None else None
-        if budget is None or not vm.ip_address:
+        if budget is None or reachable_agent(vm, self.config) is None:
             return False
         log.info("VM %s: waiting for its workload to be healthy", vm.name, extra={"VM": vm.name})
         live.health = self._spawn(self._health_gate(vm, live, budget))
@@ -374,10 +371,11 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
     async def _health_gate(self, vm: VirtualMachine, live: Live, budget: float) -> None:
         """starting -> running once the agent reports the workload healthy; error (hypervisor
         killed, reason recorded) when it does not within budget seconds."""
-        assert vm.ip_address is not None
+        agent = reachable_agent(vm, self.config)
+        assert agent is not None
         failure: VolantError | None = None
         try:
-            await self.guest.wait_healthy(AgentEndpoint(vm.ip_address, vm.agent_secret), budget)
+            await self.guest.wait_healthy(agent, budget)
         except VolantError as exc:
             failure = exc
         async with self._lock(vm.name):
@@ -398,6 +396,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
 
     async def _forget(self, name: str, live: Live) -> None:
         live.cancel_health()
+        if live.follower is not None:  # and with it a network-less VM's agent relay
+            live.follower.cancel()
         if self._live.get(name) is live:
             del self._live[name]
 

@@ -18,6 +18,7 @@ from volant.model import (
     AgentEndpoint,
     InvalidState,
     Manifest,
+    NetworkMode,
     NotFound,
     Unavailable,
     VirtualMachine,
@@ -26,6 +27,7 @@ from volant.model import (
 from volant.model.validate import validate_name
 from volant.plugins.fetch import fetch_bytes
 from volant.plugins.manifest import validate_document
+from volant.runtime.agentlink import AGENT_SOCKET
 
 log = logging.getLogger("volant.engine.engine")
 
@@ -93,7 +95,8 @@ class GuestVerbs:
                 timeout=self.config.plugins_download_timeout,
             )
             return _guess_type(reference, body), body
-        reply = await self.guest.request(agent_endpoint(vm), "GET", "/v1" + reference, timeout=30.0)
+        agent = agent_endpoint(vm, self.config)
+        reply = await self.guest.request(agent, "GET", "/v1" + reference, timeout=30.0)
         if reply.status != 200:
             raise NotFound(
                 f"the workload of {vm.name!r} answered {reply.status} for its OpenAPI "
@@ -105,7 +108,7 @@ class GuestVerbs:
         """The workload's most recent stdout/stderr lines, oldest first."""
         vm = await self.store.get_vm(validate_name(name))
         reply = await self.guest.request(
-            agent_endpoint(vm), "GET", f"/v1/logs?limit={limit}", timeout=10.0
+            agent_endpoint(vm, self.config), "GET", f"/v1/logs?limit={limit}", timeout=10.0
         )
         if reply.status != 200:
             raise Unavailable(f"the guest agent of {vm.name!r} answered {reply.status} for logs")
@@ -115,7 +118,7 @@ class GuestVerbs:
     async def vm_logs(self, name: str, backlog: int = 50) -> AsyncIterator[dict[str, Any]]:
         """The workload's stdout/stderr lines as the agent streams them (recent ones first)."""
         vm = await self.store.get_vm(validate_name(name))
-        async for line in self.guest.stream_logs(agent_endpoint(vm), backlog):
+        async for line in self.guest.stream_logs(agent_endpoint(vm, self.config), backlog):
             yield line
 
     async def _action(
@@ -129,7 +132,7 @@ class GuestVerbs:
                 f"plugin {vm.plugin!r} has no action {action!r} (its actions: {known})",
                 field="action",
             )
-        agent = agent_endpoint(vm)
+        agent = agent_endpoint(vm, self.config)
         log.info("action %s on VM %s", action, vm.name, extra={"VM": vm.name})
         return await self.guest.action(
             agent,
@@ -141,16 +144,35 @@ class GuestVerbs:
         )
 
 
-def agent_endpoint(vm: VirtualMachine) -> AgentEndpoint:
-    """The guest's address and agent secret, for a VM whose agent can be reached now."""
+def networkless(vm: VirtualMachine) -> bool:
+    """True for a VM of `network.mode: vsock`: no NIC, its agent reached over a local channel."""
+    if not vm.manifest_json:
+        return False
+    network = json.loads(vm.manifest_json).get("network") or {}
+    return isinstance(network, dict) and network.get("mode") == NetworkMode.VSOCK
+
+
+def reachable_agent(vm: VirtualMachine, config: Config) -> AgentEndpoint | None:
+    """The agent at the guest's address, or behind the relay socket of a network-less VM
+    (volant.runtime.agentlink); None when the host knows neither (a dhcp guest's address)."""
+    if vm.ip_address:
+        return AgentEndpoint(vm.ip_address, vm.agent_secret)
+    if networkless(vm):
+        return AgentEndpoint("", vm.agent_secret, socket=config.vm_run_dir(vm.name) / AGENT_SOCKET)
+    return None
+
+
+def agent_endpoint(vm: VirtualMachine, config: Config) -> AgentEndpoint:
+    """How to reach the agent of a VM whose agent can be reached now."""
     if vm.status not in (VMStatus.RUNNING, VMStatus.STARTING):
         raise InvalidState(
             f"VM {vm.name!r} is {vm.status}; its agent answers only while it runs",
             hint=f"`volar vms start {vm.name}`",
         )
-    if not vm.ip_address:
-        raise InvalidState(f"VM {vm.name!r} has no address the host knows (dhcp or vsock mode)")
-    return AgentEndpoint(vm.ip_address, vm.agent_secret)
+    agent = reachable_agent(vm, config)
+    if agent is None:
+        raise InvalidState(f"VM {vm.name!r} has no address the host knows (dhcp mode)")
+    return agent
 
 
 def _guess_type(reference: str, body: bytes) -> str:

@@ -26,6 +26,7 @@ from volant.model import (
     VirtualMachine,
     disk_full_as_error,
 )
+from volant.runtime.agentlink import hypervisor_sockets
 from volant.runtime.configdisk import storage_document, write_config_disk
 
 # The hypervisor's pid file and log need this much in its run directory.
@@ -100,7 +101,7 @@ class HostSteps:
         )
         return launched[0]
 
-    async def register_machine(self, name: str, pid: int, tap: str) -> None:
+    async def register_machine(self, name: str, pid: int, tap: str | None) -> None:
         """Register the VM with systemd-machined, when it is there."""
         machines = self.machines
         if machines is not None:
@@ -170,7 +171,7 @@ async def _nothing() -> None:
 def _prepare_dirs(spec: LaunchSpec) -> None:
     spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     spec.console_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    for stale in (spec.api_socket, spec.serial_socket):
+    for stale in (spec.api_socket, spec.serial_socket, *hypervisor_sockets(spec)):
         stale.unlink(missing_ok=True)
     # The hypervisor writes its pid file and log here, and exits without a word it could
     # leave when it cannot: say why before it starts.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from volant.model import (
+    AgentChannel,
     AgentEndpoint,
     Artifact,
     Event,
@@ -247,6 +248,10 @@ class HypervisorDriver(Protocol):
 
     def kernel_extras(self) -> list[str]:
         """Kernel arguments this hypervisor needs (entropy, clock hints) on every guest."""
+        ...
+
+    def agent_channel(self, cid: int) -> AgentChannel:
+        """How the host reaches the agent of a network-less VM with vsock context id cid."""
         ...
 
     def for_vm(self, spec: LaunchSpec) -> Hypervisor: ...

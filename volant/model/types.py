@@ -101,6 +101,22 @@ class NetworkMode(StrEnum):
     VSOCK = "vsock"
 
 
+class ChannelKind(StrEnum):
+    """How the host reaches the agent of a network-less VM (volant.runtime.agentlink)."""
+
+    VSOCK = "vsock"  # QEMU vhost-vsock-pci: AF_VSOCK to (cid, port)
+    HYBRID = "hybrid"  # Cloud Hypervisor's hybrid vsock: a unix socket, `CONNECT <port>`
+    SERIAL = "serial"  # a virtio-serial port on a unix socket, multiplexed into channels
+
+
+@dataclass(frozen=True)
+class AgentChannel:
+    """The host-local channel of a network-less VM; cid is its vsock context id (>= 3)."""
+
+    kind: ChannelKind
+    cid: int
+
+
 @dataclass(frozen=True)
 class VMSpec:
     """What a caller asks for when creating a VM.
@@ -192,6 +208,8 @@ class AgentEndpoint:
 
     address: str
     secret: str = field(repr=False)
+    # A network-less VM's agent: the unix socket its relay serves (address is then "").
+    socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +293,8 @@ class LaunchSpec:
     # None for an initramfs plugin: the workload runs in the agent's own root.
     root: GuestRoot | None = None
     start_paused: bool = False
+    # Set for a network-less VM (no tap): how the host reaches its agent.
+    agent_channel: AgentChannel | None = None
 
     @property
     def all_disks(self) -> tuple[Disk, ...]:

@@ -24,7 +24,15 @@ from typing import Any
 
 import aiohttp
 
-from volant.model import HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec
+from volant.model import (
+    AgentChannel,
+    ChannelKind,
+    HypervisorEnd,
+    HypervisorFailed,
+    InvalidArgument,
+    LaunchSpec,
+)
+from volant.runtime.agentlink import HYBRID_SOCKET, agent_relay
 from volant.runtime.ch_events import EVENTS_FILE, read_end
 
 log = logging.getLogger(__name__)
@@ -146,6 +154,10 @@ class CloudHypervisorDriver:
         """CH guests run on KVM with kvmclock and a virtio-rng device: nothing to add."""
         return []
 
+    def agent_channel(self, cid: int) -> AgentChannel:
+        """A network-less VM's channel: CH's hybrid vsock (a unix socket, no vhost-vsock)."""
+        return AgentChannel(ChannelKind.HYBRID, cid)
+
     def for_vm(self, spec: LaunchSpec) -> CloudHypervisorVM:
         return CloudHypervisorVM(self, spec)
 
@@ -163,6 +175,9 @@ class CloudHypervisorDriver:
         argv += ["--cpus", f"boot={spec.cpus}", "--memory", f"size={spec.memory_mb}M"]
         if spec.tap is not None:
             argv += ["--net", f"tap={spec.tap},mac={spec.mac}"]
+        if spec.agent_channel is not None:
+            hybrid = _value(spec.run_dir / HYBRID_SOCKET, "vsock socket")
+            argv += ["--vsock", f"cid={spec.agent_channel.cid},socket={hybrid}"]
         argv += ["--serial", f"socket={_value(spec.serial_socket, 'serial socket')}"]
         argv += ["--console", "off", "--rng", "src=/dev/urandom"]
         for disk in spec.all_disks:
@@ -251,7 +266,11 @@ class CloudHypervisorVM:
         return True
 
     async def follow(self) -> None:
-        """CH keeps its events in a file (read by end_cause): there is nothing to hold open."""
+        """CH keeps its events in a file (read by end_cause): there is nothing to hold open but
+        a network-less VM's agent relay, until the engine stops following."""
+        async with agent_relay(self.spec) as relaying:
+            if relaying:
+                await asyncio.Future()
 
     async def end_cause(self, timeout: float) -> HypervisorEnd:
         """Why CH ended, from its event file. CH has exited by now and wrote all it will, so

@@ -13,6 +13,7 @@ GuestReply for the caller to pass on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -98,10 +99,28 @@ class GuestAgent:
         host = f"[{ip}]" if ip_address(ip).version == 6 else ip
         return f"{host}:{self._port}"
 
-    def _url(self, ip: str, path: str) -> str:
+    def where(self, agent: AgentEndpoint) -> str:
+        """The agent's address for messages: host:port, or the relay socket of a network-less
+        VM."""
+        return f"unix:{agent.socket}" if agent.socket is not None else self.address(agent.address)
+
+    def _url(self, agent: AgentEndpoint, path: str) -> str:
         if not path.startswith("/"):
             raise ValueError(f"agent paths start with '/', not {path!r}")
-        return f"http://{self.address(ip)}{path}"
+        if agent.socket is not None:
+            return f"http://localhost:{self._port}{path}"
+        return f"http://{self.address(agent.address)}{path}"
+
+    @contextlib.asynccontextmanager
+    async def _session_for(self, agent: AgentEndpoint) -> AsyncIterator[aiohttp.ClientSession]:
+        """The shared session, or one on the relay socket of a network-less VM (a connector
+        holds one socket path)."""
+        if agent.socket is None:
+            yield self.session
+            return
+        connector = aiohttp.UnixConnector(path=str(agent.socket), force_close=True)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            yield session
 
     @staticmethod
     def _headers(agent: AgentEndpoint) -> dict[str, str]:
@@ -122,23 +141,25 @@ class GuestAgent:
 
         timeout bounds the whole exchange. Raises Unavailable when the agent does not answer.
         """
-        ip = agent.address
         headers = self._headers(agent)
         if content_type:
             headers["Content-Type"] = content_type
         try:
-            async with self.session.request(
-                method.upper(),
-                self._url(ip, path),
-                data=body or None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as resp:
+            async with (
+                self._session_for(agent) as session,
+                session.request(
+                    method.upper(),
+                    self._url(agent, path),
+                    data=body or None,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    allow_redirects=False,
+                ) as resp,
+            ):
                 data = await resp.read()
                 return GuestReply(resp.status, resp.headers.get("Content-Type", ""), data)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _agent_error(self.address(ip), exc) from exc
+            raise _agent_error(self.where(agent), exc) from exc
 
     async def action(
         self,
@@ -200,18 +221,20 @@ class GuestAgent:
             left = end - time.monotonic()
             if left > 0:
                 await asyncio.sleep(min(interval, left))
-        raise self._never_healthy(agent.address, deadline, last)
+        raise self._never_healthy(self.where(agent), deadline, last)
 
-    def _never_healthy(self, ip: str, deadline: float, last: dict[str, Any] | None) -> Unavailable:
+    def _never_healthy(
+        self, where: str, deadline: float, last: dict[str, Any] | None
+    ) -> Unavailable:
         if last is None:
             return Unavailable(
-                f"the guest agent never answered at {self.address(ip)} within {deadline:g} s",
+                f"the guest agent never answered at {where} within {deadline:g} s",
                 hint="the guest may have failed to boot or configure its network; "
                 "see its console log",
             )
         if "workload" not in last:
             return Unavailable(
-                f"the guest agent at {self.address(ip)} does not accept this VM's agent secret",
+                f"the guest agent at {where} does not accept this VM's agent secret",
                 hint="its config disk may be missing or stale; restart the VM",
             )
         return Unavailable(
@@ -233,10 +256,13 @@ class GuestAgent:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_read=STREAM_IDLE
         )
-        address = self.address(agent.address)
-        url = self._url(agent.address, f"/v1/logs/stream?limit={backlog}")
+        address = self.where(agent)
+        url = self._url(agent, f"/v1/logs/stream?limit={backlog}")
         try:
-            async with self.session.get(url, timeout=timeout, headers=self._headers(agent)) as resp:
+            async with (
+                self._session_for(agent) as session,
+                session.get(url, timeout=timeout, headers=self._headers(agent)) as resp,
+            ):
                 if resp.status != 200:
                     raise Unavailable(
                         f"the guest agent at {address} refused the log stream (HTTP {resp.status})"

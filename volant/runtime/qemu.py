@@ -25,7 +25,16 @@ from typing import Any
 
 from qemu.qmp import QMPError
 
-from volant.model import HypervisorEnd, HypervisorFailed, InvalidArgument, LaunchSpec, Unavailable
+from volant.model import (
+    AgentChannel,
+    ChannelKind,
+    HypervisorEnd,
+    HypervisorFailed,
+    InvalidArgument,
+    LaunchSpec,
+    Unavailable,
+)
+from volant.runtime.agentlink import SERIAL_PORT_NAME, SERIAL_SOCKET, agent_relay
 from volant.runtime.qemu_events import EVENTS_SOCKET, ShutdownListener
 from volant.runtime.qmp import QMPBusy, QMPGone, QMPSession, qmp_session
 
@@ -111,6 +120,7 @@ class QemuDriver:
         accel: str = "auto",
         machine: str = "auto",
         tsc_khz: int | None = None,
+        vhost_vsock: bool | None = None,
     ) -> None:
         try:
             wanted_accel, wanted_machine = Accel(accel), Machine(machine)
@@ -122,6 +132,14 @@ class QemuDriver:
             tsc_khz = host_tsc_khz()
         self.tsc_khz = tsc_khz
         self.machine = resolve_machine(wanted_machine, self.accel, tsc_khz)
+        if vhost_vsock is None:
+            vhost_vsock = Path("/dev/vhost-vsock").exists()
+        self.vhost_vsock = vhost_vsock
+
+    def agent_channel(self, cid: int) -> AgentChannel:
+        """A network-less VM's channel: vsock where the host has vhost-vsock, else a
+        virtio-serial port on a unix socket."""
+        return AgentChannel(ChannelKind.VSOCK if self.vhost_vsock else ChannelKind.SERIAL, cid)
 
     @property
     def microvm(self) -> bool:
@@ -165,6 +183,7 @@ class QemuDriver:
             nic = f"virtio-net-{bus},netdev=n0,mac={spec.mac}"
             # No PXE option ROM: the kernel is loaded directly, and the ROM only costs boot time.
             argv += ["-device", nic if self.microvm else f"{nic},romfile="]
+        argv += _agent_channel(spec, bus)
         argv += ["-device", f"virtio-rng-{bus}"]
         # A guest kernel panic reaches QEMU through pvpanic (the guest loads pvpanic_mmio) and
         # ends it with SHUTDOWN reason guest-panic instead of a reset that looks like a reboot.
@@ -187,6 +206,26 @@ class QemuDriver:
         if spec.start_paused:
             argv.append("-S")
         return argv
+
+
+def _agent_channel(spec: LaunchSpec, bus: str) -> list[str]:
+    """The devices that carry a network-less VM's agent connections (none for a VM with a NIC)."""
+    channel = spec.agent_channel
+    if channel is None:
+        return []
+    if channel.kind is ChannelKind.VSOCK:
+        return ["-device", f"vhost-vsock-{bus},guest-cid={channel.cid}"]
+    if channel.kind is not ChannelKind.SERIAL:
+        raise InvalidArgument(f"QEMU has no {channel.kind} agent channel", field="network.mode")
+    path = spec.run_dir / SERIAL_SOCKET
+    if len(str(path)) > _UNIX_PATH_MAX:
+        raise InvalidArgument(f"socket path too long for AF_UNIX: {path}", field="run_dir")
+    port = f"virtserialport,bus=vser0.0,chardev=agent,name={SERIAL_PORT_NAME}"
+    return [
+        "-device", f"virtio-serial-{bus},id=vser0",
+        "-chardev", f"socket,id=agent,path={_opt(path)},server=on,wait=off",
+        "-device", port,
+    ]  # fmt: skip
 
 
 class QemuHypervisor:
@@ -260,8 +299,10 @@ class QemuHypervisor:
             return False
 
     async def follow(self) -> None:
-        """Hold the events monitor while QEMU runs, to learn why it ends; returns once gone."""
-        await self._events.run()
+        """Hold the events monitor while QEMU runs, to learn why it ends; returns once gone.
+        A network-less VM's agent relay runs as long."""
+        async with agent_relay(self.spec):
+            await self._events.run()
 
     async def end_cause(self, timeout: float) -> HypervisorEnd:
         """Why QEMU ended, from its SHUTDOWN event (UNKNOWN when it said none, or when follow()
