@@ -120,6 +120,9 @@ def test_networkless_vm_over_virtio_serial(settings: dict[str, Any], tmp_path: P
             assert created.returncode == 0, created.stderr + first.log_text()
             vm = wait_status(first, "quiet1", "running", timeout=120)
             assert vm["ip_address"] is None
+            refused = first.volar("vms", "create", "quiet9", "--plugin", "quiet", "-p", "80:80")
+            assert refused.returncode != 0
+            assert "no port to publish" in refused.stderr, refused.stderr
             shown = first.volar(*get)
             assert shown.returncode == 0, shown.stderr
             assert "running" in shown.stdout

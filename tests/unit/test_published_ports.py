@@ -157,6 +157,15 @@ def test_a_manifest_names_the_default_list() -> None:
     assert err.value.field == "network.publish[1]"
 
 
+def test_a_network_less_plugin_publishes_nothing() -> None:
+    doc = manifest(publish=["8080:80"])
+    doc["network"]["mode"] = "vsock"
+    with pytest.raises(InvalidArgument) as err:
+        validate_document(doc)
+    assert err.value.field == "network.publish"
+    assert "without a network card" in err.value.message
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = await SqliteStore.open(tmp_path / "state.db")

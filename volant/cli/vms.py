@@ -95,6 +95,7 @@ def _publish_option(
 )
 @click.option(
     "--publish",
+    "-p",
     "publish",
     multiple=True,
     callback=_publish_option,

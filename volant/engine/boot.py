@@ -26,6 +26,7 @@ from volant.model import (
     InvalidArgument,
     LaunchSpec,
     Manifest,
+    NetworkMode,
     PortMapping,
     Unavailable,
     VirtualMachine,
@@ -58,7 +59,15 @@ class BootArtifacts:
 
 
 def _publish(spec: VMSpec, manifest: Manifest) -> tuple[PortMapping, ...]:
-    return manifest.publish if spec.publish is None else validate_publish(spec.publish)
+    publish = manifest.publish if spec.publish is None else validate_publish(spec.publish)
+    if publish and manifest.network is NetworkMode.VSOCK:
+        raise InvalidArgument(
+            f"plugin {spec.plugin!r} runs its VMs without a network card (network mode vsock), "
+            "so they have no port to publish",
+            hint="leave out --publish, or use a plugin in bridged or dhcp mode",
+            field="publish",
+        )
+    return publish
 
 
 class Booting:

@@ -25,6 +25,7 @@ from volant.model import (
     InvalidArgument,
     Manifest,
     NetworkMode,
+    PortMapping,
     Resources,
     RestartPolicy,
     RootfsArtifact,
@@ -258,6 +259,18 @@ def _workload(raw: dict[str, Any]) -> Workload:
     )
 
 
+def _publish(network: dict[str, Any]) -> tuple[PortMapping, ...]:
+    publish = validate_publish(network.get("publish", []), "network.publish")
+    if publish and network.get("mode") == NetworkMode.VSOCK:
+        raise InvalidArgument(
+            "a plugin in network mode vsock runs its VMs without a network card: "
+            "it cannot publish ports",
+            hint="drop network.publish, or use mode bridged or dhcp",
+            field="network.publish",
+        )
+    return publish
+
+
 def _build(doc: dict[str, Any]) -> Manifest:
     canonical = canonical_json(doc)
     return Manifest(
@@ -275,7 +288,7 @@ def _build(doc: dict[str, Any]) -> Manifest:
         openapi=doc.get("openapi", ""),
         labels=dict(doc.get("labels", {})),
         isolated=doc.get("network", {}).get("isolated", False),
-        publish=validate_publish(doc.get("network", {}).get("publish", []), "network.publish"),
+        publish=_publish(doc.get("network", {})),
         image=doc.get("image", ""),
         image_digest=doc.get("image_digest", ""),
         digest="sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
