@@ -8,6 +8,7 @@ refuse to undo under a VM, undo.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 
 from scripts.sysbox import Sysbox
 from scripts.volantbox import VENV_BIN, VolantBox
-from tests.integration.daemon import GUEST_DIR, build_guest
+from tests.integration.daemon import GUEST_DIR, ROOT, build_guest
+from tests.readme import blocks
 from volant.network import bridge_table_text
 from volant.setup.nft import table_text
 
@@ -115,6 +117,21 @@ def test_setup_again_changes_nothing(box: VolantBox) -> None:
     code, out, err = setup(box, "--json")
     assert code == 0, err
     assert {change["action"] for change in json.loads(out)} == {"keep"}
+
+
+def test_the_documented_firewall_commands(box: VolantBox) -> None:
+    """docs/networking.md's firewall block, on the host setup just prepared."""
+    out = {}
+    for line in blocks("firewall", (ROOT / "docs" / "networking.md").read_text()):
+        argv = shlex.split(line)
+        if argv[0] == "volar":
+            argv[0] = str(VENV_BIN / "volar")
+        proc = box.run(*argv)
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+        out[line] = proc.stdout
+    assert "Dry run: nothing was changed." in out["volar setup --dry-run"]
+    assert "masquerade" in out["nft list table inet volant"]
+    assert out["nft list table bridge volant"] == bridge_table_text()
 
 
 def test_setup_repairs_drift_and_volantd_restores_the_table(box: VolantBox) -> None:
