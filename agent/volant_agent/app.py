@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from volant_agent import __version__
+from volant_agent.files import get_files, put_files
 from volant_agent.http import (
     HOP_BY_HOP,
     Handler,
@@ -205,6 +206,8 @@ ROUTES = {
     ("GET", "/v1/logs/stream"): logs_stream,
     ("POST", "/v1/poweroff"): poweroff,
     ("POST", "/v1/workload/kill"): kill_workload,
+    ("GET", "/v1/files"): get_files,
+    ("PUT", "/v1/files"): put_files,
 }
 
 

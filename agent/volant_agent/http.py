@@ -45,6 +45,9 @@ class Request:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    # A route in `streamed` reads its own body (length bytes) from stream; body stays empty.
+    stream: asyncio.StreamReader | None = None
+    length: int = 0
 
 
 @dataclass
@@ -94,7 +97,10 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     return first[0], first[1], first[2] if len(first) > 2 else "", headers
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request:
+async def read_request(
+    reader: asyncio.StreamReader, streamed: frozenset[tuple[str, str]] = frozenset()
+) -> Request:
+    """The next request; the body of a (method, path) in streamed is left in reader."""
     method, target, version, headers = parse_head(await _read_head(reader))
     if not version.startswith("HTTP/1."):
         raise HTTPError(505, "only HTTP/1.x is served")
@@ -104,14 +110,17 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         length = int(headers.get("content-length", "0"))
     except ValueError as exc:
         raise HTTPError(400, "bad Content-Length") from exc
+    url = urlsplit(target)
+    path = url.path or "/"
+    if length >= 0 and (method.upper(), path) in streamed:
+        return Request(method.upper(), target, path, url.query, headers, b"", reader, length)
     if length < 0 or length > MAX_BODY:
         raise HTTPError(413, f"request body over {MAX_BODY} bytes")
     try:
         body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT) if length else b""
     except asyncio.IncompleteReadError as exc:
         raise HTTPError(400, "request body shorter than Content-Length") from exc
-    url = urlsplit(target)
-    return Request(method.upper(), target, url.path or "/", url.query, headers, body)
+    return Request(method.upper(), target, path, url.query, headers, body)
 
 
 def encode_head(status: int, headers: Mapping[str, str], length: int | None) -> bytes:
@@ -139,7 +148,7 @@ async def _respond(writer: asyncio.StreamWriter, request: Request | None, resp: 
 
 
 def connection_handler(
-    handler: Handler,
+    handler: Handler, streamed: frozenset[tuple[str, str]] = frozenset()
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     """Wrap a request handler into an asyncio.start_server callback."""
 
@@ -147,7 +156,7 @@ def connection_handler(
         request: Request | None = None
         try:
             try:
-                request = await read_request(reader)
+                request = await read_request(reader, streamed)
                 response = await handler(request)
             except HTTPError as exc:
                 response = error_response(exc.status, str(exc))
@@ -172,6 +181,9 @@ class ClientResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    # A route in `streamed` reads its own body (length bytes) from stream; body stays empty.
+    stream: asyncio.StreamReader | None = None
+    length: int = 0
 
 
 def _dechunk(data: bytes) -> bytes:

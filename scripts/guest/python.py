@@ -40,7 +40,7 @@ DROP = frozenset(
      # Reached only through optional or platform-specific imports (modulefinder follows those),
      # or useless without an extension module the image leaves out (_ssl, _lzma, _bz2, _ctypes).
      "multiprocessing", "xml", "ctypes", "ssl.py", "bdb.py", "cmd.py", "code.py", "codeop.py",
-     "webbrowser.py", "tarfile.py", "plistlib.py", "csv.py", "difflib.py", "statistics.py",
+     "webbrowser.py", "plistlib.py", "csv.py", "difflib.py", "statistics.py",
      "fractions.py", "decimal.py", "lzma.py", "bz2.py", "tty.py", "getpass.py", "netrc.py",
      "_aix_support.py", "_osx_support.py", "_py_abc.py", "_bootsubprocess.py"}
 )  # fmt: skip
