@@ -19,6 +19,7 @@ from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
+from volant.engine.files import Files
 from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
@@ -83,6 +84,9 @@ REST_ONLY = {
     "attach_console": ("GET /ws/v1/vms/{name}/console", "a WebSocket bridged to the serial port"),
     # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
     "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
+    # Byte streams of any size both ways; over D-Bus they would be fds, not designed yet.
+    "files.read": ("GET /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
+    "files.write": ("PUT /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
 }
 # engine method -> MCP tool, or the manifest resource
 MCP = {
@@ -103,6 +107,8 @@ MCP = {
     "vm_recent_logs": "vm_logs",
     "console_log": "console_log",
     "builds.list_builds": "list_builds",
+    "files.read": "read_file",
+    "files.write": "write_file",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -124,7 +130,7 @@ MCP_WITHOUT = {
     "builds.get_build": "list_builds holds all of it",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService}
+SERVICES = {"builds": BuildService, "files": Files}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",
@@ -138,6 +144,9 @@ INTERNAL = {
     "builds.repair",  # part of start
     "builds.close",  # part of close
     "builds.wait_build",  # a helper for in-process callers (tests); front-ends poll get_build
+    "files.read_bytes",  # files.read for MCP, whole and capped
+    "files.write_bytes",  # files.write for MCP, from memory
+    "files.too_large",  # the limit's error, for the REST upload
 }
 
 

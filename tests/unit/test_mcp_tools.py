@@ -52,9 +52,11 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         "create_volume",
         "resize_volume",
         "delete_volume",
+        "write_file",
     }
     assert {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS} == changing | {
-        "console_log"  # read-only, but guests print secrets on their console
+        "console_log",  # read-only, but guests print secrets on their console
+        "read_file",  # read-only, but files hold the workload's secrets
     }
 
 

@@ -103,6 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vm.max_memory_mb", int, 65536, "Largest guest RAM in MiB."),
     Setting("vm.disk_size_mb", int, 10240, "Size in MiB of the writable disk each VM of a rootfs "
             "plugin gets (a sparse file under state_dir/disks: it takes only what the VM writes)."),
+    Setting("vm.files_max_mb", int, 256, "Largest file or directory (tar) copied into or out of a "
+            "VM in one request (`volar vms cp`, /files, MCP read_file/write_file), in MiB."),
     Setting("plugins.require_signature", bool, False, "Refuse plugin manifests without a valid "
             "Ed25519 signature by a trusted key (a signature that is present is always checked)."),
     Setting("plugins.trusted_keys_dir", Path, Path("/etc/volant/trusted-keys.d"), "Directory of "
@@ -161,6 +163,7 @@ class Config:
     vm_min_memory_mb: int
     vm_max_memory_mb: int
     vm_disk_size_mb: int
+    vm_files_max_mb: int
     plugins_require_signature: bool
     plugins_trusted_keys_dir: Path
     plugins_download_timeout: float

@@ -15,6 +15,7 @@ from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
 from volant.engine.faults import Faults
+from volant.engine.files import Files
 from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_manifest
 from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
@@ -92,6 +93,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.artifacts = artifacts
         self.guest = guest
         self.volumes = volumes
+        self.files = Files(config, store, guest)
         self.machines = machines
         self.faults = faults or Faults()
         self.ledger = Ledger(store)

@@ -6,7 +6,8 @@ Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -386,6 +387,23 @@ class GuestReplyLike(Protocol):
     def body(self) -> bytes: ...
 
 
+class GuestStreamLike(Protocol):
+    """An answer of the agent whose body is read as it comes (volant.runtime.guest)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def read(self, limit: int = ...) -> bytes: ...
+
+
 class Guest(Protocol):
     """The agent inside a guest, reached over HTTP at the guest's address with its secret."""
 
@@ -419,3 +437,15 @@ class Guest(Protocol):
     def stream_logs(
         self, agent: AgentEndpoint, backlog: int = 50
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+    def stream(
+        self,
+        agent: AgentEndpoint,
+        method: str,
+        path: str,
+        *,
+        body: AsyncIterable[bytes] | None = None,
+        length: int = 0,
+        content_type: str = "",
+        idle: float,
+    ) -> AbstractAsyncContextManager[GuestStreamLike]: ...

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from ipaddress import ip_address
 from types import TracebackType
@@ -49,6 +49,25 @@ class GuestReply:
     def json(self) -> Any:
         """The body decoded as JSON; ValueError when it is not JSON."""
         return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class GuestStream:
+    """An answer of the agent whose body is read as it comes."""
+
+    status: int
+    content_type: str
+    headers: dict[str, str]
+    content: aiohttp.StreamReader
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece."""
+        async for chunk in self.content.iter_any():
+            yield chunk
+
+    async def read(self, limit: int = 1 << 20) -> bytes:
+        """At most limit bytes of the body (an error document)."""
+        return await self.content.read(limit)
 
 
 def _agent_error(address: str, exc: BaseException) -> Unavailable:
@@ -158,6 +177,38 @@ class GuestAgent:
             ):
                 data = await resp.read()
                 return GuestReply(resp.status, resp.headers.get("Content-Type", ""), data)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _agent_error(self.where(agent), exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        agent: AgentEndpoint,
+        method: str,
+        path: str,
+        *,
+        body: AsyncIterable[bytes] | None = None,
+        length: int = 0,
+        content_type: str = "",
+        idle: float,
+    ) -> AsyncIterator[GuestStream]:
+        """One request whose body (length bytes from body) and answer both stream; the answer
+        is read inside the block. idle bounds each wait, not the whole exchange. Raises
+        Unavailable when the agent does not answer (or breaks off)."""
+        headers = self._headers(agent)
+        if body is not None:
+            # The agent takes no chunked bodies: the length goes ahead of the bytes.
+            headers |= {"Content-Length": str(length), "Content-Type": content_type}
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=idle)
+        try:
+            async with (
+                self._session_for(agent) as session,
+                session.request(
+                    method.upper(), self._url(agent, path), data=body, headers=headers,
+                    timeout=timeout, allow_redirects=False,
+                ) as resp,
+            ):  # fmt: skip
+                yield GuestStream(resp.status, resp.content_type, dict(resp.headers), resp.content)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _agent_error(self.where(agent), exc) from exc
 
