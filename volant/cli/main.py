@@ -9,6 +9,7 @@ from volant.cli.completion import completion
 from volant.cli.config import API_ENV, PRECEDENCE, SYSTEM_SOCKET, check_api
 from volant.cli.console import console
 from volant.cli.context import Context
+from volant.cli.cp import vms_cp
 from volant.cli.events import events
 from volant.cli.group import VolarGroup, show_version
 from volant.cli.plugins import plugins
@@ -58,6 +59,7 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 
 
 vms.add_command(console)
+vms.add_command(vms_cp)
 cli.add_command(vms)
 plugins.add_command(plugins_build)
 plugins.add_command(plugins_manifest)
