@@ -11,7 +11,9 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import stat
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import aiohttp
 import pytest
 
 from tests.integration.daemon import (
+    BIN,
     GUEST_DIR,
     Daemon,
     build_guest,
@@ -32,6 +35,7 @@ from tests.integration.daemon import (
     wait_status,
 )
 from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
+from tests.readme import blocks
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,6 +43,7 @@ pytestmark = [
 ]
 
 WWW = "/home/app/www"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +207,23 @@ def test_the_size_limit_is_a_clear_413(daemon: Daemon, tmp_path: Path) -> None:
     done = daemon.volar("vms", "cp", "web:/srv", str(tmp_path))
     assert done.returncode == 1
     assert "limit" in done.stderr
+
+
+def test_the_documented_commands(daemon: Daemon, tmp_path: Path) -> None:
+    """docs/workloads.md's files block, run as it is in a directory holding ./site and ./motd."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<h1>documented</h1>\n")
+    (tmp_path / "motd").write_text("welcome\n")
+    for line in blocks("files", (ROOT / "docs" / "workloads.md").read_text()):
+        argv = shlex.split(line)
+        assert argv[0] == "volar", line
+        proc = subprocess.run(
+            [str(BIN / "volar"), "--api", daemon.api, *argv[1:]],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+    page = daemon.http_get(f"http://{vm_ip(daemon)}:8081/site/index.html")
+    assert page == "<h1>documented</h1>\n"
+    assert (tmp_path / "site-copy" / "index.html").read_text() == "<h1>documented</h1>\n"
+    assert (tmp_path / "hostname").read_text() == "web\n"
+    assert files(daemon, "GET", "/etc/motd")[::2] == (200, b"welcome\n")
