@@ -36,7 +36,9 @@ log = logging.getLogger("volant.engine.engine")
 TAR = "application/x-tar"
 # A guest that sends or takes nothing for this long has gone away.
 IDLE = 60.0
-MAX_PATH = 4096
+# Percent-encoded (up to 12 characters for one), a path this long still fits aiohttp's 8 KiB
+# request line on the way in and the agent's 16 KiB request head on the way on.
+MAX_PATH = 512
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def check_path(path: str) -> str:
     """path, when it is absolute and fit to send; InvalidArgument naming `path` otherwise."""
     if not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
         raise InvalidArgument(
-            f"{path!r} is not an absolute path in the workload's root",
+            f"{path[:100]!r} is not an absolute path of at most {MAX_PATH} characters in the "
+            "workload's root",
             field="path",
             hint="paths start with '/', the workload's own root",
         )

@@ -15,14 +15,16 @@ from pydantic import Field, StrictInt, StrictStr
 
 from volant.auth.polkit import Action
 from volant.engine import Engine
-from volant.engine.files import FileIn
+from volant.engine.files import MAX_PATH, FileIn
 from volant.model import InvalidArgument
 from volant.model.validate import DNS_LABEL
 
 from .tooldef import Arguments, ToolDef
 
 READ_CAP = 1024 * 1024
-PATH = Field(min_length=1, max_length=4096, description="Absolute path in the workload's own root")
+PATH = Field(
+    min_length=1, max_length=MAX_PATH, description="Absolute path in the workload's own root"
+)
 
 
 class ReadFile(Arguments):

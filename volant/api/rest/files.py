@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from volant.auth.polkit import Action
-from volant.engine.files import TAR, FileIn, Files
+from volant.engine.files import MAX_PATH, TAR, FileIn, Files
 
 from .common import engine_of
 from .peer import authorize
@@ -36,7 +36,7 @@ class ReadFileQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, max_length=4096, description=PATH_DOC)
+    path: str = Field(min_length=1, max_length=MAX_PATH, description=PATH_DOC)
 
 
 class WriteFileQuery(BaseModel):
@@ -44,7 +44,7 @@ class WriteFileQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, max_length=4096, description=PATH_DOC)
+    path: str = Field(min_length=1, max_length=MAX_PATH, description=PATH_DOC)
     user: str | None = Field(
         None,
         max_length=64,
