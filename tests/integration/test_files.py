@@ -8,6 +8,7 @@ agent's own files; and vm.files_max_mb (413 both ways). REST and MCP go through 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from tests.integration.daemon import (
     stop_daemon,
     wait_status,
 )
+from tests.integration.mcp_client import call, ok, over_unix, results, tool_error
 from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
 from tests.readme import blocks
 
@@ -227,3 +229,54 @@ def test_the_documented_commands(daemon: Daemon, tmp_path: Path) -> None:
     assert (tmp_path / "site-copy" / "index.html").read_text() == "<h1>documented</h1>\n"
     assert (tmp_path / "hostname").read_text() == "web\n"
     assert files(daemon, "GET", "/etc/motd")[::2] == (200, b"welcome\n")
+
+
+def test_mcp_write_file_and_read_file(daemon: Daemon) -> None:
+    binary = base64.b64encode(bytes(range(256))).decode()
+    answers = results(
+        over_unix(
+            daemon.api,
+            [
+                call("write_file", name="web", path=f"{WWW}/mcp.txt", content="from a model\n"),
+                call("read_file", name="web", path=f"{WWW}/mcp.txt"),
+                call("write_file", name="web", path="/home/app/blob", content=binary,
+                     encoding="base64", mode="0600"),
+                call("read_file", name="web", path="/home/app/blob"),
+                call("read_file", name="web", path="/srv/ballast", max_bytes=1024),
+                call("read_file", name="web", path="/home/app"),
+            ],
+        )
+    )  # fmt: skip
+    assert ok(answers[0])["entries"] == 1
+    assert ok(answers[1]) == {"path": f"{WWW}/mcp.txt", "encoding": "text",
+                              "content": "from a model\n", "size": 13}  # fmt: skip
+    assert daemon.http_get(f"http://{vm_ip(daemon)}:8081/mcp.txt") == "from a model\n"
+    assert ok(answers[3])["encoding"] == "base64"
+    assert ok(answers[3])["content"] == binary
+    assert tool_error(answers[4])["code"] == "TooLarge"
+    assert tool_error(answers[5])["code"] == "InvalidArgument"
+
+
+def test_an_upload_without_length_is_spooled(daemon: Daemon) -> None:
+    """A chunked body (no Content-Length) reaches the guest whole; over the limit it is a 413."""
+
+    async def chunks(count: int) -> Any:
+        for _ in range(count):
+            yield b"0123456789abcdef" * 4096  # 64 KiB
+
+    async def put(count: int) -> tuple[int, bytes]:
+        sock = daemon.api.removeprefix("unix:")
+        url = f"http://localhost/api/v1/vms/web/files?path={WWW}/chunked.bin"
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.put(url, data=chunks(count)) as resp,
+        ):
+            return resp.status, await resp.read()
+
+    status, body = asyncio.run(put(8))
+    assert status == 201, body
+    status, _, data = files(daemon, "GET", f"{WWW}/chunked.bin")
+    assert (status, len(data)) == (200, 8 * 65536)
+    status, body = asyncio.run(put(17))  # 1088 KiB: over vm.files_max_mb (1)
+    assert status == 413, body
+    assert "vm.files_max_mb" in json.loads(body)["detail"]

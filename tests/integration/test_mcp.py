@@ -53,6 +53,8 @@ TOOLS = {
     "create_volume",
     "resize_volume",
     "delete_volume",
+    "read_file",
+    "write_file",
 }
 
 

@@ -123,6 +123,11 @@ def test_tcp_needs_the_key_and_healthz_does_not(daemon: Daemon) -> None:
     assert curl(daemon, "/api/v1/vms", "-H", "X-Volant-API-Key: wrong")[0] == 401
     assert curl(daemon, "/api/v1/vms", "-H", f"X-Volant-API-Key: {KEY}")[0] == 200
     assert curl(daemon, f"/api/v1/vms?api_key={KEY}&prefix=web")[0] == 200
+    # Files are management both ways: the key is needed to read one too.
+    assert curl(daemon, "/api/v1/vms/web/files?path=/etc/passwd")[0] == 401
+    assert curl(daemon, "/api/v1/vms/web/files?path=/etc/passwd", "-X", "PUT")[0] == 401
+    status, body = curl(daemon, "/api/v1/vms/nope/files?path=/a", "-H", f"X-Volant-API-Key: {KEY}")
+    assert (status, json.loads(body)["code"]) == (404, "NotFound")
     # The unix socket is guarded by its mode and polkit, not by the key.
     assert raw(daemon, "GET", "/api/v1/vms")[0] == 200
 

@@ -127,3 +127,9 @@ def test_a_file_over_a_symlink_of_the_same_tar_replaces_it(tmp_path: Path) -> No
     assert (out / "l").read_bytes() == b"x\n"
     assert not (out / "l").is_symlink()
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_truncated_tar_is_a_clear_error(tmp_path: Path) -> None:
+    whole = _tar(("a", ""), ("b", "")).getvalue()
+    with pytest.raises(SystemExit):
+        unpack(io.BytesIO(whole[:700]), tmp_path, None)

@@ -121,10 +121,15 @@ def _no_links(dest: Path, parts: list[str], name: str) -> None:
 
 
 def unpack(spool: IO[bytes], dest: Path, rename: str | None) -> None:
-    with tarfile.open(fileobj=spool, mode="r") as tar:
-        members = _checked(tar, dest, rename)
-        # Each member is checked by _checked just before it is written.
-        tar.extractall(dest, members=members, numeric_owner=True)  # noqa: S202
+    try:
+        with tarfile.open(fileobj=spool, mode="r") as tar:
+            members = _checked(tar, dest, rename)
+            # Each member is checked by _checked just before it is written.
+            tar.extractall(dest, members=members, numeric_owner=True)  # noqa: S202
+    except tarfile.TarError as exc:
+        fail(f"the copy from the VM is not a whole tar: {exc}", "copy it again")
+    except OSError as exc:
+        fail(f"cannot write {exc.filename or dest}: {exc.strerror or exc}")
 
 
 def place_file(spool: IO[bytes], target: Path, got: Download) -> None:

@@ -147,18 +147,24 @@ class Files:
                 kind=kind,
                 content_type=reply.content_type,
                 mode=int(headers.get("x-volant-file-mode", "644"), 8),
-                chunks=self._bounded(reply.chunks(), path),
+                chunks=self._bounded(reply.chunks(), path, int(size) if size else None),
                 size=int(size) if size is not None else None,
                 mtime=float(mtime) if mtime is not None else None,
             )
 
-    async def _bounded(self, chunks: AsyncIterator[bytes], path: str) -> AsyncIterator[bytes]:
+    async def _bounded(
+        self, chunks: AsyncIterator[bytes], path: str, size: int | None
+    ) -> AsyncIterator[bytes]:
+        """chunks, cut at the limit; a file that ends short of its size is an error, never a
+        silently shorter copy."""
         seen = 0
         async for chunk in chunks:
             seen += len(chunk)
             if seen > self.limit:  # it grew while it was sent
                 raise self.too_large(path)
             yield chunk
+        if size is not None and seen < size:
+            raise Unavailable(f"{path} ended after {seen} of its {size} bytes")
 
     async def write(
         self, name: str, target: FileIn, body: AsyncIterable[bytes], length: int
