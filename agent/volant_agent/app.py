@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from volant_agent import __version__
@@ -65,6 +66,8 @@ class Agent:
     started: float = field(default_factory=time.monotonic)
     # Seconds since boot (CLOCK_MONOTONIC) of start-up milestones, for /v1/status.
     timeline: dict[str, float | None] = field(default_factory=dict)
+    # An initramfs plugin's root for /v1/files, without the agent's files (volant_agent.view).
+    files_root: Path | None = None
 
     def health(self) -> Health:
         return self.supervisor.health if self.supervisor is not None else Health.NONE

@@ -59,11 +59,14 @@ def _number(query: dict[str, str], name: str, base: int = 10) -> int | None:
 
 
 def _root(agent: Agent) -> str:
+    """The workload's root: a rootfs plugin's, or the view of an initramfs plugin's."""
     supervisor = agent.supervisor
-    if supervisor is None or supervisor.root is None:
-        raise HTTPError(409, "files reach the root of a rootfs plugin's workload; this workload "
-                             "runs in the agent's own initramfs")  # fmt: skip
-    return str(supervisor.root)
+    root = supervisor.root if supervisor is not None else None
+    root = root or agent.files_root
+    if supervisor is None or root is None:
+        raise HTTPError(409, "the workload has no root for files (no workload, or its root "
+                             "is not ready)")  # fmt: skip
+    return str(root)
 
 
 def _writer(agent: Agent, root: str, spec: str | None) -> Identity:

@@ -22,6 +22,7 @@ from volant_agent.logs import LogBuffer
 from volant_agent.manifest import block_devices, load
 from volant_agent.rootfs import Assembly, prepare
 from volant_agent.serialmux import find_port, serve_port
+from volant_agent.view import files_view
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger("volant_agent")
@@ -51,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--poweroff-signal-init", action=argparse.BooleanOptionalAction, default=None,
         help="POST /v1/poweroff signals PID 1 (default: only when the agent runs under it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--files-view", action=argparse.BooleanOptionalAction, default=None,
+        help="for an initramfs plugin, mount the view of this root /v1/files works in (default: "
+        "only when the agent runs under PID 1, in its guest)",
     )  # fmt: skip
     return parser.parse_args(argv)
 
@@ -120,6 +126,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         if assembly is not None:
             mounted.append(assembly)
             agent.timeline["root_ready"] = time.monotonic()
+        if view := await files_view(supervisor, assembly, args.files_view):
+            # It binds the volumes: unmounted before them.
+            agent.files_root, mounted[:0] = view.base, [view]
         await supervisor.run()
 
     runner = asyncio.create_task(run_workload(supervisor)) if supervisor else None

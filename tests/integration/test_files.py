@@ -2,7 +2,8 @@
 `volar vms cp` both ways for a file and a directory (modes and mtimes kept, docker cp's
 placement), the file visible to the workload in its own root (its httpd serves it), owned by
 the workload's user; hostile symlinks and tar members that stay in the root and never reach the
-agent's own files; and vm.files_max_mb (413 both ways). REST and MCP go through the same route.
+agent's own files; an initramfs plugin's root without the agent's files; and vm.files_max_mb
+(413 both ways). REST and MCP go through the same route.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shlex
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,12 +85,19 @@ def vm_ip(daemon: Daemon) -> str:
 
 
 def files(daemon: Daemon, method: str, path: str, body: bytes = b"", **query: str) -> Any:
-    """One raw request to the files route: (status, content type, body bytes)."""
+    """One raw request to VM web's files route: (status, content type, body bytes)."""
+    return files_of(daemon, "web", method, path, body, **query)
+
+
+def files_of(
+    daemon: Daemon, vm: str, method: str, path: str, body: bytes = b"", **query: str
+) -> Any:
+    """One raw request to VM vm's files route."""
 
     async def go() -> tuple[int, str, bytes]:
         sock = daemon.api.removeprefix("unix:")
         headers = {"Content-Type": "application/x-tar"} if query.pop("tar", "") else {}
-        url = f"http://localhost/api/v1/vms/web/files?{urlencode({'path': path, **query})}"
+        url = f"http://localhost/api/v1/vms/{vm}/files?{urlencode({'path': path, **query})}"
         async with (
             aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
             session.request(method, url, data=body or None, headers=headers) as resp,
@@ -280,3 +289,49 @@ def test_an_upload_without_length_is_spooled(daemon: Daemon) -> None:
     status, body = asyncio.run(put(17))  # 1088 KiB: over vm.files_max_mb (1)
     assert status == 413, body
     assert "vm.files_max_mb" in json.loads(body)["detail"]
+
+
+def test_an_initramfs_plugin_gets_its_root_without_the_agents_files(daemon: Daemon) -> None:
+    """The workload shares the agent's root: files see it through a view without the agent's
+    code, init and config, and /tmp (the workload's scratch) is the workload's own."""
+    script = "mkdir -p /tmp/www && exec httpd -f -p 8081 -h /tmp/www"
+    daemon.install_plugin(
+        "tiny", workload={"type": "process", "entrypoint": ["/bin/sh", "-c", script]}
+    )
+    status, _, vm = raw(daemon, "POST", "/api/v1/vms", {"name": "tiny", "plugin": "tiny"})
+    assert status == 201, vm
+    ip = wait_status(daemon, "tiny", "running", timeout=180)["ip_address"]
+
+    def tiny(method: str, path: str, body: bytes = b"", **query: str) -> Any:
+        return files_of(daemon, "tiny", method, path, body, **query)
+
+    # Without a health check the VM runs before its agent listens: wait for it.
+    deadline = time.monotonic() + 90
+    while (answer := tiny("PUT", "/tmp/www/hi.txt", b"hi from the host\n"))[0] in (409, 503):
+        if time.monotonic() > deadline:
+            console = daemon.call(lambda c: c.console_log("tiny", 200)).decode(errors="replace")
+            raise AssertionError(f"{answer}\n{console}")
+        time.sleep(1)
+    assert answer[0] == 201, answer
+    assert daemon.http_get(f"http://{ip}:8081/hi.txt") == "hi from the host\n"
+    assert tiny("GET", "/tmp/www/hi.txt")[::2] == (200, b"hi from the host\n")
+    assert tiny("GET", "/etc/passwd")[0] == 200  # the image's own files are there
+    status, _, body = tiny(
+        "PUT", "/tmp", tar_of(("evil", b"", "/"), ("up", b"", "../../..")), tar="1"
+    )
+    assert status == 201, body
+    for path in (
+        "/usr/lib/volant-agent/volant_agent/app.pyc",
+        "/tmp/evil/usr/lib/volant-agent/volant_agent/app.pyc",
+        "/tmp/up/lib/volant/boot.sh",
+        "/proc/1/environ",
+        "/tmp/evil/proc/self/environ",
+        "/dev/vda",
+        "/volant/view/init",
+    ):
+        assert tiny("GET", path)[0] == 404, path
+    for path in ("/init", "/tmp/evil/etc/acpid.conf"):
+        assert tiny("GET", path)[::2] == (200, b""), path  # covered by an empty file
+    status, _, body = tiny("PUT", "/usr/lib/volant-agent/volant_agent/app.pyc", b"x")
+    assert status in (403, 404, 409), body
+    daemon.call(lambda c: c.delete_vm("tiny"))

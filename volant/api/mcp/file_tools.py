@@ -82,7 +82,7 @@ FILE_TOOLS: tuple[ToolDef[Any], ...] = (
     ToolDef(
         name="read_file",
         title="Read a file in a VM",
-        description="Read a regular file from a running VM's workload root (a rootfs plugin's): "
+        description="Read a regular file from a running VM's workload root: "
         "UTF-8 text as text, anything else base64. Refused beyond max_bytes.",
         arguments=ReadFile,
         run=read_file,
