@@ -22,7 +22,7 @@ from volant_agent.logs import LogBuffer
 from volant_agent.manifest import block_devices, load
 from volant_agent.rootfs import Assembly, prepare
 from volant_agent.serialmux import find_port, serve_port
-from volant_agent.view import files_view
+from volant_agent.view import attach_view
 from volant_agent.workload import Supervisor
 
 log = logging.getLogger("volant_agent")
@@ -126,10 +126,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         if assembly is not None:
             mounted.append(assembly)
             agent.timeline["root_ready"] = time.monotonic()
-        if view := await files_view(supervisor, assembly, args.files_view):
-            # It binds the volumes: unmounted before them.
-            agent.files_root, mounted[:0] = view.base, [view]
+        # Beside the workload, not before it: the view is not on its way to healthy.
+        viewing = asyncio.create_task(attach_view(agent, assembly, args.files_view, mounted))
         await supervisor.run()
+        await viewing
 
     runner = asyncio.create_task(run_workload(supervisor)) if supervisor else None
     await stop.wait()

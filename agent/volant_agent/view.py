@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from volant_agent.app import Agent
 from volant_agent.rootfs import Assembly, Storage, StorageError
 from volant_agent.workload import Health, Supervisor
 
@@ -73,3 +74,16 @@ async def files_view(
     view = View()
     volumes = [m.path for m in assembly.storage.mounts] if assembly is not None else []
     return view if await view.make(volumes) is not None else None
+
+
+async def attach_view(
+    agent: Agent, assembly: Assembly | None, wanted: bool | None, mounted: list[Assembly]
+) -> None:
+    """Make the view for agent's workload, if it needs one; it goes first in mounted (it binds
+    the volumes, so it is unmounted before them)."""
+    if agent.supervisor is None:
+        return
+    view = await files_view(agent.supervisor, assembly, wanted)
+    if view is not None:
+        agent.files_root = view.base
+        mounted.insert(0, view)
