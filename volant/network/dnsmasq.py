@@ -84,8 +84,9 @@ class Plan:
 
 def command(plan: Plan, binary: str = BINARY) -> list[str]:
     """dnsmasq's argv. Bound to the bridge alone and configured entirely here (no
-    /etc/dnsmasq.conf, no /etc/hosts); runs as root (it never drops to `nobody`, who could
-    not read the files under volantd's directories), logs to stderr."""
+    /etc/dnsmasq.conf, no /etc/hosts); stays root with its own group (it never drops to
+    `nobody`, who could not read the files under volantd's directories, nor changes group,
+    which takes CAP_SETGID its unit does not have), logs to stderr."""
     argv = [
         binary,
         "--keep-in-foreground",
@@ -94,6 +95,7 @@ def command(plan: Plan, binary: str = BINARY) -> list[str]:
         "--bind-interfaces",
         "--except-interface=lo",
         "--user=root",
+        "--group=",
         "--log-facility=-",
         f"--pid-file={plan.pid_file}",
         "--no-hosts",
