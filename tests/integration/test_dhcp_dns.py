@@ -136,3 +136,26 @@ def test_a_restarted_volantd_adopts_the_running_dnsmasq(daemon: Daemon) -> None:
     daemon.proc = again.proc
     assert (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").read_text().strip() == pid
     assert "dnsmasq: adopted the running one" in daemon.log_text()
+
+
+def test_another_configuration_restarts_dnsmasq_and_stale_leases_are_released(
+    daemon: Daemon,
+) -> None:
+    pid = (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").read_text().strip()
+    stop_daemon(daemon, delete_vms=False)
+    # A lease no VM holds: a guest whose VM is gone without its release.
+    stale = "0 02:56:de:ad:be:ef 192.168.127.250 gone *\n"
+    with (daemon.tmp / "state" / "dnsmasq.leases").open("a") as leases_file:
+        leases_file.write(stale)
+    again = start_daemon(daemon.ns, daemon.tmp, {"network.domain": "lab.internal"}, plugins=())
+    daemon.proc = again.proc
+    assert (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").read_text().strip() != pid
+    repaired = daemon.call(lambda c: c.list_events(types=["HOST_REPAIRED"]))
+    payloads = [e["payload"] for e in repaired]
+    assert {"kind": "dnsmasq", "name": "volant-dnsmasq.service", "action": "removed",
+            "reason": "it ran with another configuration"} in payloads  # fmt: skip
+    assert {"kind": "lease", "name": "192.168.127.250", "action": "removed",
+            "reason": "no VM of that MAC"} in payloads  # fmt: skip
+    assert "02:56:de:ad:be:ef" not in leases(daemon)
+    argv = (daemon.tmp / "run" / "dnsmasq" / "argv").read_text().split("\0")
+    assert "--domain=lab.internal" in argv

@@ -149,25 +149,41 @@ class ProcessHelpers:
 
     async def signal(self, name: str, signum: int) -> bool:
         pids = await asyncio.to_thread(self._pids, name)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        self._send(pids, signum)
         return bool(pids)
 
     async def stop(self, name: str) -> None:
-        if not await self.signal(name, signal.SIGTERM):
+        """SIGTERM, SIGKILL after STOP_GRACE; returns once its processes have closed their
+        files (its sockets are free for the next one)."""
+        pids = await asyncio.to_thread(self._pids, name)
+        if not pids:
             return
+        self._send(pids, signal.SIGTERM)
         try:
-            await asyncio.wait_for(self._ended(name), STOP_GRACE)
+            await asyncio.wait_for(self._ended(pids), STOP_GRACE)
         except TimeoutError:
-            await self.signal(name, signal.SIGKILL)
-            await self._ended(name)
+            self._send(pids, signal.SIGKILL)
+            await self._ended(pids)
 
-    async def _ended(self, name: str) -> None:
+    def _send(self, pids: list[int], signum: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    async def _ended(self, pids: list[int]) -> None:
         for _ in itertools.count():
-            if not await self.running(name):
+            if not any(self._exiting_or_alive(pid) for pid in pids):
                 return
             await asyncio.sleep(0.1)
+
+    def _exiting_or_alive(self, pid: int) -> bool:
+        """False once pid is gone or a zombie: a process that is still exiting may hold its
+        sockets after its environment is no longer readable."""
+        try:
+            stat = (self.proc_root / str(pid) / "stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
     def _pids(self, name: str) -> list[int]:
         """Live processes of this owner's helper `name` (zombies are not running)."""
