@@ -116,10 +116,10 @@ class Dns:
                         "dnsmasq-base)")  # fmt: skip
             return
         argv = dnsmasq.command(self.plan, binary)
-        await self.leases.write_files(await self.store.list_vms(), signal=False)
         try:
+            await self.leases.write_files(await self.store.list_vms(), signal=False)
             await self._ensure(argv)
-        except VolantError as exc:
+        except (VolantError, OSError) as exc:
             log.error("dnsmasq: %s; guests get no DHCP or DNS", exc)
             return
         self.running = True

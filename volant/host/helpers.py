@@ -126,7 +126,10 @@ class ProcessHelpers:
 
     async def start(self, name: str, argv: Sequence[str], *, log_path: Path) -> None:
         env = {**os.environ, HELPER_ENV: name, OWNER_ENV: self.owner}
-        fd = await asyncio.to_thread(_open_log, log_path)
+        try:
+            fd = await asyncio.to_thread(_open_log, log_path)
+        except OSError as exc:
+            raise Unavailable(f"cannot open {log_path}: {exc.strerror}") from exc
         try:
             child = await asyncio.create_subprocess_exec(
                 *argv,
