@@ -103,6 +103,7 @@ def test_a_dhcp_guest_is_running_with_its_lease_and_guests_resolve_each_other(
     assert learned[0]["payload"]["mac"] == vm["mac_address"]
     status, _, greet = raw(daemon, "POST", "/api/v1/vms/dh1/actions/greet")
     assert status == 200, greet
+    assert isinstance(daemon.call(lambda c: c.vm_logs("dh1")), list)  # logs reach it too
 
     create(daemon, "st1", "hello")
     static = wait_status(daemon, "st1", "running", timeout=240)["ip_address"]

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -48,7 +49,8 @@ class Leases:
         self.ledger = ledger
         self.plan = plan
         self._emit = emit
-        self._dhcp: dict[str, bool] = {}  # VM name -> in dhcp mode (its manifest never changes)
+        # (VM name, created) -> in dhcp mode: a VM's manifest never changes.
+        self._dhcp: dict[tuple[str, datetime], bool] = {}
         self._task: asyncio.Task[None] | None = None
         self._written: dict[Path, str] = {}
 
@@ -89,19 +91,22 @@ class Leases:
             await reload()
 
     def _in_dhcp_mode(self, vm: VirtualMachine) -> bool:
-        if vm.name not in self._dhcp:
+        key = (vm.name, vm.created_at)
+        if key not in self._dhcp:
             try:
-                self._dhcp[vm.name] = vm_manifest(vm).network is NetworkMode.DHCP
+                self._dhcp[key] = vm_manifest(vm).network is NetworkMode.DHCP
             except VolantError:
-                self._dhcp[vm.name] = False
-        return self._dhcp[vm.name]
+                self._dhcp[key] = False
+        return self._dhcp[key]
 
     async def _learn(self, vm: VirtualMachine, lease: Lease) -> VirtualMachine:
         """Record the VM's address, its lease in the ledger, and a VM_ADDRESS event."""
-        if vm.ip_address:
-            await self.store.forget_resource(ResourceKind.LEASE, vm.ip_address)
-        await self.ledger.adopt(vm.name, ResourceKind.LEASE, lease.ip)
+        old = vm.ip_address
+        # The row first: a VM deleted meanwhile (NotFound here) leaves no record behind.
         vm = await self.store.set_vm_address(vm.name, lease.ip)
+        if old:
+            await self.store.forget_resource(ResourceKind.LEASE, old)
+        await self.ledger.adopt(vm.name, ResourceKind.LEASE, lease.ip)
         log.info("VM %s has address %s (DHCP)", vm.name, lease.ip, extra={"VM": vm.name})
         await self._emit(EventType.VM_ADDRESS, vm, mac=lease.mac)
         return vm
@@ -143,7 +148,8 @@ class Leases:
             await asyncio.sleep(POLL / 4)
 
     def forget(self, name: str) -> None:
-        self._dhcp.pop(name, None)
+        for key in [key for key in self._dhcp if key[0] == name]:
+            del self._dhcp[key]
 
 
 def _write(path: Path, text: str) -> None:
