@@ -11,7 +11,9 @@ restart adopts the running dnsmasq.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -137,6 +139,18 @@ def test_a_restarted_volantd_adopts_the_running_dnsmasq(daemon: Daemon) -> None:
     daemon.proc = again.proc
     assert (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").read_text().strip() == pid
     assert "dnsmasq: adopted the running one" in daemon.log_text()
+    # One that dies is started again, and answers for the guests again.
+    os.kill(int(pid), signal.SIGKILL)
+    until(lambda: "dnsmasq is gone" in daemon.log_text(), "dnsmasq stayed dead", timeout=30)
+    until(
+        lambda: (
+            daemon.in_ns("busybox", "nslookup", "x.vm.internal", "192.168.127.1").stdout.count(
+                "NXDOMAIN"
+            )
+            > 0
+        ),
+        "the new dnsmasq does not answer",
+    )
 
 
 def test_another_configuration_restarts_dnsmasq_and_stale_leases_are_released(

@@ -44,6 +44,13 @@ def test_dnsmasq_is_a_transient_service_that_serves_and_releases_dhcp_leases(
     assert vm["mac_address"] in volantd.sh(f"cat {LEASES}")
     assert orphans(volantd, volantd.api("GET", "/api/v1/vms").body["vms"]) == []
 
+    # systemd starts it again after a crash.
+    crashed = main_pid(volantd)
+    volantd.sh(f"systemctl kill --signal=SIGKILL {UNIT}")
+    deadline = time.monotonic() + 30
+    while main_pid(volantd) in ("0", crashed):
+        assert time.monotonic() < deadline, volantd.journal(UNIT)
+        time.sleep(0.2)
     pid = main_pid(volantd)
     volantd.sh("systemctl restart volantd")
     volantd.wait_healthy()

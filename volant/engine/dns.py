@@ -19,6 +19,7 @@ import itertools
 import logging
 import shutil
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -38,6 +39,7 @@ HELPER = "dnsmasq"
 UNIT = f"volant-{HELPER}.service"
 PID_WAIT = 10.0
 RELEASE_WAIT = 5.0
+ALIVE_EVERY = 5.0
 RepairEmit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -73,6 +75,8 @@ class Dns:
         self._emit_repair = emit_repair
         self._log = config.state_dir / "dnsmasq.log"
         self.running = False
+        self._argv: list[str] = []
+        self._next_check = 0.0
 
     def not_pooled(self) -> set[IPv4Address]:
         """Addresses the static pool leaves out: the host's, and the DHCP range (whether or not
@@ -124,7 +128,8 @@ class Dns:
             return
         self.running = True
         await self.repair()
-        self.leases.follow(self._reload)
+        self._argv = argv
+        self.leases.follow(self._reload, self._alive)
 
     async def close(self) -> None:
         """Stop following the lease file; dnsmasq keeps serving the guests."""
@@ -151,6 +156,18 @@ class Dns:
             "", ResourceKind.DNSMASQ, UNIT, lambda: self._launch(argv), self._stop
         )
         log.info("dnsmasq: serving %s (%s)", self.plan.bridge, " ".join(argv[1:]))
+
+    async def _alive(self) -> None:
+        """Start dnsmasq again when it is gone (a crash without systemd to restart it, a kill
+        by hand); checked every ALIVE_EVERY seconds."""
+        assert self.helpers is not None
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + ALIVE_EVERY
+        if not await self.helpers.running(HELPER):
+            log.warning("dnsmasq is gone (see %s); starting it again", self._log)
+            await self._ensure(self._argv)
 
     async def _launch(self, argv: list[str]) -> None:
         assert self.helpers is not None

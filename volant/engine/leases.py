@@ -61,9 +61,9 @@ class Leases:
             return []
         return dnsmasq.parse_leases(text)
 
-    def follow(self, reload: Reload) -> None:
-        """Poll the lease file and the VMs until close()."""
-        self._task = asyncio.create_task(self._follow(reload))
+    def follow(self, reload: Reload, alive: Reload) -> None:
+        """Poll the lease file and the VMs until close(); alive() comes first every round."""
+        self._task = asyncio.create_task(self._follow(reload, alive))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -71,9 +71,10 @@ class Leases:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def _follow(self, reload: Reload) -> None:
+    async def _follow(self, reload: Reload, alive: Reload) -> None:
         while True:
             try:
+                await alive()
                 await self.sync(reload)
             except (VolantError, OSError) as exc:
                 log.warning("dnsmasq leases: %s", exc)

@@ -51,6 +51,9 @@ def service_properties(name: str, argv: Sequence[str]) -> list[tuple[str, tuple[
         ("CollectMode", ("s", "inactive-or-failed")),
         ("Environment", ("as", [f"{HELPER_ENV}={name}"])),
         ("TimeoutStopUSec", ("t", int(STOP_GRACE * 1e6))),
+        # A crash is not the end of the guests' DNS; a stop by volantd (SIGTERM) is clean.
+        ("Restart", ("s", "on-failure")),
+        ("RestartUSec", ("t", 1_000_000)),
         ("CapabilityBoundingSet", ("t", mask)),
         ("NoNewPrivileges", ("b", True)),
     ]
