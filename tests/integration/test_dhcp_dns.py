@@ -174,3 +174,15 @@ def test_another_configuration_restarts_dnsmasq_and_stale_leases_are_released(
     assert "02:56:de:ad:be:ef" not in leases(daemon)
     argv = (daemon.tmp / "run" / "dnsmasq" / "argv").read_text().split("\0")
     assert "--domain=lab.internal" in argv
+
+
+def test_without_dns_dnsmasq_goes_and_dhcp_mode_is_refused(daemon: Daemon) -> None:
+    stop_daemon(daemon, delete_vms=False)
+    again = start_daemon(daemon.ns, daemon.tmp, {"network.dns": False}, plugins=())
+    daemon.proc = again.proc
+    assert not (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").exists()
+    repaired = daemon.call(lambda c: c.list_events(types=["HOST_REPAIRED"]))
+    assert repaired[-1]["payload"]["reason"] == "network.dns is off"
+    status, _, problem = raw(daemon, "POST", "/api/v1/vms", {"name": "dh2", "plugin": "hellodhcp"})
+    assert (status, problem["code"], problem["field"]) == (503, "Unavailable", "network.mode")
+    assert "needs volantd's dnsmasq" in problem["detail"]

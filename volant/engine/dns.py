@@ -111,8 +111,8 @@ class Dns:
             return
         if not self.enabled:
             if await self.helpers.running(HELPER):
-                await self.ledger.remove(ResourceKind.DNSMASQ, UNIT, self._stop)
                 await self._repaired("removed", "network.dns is off")
+            await self.ledger.remove(ResourceKind.DNSMASQ, UNIT, self._stop)
             return
         binary = shutil.which(dnsmasq.BINARY)
         if binary is None:
@@ -123,11 +123,12 @@ class Dns:
         try:
             await self.leases.write_files(await self.store.list_vms(), signal=False)
             await self._ensure(argv)
+            self.running = True
+            await self.repair()
         except (VolantError, OSError) as exc:
             log.error("dnsmasq: %s; guests get no DHCP or DNS", exc)
-            return
-        self.running = True
-        await self.repair()
+            if not self.running:
+                return
         self._argv = argv
         self.leases.follow(self._reload, self._alive)
 
