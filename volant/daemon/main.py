@@ -26,6 +26,7 @@ from volant.engine.ledger import Ledger
 from volant.engine.volumes import Volumes
 from volant.host import MachineRegistry, make_supervisor
 from volant.host.builds import make_build_runner
+from volant.host.helpers import make_helpers
 from volant.model import StateCorrupt, VolantError
 from volant.network import (
     HostNetwork,
@@ -105,6 +106,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 volumes=volumes,
                 builder=make_build_runner(supervisor.kind, owner=str(config.state_dir)),
                 port_rules=PortRules(config.network_bridge, subnet),
+                helpers=make_helpers(supervisor.kind, owner=str(config.state_dir)),
             )
             await engine.start()
             if not forwarding_enabled():

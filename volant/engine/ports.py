@@ -80,6 +80,11 @@ class Store(Protocol):
         """Delete the row and release its IP lease in one transaction."""
         ...
 
+    async def set_vm_address(self, name: str, ip_address: str | None) -> VirtualMachine:
+        """Record the address a VM without a pool lease got elsewhere (its DHCP lease);
+        Conflict when another VM has it, InvalidState when the VM holds a pool lease."""
+        ...
+
     async def append_event(
         self, type: EventType, vm: str, payload: dict[str, Any] | None = None
     ) -> Event: ...
@@ -324,6 +329,29 @@ class Network(Protocol):
     async def list_taps(self) -> dict[str, str]:
         """Every tap with Volant's prefix: its name -> the VM name in its alias ("" if none)."""
         ...
+
+
+class Helpers(Protocol):
+    """Long-running helper daemons that outlive volantd (its dnsmasq), found again by name:
+    transient systemd services, or children tagged in their environment (volant.host.helpers)."""
+
+    kind: str
+
+    async def start(self, name: str, argv: Sequence[str], *, log_path: Path) -> None:
+        """Start argv as helper name (Unavailable when it cannot start)."""
+        ...
+
+    async def running(self, name: str) -> bool: ...
+
+    async def signal(self, name: str, signum: int) -> bool:
+        """Send signum to the helper; False when it is not running."""
+        ...
+
+    async def stop(self, name: str) -> None:
+        """End it (SIGTERM, then SIGKILL) and return once it is gone."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Artifacts(Protocol):
