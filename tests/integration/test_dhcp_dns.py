@@ -140,8 +140,14 @@ def test_a_restarted_volantd_adopts_the_running_dnsmasq(daemon: Daemon) -> None:
     assert (daemon.tmp / "run" / "dnsmasq" / "dnsmasq.pid").read_text().strip() == pid
     assert "dnsmasq: adopted the running one" in daemon.log_text()
     # One that dies is started again, and answers for the guests again.
+    served = daemon.log_text().count("dnsmasq: serving")
     os.kill(int(pid), signal.SIGKILL)
-    until(lambda: "dnsmasq is gone" in daemon.log_text(), "dnsmasq stayed dead", timeout=30)
+    until(
+        lambda: daemon.log_text().count("dnsmasq: serving") > served,
+        "dnsmasq stayed dead",
+        timeout=30,
+    )
+    assert "dnsmasq is gone" in daemon.log_text()
     until(
         lambda: (
             daemon.in_ns("busybox", "nslookup", "x.vm.internal", "192.168.127.1").stdout.count(
