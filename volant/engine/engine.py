@@ -147,19 +147,6 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         await self._cancel_tasks()
         self.bus.close()
 
-    async def host_shutting_down(self) -> bool:
-        """True when the host itself is going down, not only this daemon."""
-        return await self.supervisor.host_shutting_down()
-
-    async def power_off_all(self) -> None:
-        """Stop every running VM gracefully, all at once (the host is shutting down)."""
-        running = [vm.name for vm in await self.store.list_vms() if vm.status == VMStatus.RUNNING]
-        log.info("host shutdown: powering off %d VMs", len(running))
-        results = await asyncio.gather(*map(self.stop_vm, running), return_exceptions=True)
-        for name, result in zip(running, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("could not power off VM %s: %s", name, result, extra={"VM": name})
-
     # -- read verbs ---------------------------------------------------------------------------
 
     async def list_vms(self) -> list[VirtualMachine]:
