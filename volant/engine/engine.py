@@ -19,11 +19,13 @@ from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_m
 from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
 from volant.engine.ledger import Ledger
+from volant.engine.passthrough import Passthrough
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
     Disks,
     Guest,
+    GuestProxy,
     HypervisorDriver,
     MacFor,
     Machines,
@@ -83,6 +85,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         faults: Faults | None = None,
         builder: BuildRunner | None = None,
         port_rules: PortFirewall | None = None,
+        proxy: GuestProxy | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -108,6 +111,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.builds = build_service(
             config, store, self.ledger, self.bus, self.faults, builder, self._install
         )
+        self.passthrough = Passthrough(config, store, proxy, self.vm_openapi)
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)
