@@ -1,0 +1,174 @@
+"""The HTTP and WebSocket passthrough and OpenAPI operations, end to end on a real QEMU guest.
+
+volantd in a private netns (API key set, so TCP callers need it), one VM `web` of a plugin whose
+workload is tests/integration/webtest_workload.py: plain answers, an upload, a chunked stream
+whose last chunk waits for the client to have the first, and a hand-written WebSocket echo that
+stands in for a browser's DevTools socket. Clients: aiohttp on volantd's unix socket (root, so
+polkit says yes), curl over TCP inside the namespace, volar, and MCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from scripts.guest.plugin_image import write_plugin_cpio
+from tests.integration.daemon import (
+    GUEST_DIR,
+    Daemon,
+    build_guest,
+    raw,
+    running_daemon,
+    wait_status,
+)
+from tests.integration.mcp_client import call, ok, over_unix, results
+
+pytestmark = pytest.mark.integration
+
+WORKLOAD = Path(__file__).with_name("webtest_workload.py")
+KEY = "proxy-test-key"
+PROXY = "/api/v1/vms/web/proxy"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    build_guest()
+    plugin = tmp_path_factory.mktemp("plugin") / "webtest"
+    plugin.mkdir()
+    shutil.copy(WORKLOAD, plugin / "app.py")
+    archive = write_plugin_cpio(plugin)
+    manifest = {
+        "schema_version": 1,
+        "name": "webtest",
+        "version": "1.0.0",
+        "runtime": "webtest",
+        "resources": {"cpu_cores": 1, "memory_mb": 256},
+        "workload": {
+            "type": "http",
+            "entrypoint": ["python3", "/opt/volant/plugins/webtest/app.py"],
+            "base_url": "http://127.0.0.1:9100",
+            "health_check": {"path": "/hello", "timeout_ms": 2000},
+        },
+        "initramfs": {
+            "path": archive.name,
+            "checksum": "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest(),
+        },
+        "network": {"mode": "bridged"},
+        "openapi": "/openapi.json",
+    }
+    path = plugin / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    settings = {"runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"), "api.key": KEY}
+    with running_daemon(tmp_path_factory.mktemp("volantd"), settings, plugins=()) as d:
+        body = {"manifest": path.read_text(), "origin": path.as_uri()}
+        status, _, reply = raw(d, "POST", "/api/v1/plugins", body)
+        assert status == 201, reply
+        status, _, vm = raw(d, "POST", "/api/v1/vms", {"name": "web", "plugin": "webtest"})
+        assert status == 201, vm
+        wait_status(d, "web", "running", timeout=120)
+        yield d
+
+
+def session(daemon: Daemon) -> aiohttp.ClientSession:
+    connector = aiohttp.UnixConnector(path=daemon.api.removeprefix("unix:"))
+    return aiohttp.ClientSession(connector=connector, base_url="http://localhost")
+
+
+def test_plain_http_keeps_query_and_headers_but_not_volantds_key(daemon: Daemon) -> None:
+    async def run() -> tuple[Any, Any]:
+        async with session(daemon) as s:
+            async with s.get(f"{PROXY}/hello?x=1&api_key={KEY}", headers={"X-Mine": "y"}) as r:
+                assert r.status == 200
+                seen = await r.json()
+            data = bytes(range(256)) * 8192  # 2 MiB, over volantd's and the agent's body limit
+            async with s.post(f"{PROXY}/upload", data=data) as r:
+                uploaded = await r.json()
+            assert uploaded == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            async with s.get(f"{PROXY}/nowhere") as r:  # the workload's own 404 passes through
+                return seen, (r.status, await r.json())
+
+    seen, missing = asyncio.run(run())
+    assert seen["query"] == {"x": "1"}
+    assert seen["headers"]["x-mine"] == "y"
+    assert "x-volant-agent-secret" not in seen["headers"]
+    assert "x-volant-api-key" not in seen["headers"]
+    assert missing == (404, {"error": "webtest: no such path"})
+
+
+def test_a_streamed_answer_arrives_as_it_is_produced(daemon: Daemon) -> None:
+    async def run() -> tuple[bytes, bytes]:
+        async with session(daemon) as s, s.get(f"{PROXY}/stream") as r:
+            assert r.status == 200
+            first = await asyncio.wait_for(r.content.readline(), 60)
+            # Only now is the last chunk produced: the first came before it existed.
+            async with s.post(f"{PROXY}/release") as released:
+                assert released.status == 200
+            return first, await asyncio.wait_for(r.content.read(), 60)
+
+    assert asyncio.run(run()) == (b"first\n", b"last\n")
+
+
+def test_a_websocket_echo_through_volantd_and_the_agent(daemon: Daemon) -> None:
+    async def run() -> list[Any]:
+        async with session(daemon) as s, s.ws_connect(f"{PROXY}/ws") as ws:
+            await ws.send_str('{"id": 1, "method": "Page.navigate"}')
+            text = await asyncio.wait_for(ws.receive_str(), 30)
+            await ws.send_bytes(b"\x00\x01binary")
+            data = await asyncio.wait_for(ws.receive_bytes(), 30)
+            await ws.close()
+            return [text, data, ws.close_code]
+
+    assert asyncio.run(run()) == ['{"id": 1, "method": "Page.navigate"}', b"\x00\x01binary", 1000]
+
+
+def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon) -> None:
+    url = f"http://127.0.0.1:7777{PROXY}/hello"
+    refused = daemon.in_ns("curl", "-sS", "-w", "\n%{http_code}", url)
+    body, _, code = refused.stdout.rpartition("\n")
+    assert (code, json.loads(body)["code"]) == ("401", "Unauthenticated")
+    allowed = daemon.in_ns("curl", "-sS", "-H", f"X-Volant-API-Key: {KEY}", url)
+    assert json.loads(allowed.stdout)["path"] == "/hello"
+
+
+def test_volar_lists_and_calls_the_workloads_operations(daemon: Daemon) -> None:
+    listed = daemon.volar("vms", "operations", "web")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["OPERATION", "METHOD", "PATH", "SUMMARY"]
+    assert lines[1].split()[:3] == ["getHello", "GET", "/hello"]
+    assert lines[3].split()[:3] == ["GET:/status", "GET", "/status"]  # no operationId
+
+    called = daemon.volar(
+        "vms", "call", "web", "putItem", "--param", "id=3", "--query", "q=1", "--body", '{"a": 1}'
+    )
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"id": "3", "query": {"q": ["1"]}, "body": {"a": 1}}
+    assert called.stdout.startswith("{\n  ")  # pretty
+
+    failed = daemon.volar("vms", "call", "web", "GET:/status", "--query", "code=418")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout) == {"code": "418"}
+    assert "answered HTTP 418" in failed.stderr
+
+    unknown = daemon.volar("vms", "call", "web", "putItem")
+    assert unknown.returncode != 0
+    assert "path parameter(s) id" in unknown.stderr
+
+
+def test_mcp_lists_and_calls_operations(daemon: Daemon) -> None:
+    steps = [
+        call("list_operations", name="web"),
+        call("call_operation", name="web", operation="putItem", params={"id": "7"}, input=[1]),
+    ]
+    listed, answered = map(ok, results(over_unix(daemon.api, steps)))
+    assert [op["key"] for op in listed["operations"]] == ["getHello", "putItem", "GET:/status"]
+    assert (answered["status"], answered["json"]["body"]) == (201, [1])
+    assert answered["truncated"] is False
