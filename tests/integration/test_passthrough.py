@@ -36,6 +36,8 @@ pytestmark = pytest.mark.integration
 WORKLOAD = Path(__file__).with_name("webtest_workload.py")
 KEY = "proxy-test-key"
 PROXY = "/api/v1/vms/web/proxy"
+# Bridged, and network-less (the agent reached through volantd's relay socket).
+EVERY_MODE = pytest.mark.parametrize("vm", ["web", "quiet"])
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +66,20 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         "network": {"mode": "bridged"},
         "openapi": "/openapi.json",
     }
-    path = plugin / "manifest.json"
-    path.write_text(json.dumps(manifest))
+    # The same workload in a network-less VM: its agent behind volantd's relay socket.
+    quiet = manifest | {"name": "webquiet", "network": {"mode": "vsock"}}
     settings = {"runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"), "api.key": KEY}
     with running_daemon(tmp_path_factory.mktemp("volantd"), settings, plugins=()) as d:
-        body = {"manifest": path.read_text(), "origin": path.as_uri()}
-        status, _, reply = raw(d, "POST", "/api/v1/plugins", body)
-        assert status == 201, reply
-        status, _, vm = raw(d, "POST", "/api/v1/vms", {"name": "web", "plugin": "webtest"})
-        assert status == 201, vm
-        wait_status(d, "web", "running", timeout=120)
+        for doc, vm_name in ((manifest, "web"), (quiet, "quiet")):
+            path = plugin / f"{doc['name']}.json"
+            path.write_text(json.dumps(doc))
+            body = {"manifest": path.read_text(), "origin": path.as_uri()}
+            status, _, reply = raw(d, "POST", "/api/v1/plugins", body)
+            assert status == 201, reply
+            status, _, vm = raw(d, "POST", "/api/v1/vms", {"name": vm_name, "plugin": doc["name"]})
+            assert status == 201, vm
+        for vm_name in ("web", "quiet"):
+            wait_status(d, vm_name, "running", timeout=120)
         yield d
 
 
@@ -82,17 +88,20 @@ def session(daemon: Daemon) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, base_url="http://localhost")
 
 
-def test_plain_http_keeps_query_and_headers_but_not_volantds_key(daemon: Daemon) -> None:
+@EVERY_MODE
+def test_plain_http_keeps_query_and_headers_but_not_volantds_key(daemon: Daemon, vm: str) -> None:
+    proxy = f"/api/v1/vms/{vm}/proxy"
+
     async def run() -> tuple[Any, Any]:
         async with session(daemon) as s:
-            async with s.get(f"{PROXY}/hello?x=1&api_key={KEY}", headers={"X-Mine": "y"}) as r:
+            async with s.get(f"{proxy}/hello?x=1&api_key={KEY}", headers={"X-Mine": "y"}) as r:
                 assert r.status == 200
                 seen = await r.json()
             data = bytes(range(256)) * 8192  # 2 MiB, over volantd's and the agent's body limit
-            async with s.post(f"{PROXY}/upload", data=data) as r:
+            async with s.post(f"{proxy}/upload", data=data) as r:
                 uploaded = await r.json()
             assert uploaded == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            async with s.get(f"{PROXY}/nowhere") as r:  # the workload's own 404 passes through
+            async with s.get(f"{proxy}/nowhere") as r:  # the workload's own 404 passes through
                 return seen, (r.status, await r.json())
 
     seen, missing = asyncio.run(run())
@@ -103,22 +112,28 @@ def test_plain_http_keeps_query_and_headers_but_not_volantds_key(daemon: Daemon)
     assert missing == (404, {"error": "webtest: no such path"})
 
 
-def test_a_streamed_answer_arrives_as_it_is_produced(daemon: Daemon) -> None:
+@EVERY_MODE
+def test_a_streamed_answer_arrives_as_it_is_produced(daemon: Daemon, vm: str) -> None:
+    proxy = f"/api/v1/vms/{vm}/proxy"
+
     async def run() -> tuple[bytes, bytes]:
-        async with session(daemon) as s, s.get(f"{PROXY}/stream") as r:
+        async with session(daemon) as s, s.get(f"{proxy}/stream") as r:
             assert r.status == 200
             first = await asyncio.wait_for(r.content.readline(), 60)
             # Only now is the last chunk produced: the first came before it existed.
-            async with s.post(f"{PROXY}/release") as released:
+            async with s.post(f"{proxy}/release") as released:
                 assert released.status == 200
             return first, await asyncio.wait_for(r.content.read(), 60)
 
     assert asyncio.run(run()) == (b"first\n", b"last\n")
 
 
-def test_a_websocket_echo_through_volantd_and_the_agent(daemon: Daemon) -> None:
+@EVERY_MODE
+def test_a_websocket_echo_through_volantd_and_the_agent(daemon: Daemon, vm: str) -> None:
+    proxy = f"/api/v1/vms/{vm}/proxy"
+
     async def run() -> list[Any]:
-        async with session(daemon) as s, s.ws_connect(f"{PROXY}/ws") as ws:
+        async with session(daemon) as s, s.ws_connect(f"{proxy}/ws") as ws:
             await ws.send_str('{"id": 1, "method": "Page.navigate"}')
             text = await asyncio.wait_for(ws.receive_str(), 30)
             await ws.send_bytes(b"\x00\x01binary")
