@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import shlex
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,12 @@ from tests.integration.daemon import (
     wait_status,
 )
 from tests.integration.mcp_client import call, ok, over_unix, results
+from tests.readme import blocks
 
 pytestmark = pytest.mark.integration
 
 WORKLOAD = Path(__file__).with_name("webtest_workload.py")
+DOC = Path(__file__).resolve().parents[2] / "docs" / "workloads.md"
 KEY = "proxy-test-key"
 PROXY = "/api/v1/vms/web/proxy"
 # Bridged, and network-less (the agent reached through volantd's relay socket).
@@ -144,31 +149,50 @@ def test_a_websocket_echo_through_volantd_and_the_agent(daemon: Daemon, vm: str)
     assert asyncio.run(run()) == ['{"id": 1, "method": "Page.navigate"}', b"\x00\x01binary", 1000]
 
 
-def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon) -> None:
+def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:7777{PROXY}/hello"
     refused = daemon.in_ns("curl", "-sS", "-w", "\n%{http_code}", url)
     body, _, code = refused.stdout.rpartition("\n")
     assert (code, json.loads(body)["code"]) == ("401", "Unauthenticated")
-    allowed = daemon.in_ns("curl", "-sS", "-H", f"X-Volant-API-Key: {KEY}", url)
-    assert json.loads(allowed.stdout)["path"] == "/hello"
+    # docs/workloads.md's passthrough block, with the key.
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"\x00" * 300_000)
+    outputs = []
+    for line in blocks("passthrough", DOC.read_text()):
+        proc = subprocess.run(
+            ["ip", "netns", "exec", daemon.ns, "sh", "-c", f"curl -sS --fail-with-body {line[5:]}"],
+            env={"PATH": os.environ["PATH"], "VOLANT_API_KEY": KEY},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        outputs.append(proc.stdout)
+    hello, uploaded, ticks = outputs
+    assert json.loads(hello)["query"] == {"x": "1"}
+    assert json.loads(uploaded)["size"] == 300_000
+    assert ticks == "tick 1\ntick 2\ntick 3\n"
 
 
 def test_volar_lists_and_calls_the_workloads_operations(daemon: Daemon) -> None:
-    listed = daemon.volar("vms", "operations", "web")
+    # docs/workloads.md's operations block, in order.
+    commands = [shlex.split(line) for line in blocks("operations", DOC.read_text())]
+    assert [argv[:3] for argv in commands] == [
+        ["volar", "vms", "operations"], ["volar", "vms", "call"], ["volar", "vms", "call"],
+    ]  # fmt: skip
+    listed, called, failed = (daemon.volar(*argv[1:]) for argv in commands)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["OPERATION", "METHOD", "PATH", "SUMMARY"]
     assert lines[1].split()[:3] == ["getHello", "GET", "/hello"]
     assert lines[3].split()[:3] == ["GET:/status", "GET", "/status"]  # no operationId
 
-    called = daemon.volar(
-        "vms", "call", "web", "putItem", "--param", "id=3", "--query", "q=1", "--body", '{"a": 1}'
-    )
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout) == {"id": "3", "query": {"q": ["1"]}, "body": {"a": 1}}
     assert called.stdout.startswith("{\n  ")  # pretty
 
-    failed = daemon.volar("vms", "call", "web", "GET:/status", "--query", "code=418")
     assert failed.returncode == 1
     assert json.loads(failed.stdout) == {"code": "418"}
     assert "answered HTTP 418" in failed.stderr

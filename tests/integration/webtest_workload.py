@@ -1,6 +1,7 @@
 """webtest: a workload for the passthrough tests (standard library only, runs in the guest).
 
-Plain JSON answers, a chunked stream whose last chunk waits for POST /release, an upload that
+Plain JSON answers, a chunked stream whose last chunk waits for POST /release (and a short one
+that ticks three times), an upload that
 answers the body's size and sha256, a WebSocket echo written by hand (the handshake of RFC 6455
 and its frames: what a browser's DevTools socket speaks), and an OpenAPI document.
 """
@@ -12,6 +13,7 @@ import hashlib
 import json
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, OPENAPI)
         elif url.path == "/stream":
             self._stream()
+        elif url.path == "/stream-short":
+            self._stream_short()
         elif url.path == "/ws":
             self._websocket()
         else:
@@ -87,6 +91,19 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b"first\n")
         RELEASE.wait(60)  # the last chunk is produced only once the client has the first
         self._chunk(b"last\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def _stream_short(self) -> None:
+        """Three lines, a quarter second apart (docs/workloads.md's `curl -N`)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for n in range(1, 4):
+            self._chunk(b"tick %d\n" % n)
+            time.sleep(0.25)
         self.wfile.write(b"0\r\n\r\n")
         self.close_connection = True
 
