@@ -16,6 +16,9 @@ from volant_agent.logs import LogBuffer
 from volant_agent.manifest import parse
 from volant_agent.passthrough import PROXY_ERROR_HEADER, streams_body
 
+from volant.model import AgentEndpoint, NotFound, Unavailable
+from volant.runtime.passthrough import AgentPassthrough
+
 pytestmark = pytest.mark.unit
 
 SECRET = "the-vms-own-secret"
@@ -193,3 +196,35 @@ async def test_unreachable_workload_and_missing_base_url_are_the_proxys_own_erro
         assert head.split()[1] == ("502" if manifest else "404")
         assert f"{PROXY_ERROR_HEADER}: 1" in head
         assert "error" in json.loads(body)
+
+
+async def test_volantds_client_streams_through_the_agent_and_maps_its_errors() -> None:
+    """volant.runtime.passthrough against this agent: answers stream, the agent's own errors
+    become VolantErrors, the workload's own pass through."""
+    workload = Workload()
+    async with agent_before(workload) as port, AgentPassthrough(port=port) as client:
+        agent = AgentEndpoint("127.0.0.1", SECRET)
+        async with client.proxy(agent, "GET", "/stream", (("X-Mine", "y"),), None) as answer:
+            assert answer.status == 200
+            cookies = [v for k, v in answer.headers if k.lower() == "set-cookie"]
+            assert cookies == ["a=1", "b=2"]
+            assert not any(k.lower() == "transfer-encoding" for k, _v in answer.headers)
+            first = await anext(answer.body)
+            assert first == b"first"
+            workload.second_chunk.set()
+            assert b"".join([chunk async for chunk in answer.body]) == b"second"
+        async with client.proxy(agent, "GET", "/missing", (), None) as answer:
+            assert answer.status == 404  # the workload's own
+        with pytest.raises(Unavailable, match="refused the WebSocket"):
+            async with client.proxy_websocket(agent, "/plain", (), ()):
+                pass
+    for manifest, error in ((None, NotFound), ({"base_url": "http://127.0.0.1:1"}, Unavailable)):
+        doc = {"name": "w", "workload": {"entrypoint": ["x"], **(manifest or {})}}
+        bare = Agent(parse(doc), "test", LogBuffer(), None, lambda: None, secret=SECRET)
+        async with (
+            serve(connection_handler(make_handler(bare), streams=streams_body)) as port,
+            AgentPassthrough(port=port) as client,
+        ):
+            with pytest.raises(error):
+                async with client.proxy(AgentEndpoint("127.0.0.1", SECRET), "GET", "/", (), None):
+                    pass
