@@ -11,6 +11,7 @@ needs manage-vms under polkit on the unix socket, or the API key over TCP.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -19,6 +20,7 @@ from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from volant.engine.passthrough import Passthrough
+from volant.model import VolantError
 from volant.model.operations import Headers, ProxySocket
 
 from .access import KEY_HEADER, KEY_QUERY
@@ -28,6 +30,8 @@ from .peer import authorize
 from .replies import free_json
 from .schemas import parse_body
 from .spec import Api, Body
+
+log = logging.getLogger(__name__)
 
 TAG = "vms"
 PROXY = "/api/v1/vms/{name}/proxy/{path}"
@@ -98,16 +102,23 @@ async def vm_proxy(request: web.Request) -> web.StreamResponse:
         same_origin(request)
         return await _websocket(request, passthrough, name, target)
     body = _body(request) if request.body_exists else None
-    async with passthrough.request(
-        name, request.method, target, forwarded(request.headers), body
-    ) as answer:
-        response = web.StreamResponse(status=answer.status)
-        for key, value in answer.headers:
-            response.headers.add(key, value)
-        await response.prepare(request)
-        async for chunk in answer.body:
-            await response.write(chunk)
-        await response.write_eof()
+    response = web.StreamResponse()
+    try:
+        async with passthrough.request(
+            name, request.method, target, forwarded(request.headers), body
+        ) as answer:
+            response.set_status(answer.status)
+            for key, value in answer.headers:
+                response.headers.add(key, value)
+            await response.prepare(request)
+            async for chunk in answer.body:
+                await response.write(chunk)
+            await response.write_eof()
+    except (ConnectionError, VolantError) as exc:
+        if not response.prepared:
+            raise  # nothing sent yet: the caller gets the problem
+        # Mid-answer the client or the guest went away: all that can be done is to stop.
+        log.info("passthrough %s %s on VM %s ended early: %s", request.method, target, name, exc)
     return response
 
 
@@ -134,14 +145,17 @@ async def _websocket(
 
 
 async def _up(ws: web.WebSocketResponse, upstream: ProxySocket) -> None:
-    async for message in ws:  # ends on the client's close
-        if message.type is WSMsgType.TEXT:
-            await upstream.send(str(message.data))
-        elif message.type is WSMsgType.BINARY:
-            await upstream.send(bytes(message.data))
-        elif message.type is WSMsgType.ERROR:
-            break
-    await upstream.close(ws.close_code or 1000)
+    try:
+        async for message in ws:  # ends on the client's close
+            if message.type is WSMsgType.TEXT:
+                await upstream.send(str(message.data))
+            elif message.type is WSMsgType.BINARY:
+                await upstream.send(bytes(message.data))
+            elif message.type is WSMsgType.ERROR:
+                break
+    except ConnectionError:
+        pass  # the workload's side went away: _down closes the client's
+    await upstream.close(_sendable(ws.close_code))
 
 
 async def _down(ws: web.WebSocketResponse, upstream: ProxySocket) -> None:
@@ -153,7 +167,16 @@ async def _down(ws: web.WebSocketResponse, upstream: ProxySocket) -> None:
                 await ws.send_bytes(message)
         except ConnectionResetError:
             break
-    await ws.close(code=upstream.close_code or 1000)
+    await ws.close(code=_sendable(upstream.close_code))
+
+
+def _sendable(code: int | None) -> int:
+    """A close code one side received, as the other may be sent it: 1005 (none given) and
+    1006 (connection lost) are only ever reported, never sent."""
+    valid = code is not None and (
+        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code < 5000
+    )
+    return code if valid and code is not None else 1000
 
 
 async def vm_operations(request: web.Request) -> web.Response:
