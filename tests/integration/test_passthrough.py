@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     # The same workload in a network-less VM: its agent behind volantd's relay socket.
     quiet = manifest | {"name": "webquiet", "network": {"mode": "vsock"}}
     settings = {"runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"), "api.key": KEY}
-    with running_daemon(tmp_path_factory.mktemp("volantd"), settings, plugins=()) as d:
+    # Not under pytest's private tmp: an unprivileged client must reach the unix socket.
+    tmp = Path(tempfile.mkdtemp(prefix="volant-proxy-"))
+    tmp.chmod(0o755)
+    with running_daemon(tmp, settings, plugins=()) as d:
         for doc, vm_name in ((manifest, "web"), (quiet, "quiet")):
             path = plugin / f"{doc['name']}.json"
             path.write_text(json.dumps(doc))
@@ -86,6 +90,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         for vm_name in ("web", "quiet"):
             wait_status(d, vm_name, "running", timeout=120)
         yield d
+        assert "broke the OpenAPI document" not in d.log_text()
+        assert "Traceback" not in d.log_text()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def session(daemon: Daemon) -> aiohttp.ClientSession:
@@ -211,3 +218,35 @@ def test_mcp_lists_and_calls_operations(daemon: Daemon) -> None:
     assert [op["key"] for op in listed["operations"]] == ["getHello", "putItem", "GET:/status"]
     assert (answered["status"], answered["json"]["body"]) == (201, [1])
     assert answered["truncated"] is False
+
+
+def test_on_the_unix_socket_the_passthrough_needs_manage_vms(daemon: Daemon) -> None:
+    """A caller polkit does not allow (here: nobody, with no polkit daemon) is refused the
+    passthrough and calls, while listing operations is a read."""
+    sock = Path(daemon.api.removeprefix("unix:"))
+    mode = sock.stat().st_mode
+    sock.chmod(0o666)  # let nobody connect: polkit, not the file mode, is what is tested
+    try:
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        curl = [*nobody, "curl", "-sS", "--unix-socket", str(sock), "-w", "\n%{http_code}"]
+        answers = {}
+        for method, path in (
+            ("GET", f"{PROXY}/hello"),
+            ("POST", "/api/v1/vms/web/operations/getHello"),
+            ("GET", "/api/v1/vms/web/operations"),
+        ):
+            argv = [*curl, "-X", method, "-H", "Content-Type: application/json"]
+            argv += ["--data", "{}"] if method == "POST" else []
+            proc = subprocess.run(
+                [*argv, f"http://localhost{path}"], capture_output=True, text=True, check=False
+            )
+            body, _, code = proc.stdout.rpartition("\n")
+            assert body, proc.stderr
+            answers[path] = (code, json.loads(body).get("code"))
+    finally:
+        sock.chmod(mode)
+    assert answers == {
+        f"{PROXY}/hello": ("403", "PermissionDenied"),
+        "/api/v1/vms/web/operations/getHello": ("403", "PermissionDenied"),
+        "/api/v1/vms/web/operations": ("200", None),
+    }
