@@ -76,7 +76,10 @@ class OperationList(BaseModel):
 
 
 def forwarded(headers: Mapping[str, str], *, websocket: bool = False) -> Headers:
-    drop = DROP | WS_HANDSHAKE if websocket else DROP
+    """The client's headers that go on to the workload: not one hop's, and not those the
+    client's Connection header names as its hop's."""
+    named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    drop = DROP | (named - {"content-length"}) | (WS_HANDSHAKE if websocket else set())
     return tuple((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
