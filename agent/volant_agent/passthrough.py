@@ -129,16 +129,16 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, eof: bo
         dst.write_eof()  # a half-close: the peer may still answer (a WebSocket's close)
 
 
-async def _answer_head(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """The workload's final answer head; interim 1xx answers (100 Continue) but 101 go
-    ahead of it unchanged."""
-    interim = b""
+async def _answer_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The workload's final answer head; interim 1xx answers (100 Continue, 103 Early Hints)
+    go to the host as they come, ahead of it. A 101 is final: the bytes after it are spliced."""
     while True:
         raw = await reader.readuntil(b"\r\n\r\n")
         status, head = response_head(raw)
         if status >= 200 or status == 101:
-            return status, interim + head
-        interim += raw
+            return head
+        writer.write(raw)
+        await writer.drain()
 
 
 async def _relay(
@@ -155,7 +155,7 @@ async def _relay(
         up = asyncio.create_task(_pump(reader, up_writer, eof=True))
         tasks.add(up)
         try:
-            _status, answer = await asyncio.wait_for(_answer_head(up_reader), FIRST_BYTE_TIMEOUT)
+            answer = await asyncio.wait_for(_answer_head(up_reader, writer), FIRST_BYTE_TIMEOUT)
         except TimeoutError:
             writer.write(_error_bytes(504, "the workload did not answer in time"))
             return

@@ -45,6 +45,8 @@ class Workload:
             return Response(takeover=self.stream)
         if request.path == "/base/upgrade":
             return Response(takeover=self.echo)
+        if request.path == "/base/continue":
+            return Response(takeover=self.expect_continue)
         return json_response({"error": "workload: not found"}, 404)
 
     async def stream(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -53,6 +55,15 @@ class Workload:
         await writer.drain()
         await self.second_chunk.wait()  # produced only once the client has the first one
         writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def expect_continue(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        data = await reader.readexactly(5)  # sent only once the client saw the 100
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + data.upper())
         await writer.drain()
 
     async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,7 +90,9 @@ async def serve(handler: object) -> AsyncIterator[int]:
 async def agent_before(workload: Workload) -> AsyncIterator[int]:
     """The agent's port; its workload's base_url has a path, which the passthrough keeps."""
     async with serve(
-        connection_handler(workload.handle, streams=lambda path: path == "/base/upload")
+        connection_handler(
+            workload.handle, streams=lambda path: path in ("/base/upload", "/base/continue")
+        )
     ) as port:
         doc = {
             "name": "w",
@@ -165,6 +178,22 @@ async def test_a_chunked_answer_arrives_chunk_by_chunk() -> None:
     assert "Connection: close" in head
     assert first == b"5\r\nfirst\r\n"
     assert rest == b"6\r\nsecond\r\n0\r\n\r\n"
+
+
+async def test_an_interim_100_continue_goes_to_the_host_before_the_final_answer() -> None:
+    async with agent_before(Workload()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/proxy/continue HTTP/1.1\r\nX-Volant-Agent-Secret: {SECRET}\r\n"
+            "Expect: 100-continue\r\nContent-Length: 5\r\n\r\n".encode()
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(b"hello")
+        rest = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b"\r\n\r\nHELLO")
 
 
 async def test_after_the_workloads_101_bytes_are_spliced_both_ways() -> None:

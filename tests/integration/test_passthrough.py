@@ -163,7 +163,7 @@ def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon, tmp_path: Pa
     assert (code, json.loads(body)["code"]) == ("401", "Unauthenticated")
     # docs/workloads.md's passthrough block, with the key.
     payload = tmp_path / "payload.bin"
-    payload.write_bytes(b"\x00" * 300_000)
+    payload.write_bytes(b"\x00" * 2_000_000)  # over 1 MiB: curl sends Expect: 100-continue
     outputs = []
     for line in blocks("passthrough", DOC.read_text()):
         proc = subprocess.run(
@@ -179,7 +179,7 @@ def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon, tmp_path: Pa
         outputs.append(proc.stdout)
     hello, uploaded, ticks = outputs
     assert json.loads(hello)["query"] == {"x": "1"}
-    assert json.loads(uploaded)["size"] == 300_000
+    assert json.loads(uploaded)["size"] == 2_000_000
     assert ticks == "tick 1\ntick 2\ntick 3\n"
 
 

@@ -39,10 +39,12 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CHUNK = 64 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
 TRUNCATED_HEADER = "X-Volant-Truncated"
-# One hop's headers, volantd's credentials, and what aiohttp frames anew for the next hop.
+# One hop's headers, volantd's credentials, and what aiohttp frames anew for the next hop
+# (Expect: volantd's server has answered the client's 100-continue already).
 DROP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "proxy-authorization", KEY_HEADER.lower(), "x-volant-agent-secret"}
+     "upgrade", "host", "proxy-authorization", KEY_HEADER.lower(), "x-volant-agent-secret",
+     "expect"}
 )  # fmt: skip
 WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
