@@ -33,7 +33,7 @@ from tests.integration.daemon import (
     running_daemon,
     wait_status,
 )
-from tests.integration.mcp_client import call, ok, over_unix, results
+from tests.integration.mcp_client import call, ok, over_unix, results, tool_error
 from tests.readme import blocks
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,7 @@ def test_over_tcp_the_passthrough_needs_the_api_key(daemon: Daemon, tmp_path: Pa
     assert ticks == "tick 1\ntick 2\ntick 3\n"
 
 
-def test_volar_lists_and_calls_the_workloads_operations(daemon: Daemon) -> None:
+def test_volar_lists_and_calls_the_workloads_operations(daemon: Daemon, tmp_path: Path) -> None:
     # docs/workloads.md's operations block, in order.
     commands = [shlex.split(line) for line in blocks("operations", DOC.read_text())]
     assert [argv[:3] for argv in commands] == [
@@ -204,6 +204,13 @@ def test_volar_lists_and_calls_the_workloads_operations(daemon: Daemon) -> None:
     assert json.loads(failed.stdout) == {"code": "418"}
     assert "answered HTTP 418" in failed.stderr
 
+    body = tmp_path / "item.json"
+    body.write_text('{"from": "a file"}')
+    from_file = daemon.volar(
+        "vms", "call", "web", "putItem", "--param", "id=4", "--body", f"@{body}"
+    )
+    assert json.loads(from_file.stdout)["body"] == {"from": "a file"}
+
     unknown = daemon.volar("vms", "call", "web", "putItem")
     assert unknown.returncode != 0
     assert "path parameter(s) id" in unknown.stderr
@@ -214,7 +221,11 @@ def test_mcp_lists_and_calls_operations(daemon: Daemon) -> None:
         call("list_operations", name="web"),
         call("call_operation", name="web", operation="putItem", params={"id": "7"}, input=[1]),
     ]
-    listed, answered = map(ok, results(over_unix(daemon.api, steps)))
+    listed, answered, missing = results(
+        over_unix(daemon.api, [*steps, call("call_operation", name="web", operation="nope")])
+    )
+    listed, answered = ok(listed), ok(answered)
+    assert tool_error(missing)["code"] == "NotFound"
     assert [op["key"] for op in listed["operations"]] == ["getHello", "putItem", "GET:/status"]
     assert (answered["status"], answered["json"]["body"]) == (201, [1])
     assert answered["truncated"] is False
