@@ -46,10 +46,10 @@ PROXY = "/api/v1/vms/web/proxy"
 EVERY_MODE = pytest.mark.parametrize("vm", ["web", "quiet"])
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    build_guest()
-    plugin = tmp_path_factory.mktemp("plugin") / "webtest"
+def install_webtest(daemon: Daemon, directory: Path, vms: dict[str, str]) -> None:
+    """Install the webtest plugin (bridged) and `webquiet` (network-less), then create each VM
+    of vms (name -> plugin) and wait until it runs."""
+    plugin = directory / "webtest"
     plugin.mkdir()
     shutil.copy(WORKLOAD, plugin / "app.py")
     archive = write_plugin_cpio(plugin)
@@ -74,21 +74,28 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     }
     # The same workload in a network-less VM: its agent behind volantd's relay socket.
     quiet = manifest | {"name": "webquiet", "network": {"mode": "vsock"}}
+    for doc in (manifest, quiet):
+        path = plugin / f"{doc['name']}.json"
+        path.write_text(json.dumps(doc))
+        body = {"manifest": path.read_text(), "origin": path.as_uri()}
+        status, _, reply = raw(daemon, "POST", "/api/v1/plugins", body)
+        assert status == 201, reply
+    for name, plugin_name in vms.items():
+        status, _, vm = raw(daemon, "POST", "/api/v1/vms", {"name": name, "plugin": plugin_name})
+        assert status == 201, vm
+    for name in vms:
+        wait_status(daemon, name, "running", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    build_guest()
     settings = {"runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"), "api.key": KEY}
     # Not under pytest's private tmp: an unprivileged client must reach the unix socket.
     tmp = Path(tempfile.mkdtemp(prefix="volant-proxy-"))
     tmp.chmod(0o755)
     with running_daemon(tmp, settings, plugins=()) as d:
-        for doc, vm_name in ((manifest, "web"), (quiet, "quiet")):
-            path = plugin / f"{doc['name']}.json"
-            path.write_text(json.dumps(doc))
-            body = {"manifest": path.read_text(), "origin": path.as_uri()}
-            status, _, reply = raw(d, "POST", "/api/v1/plugins", body)
-            assert status == 201, reply
-            status, _, vm = raw(d, "POST", "/api/v1/vms", {"name": vm_name, "plugin": doc["name"]})
-            assert status == 201, vm
-        for vm_name in ("web", "quiet"):
-            wait_status(d, vm_name, "running", timeout=120)
+        install_webtest(d, tmp, {"web": "webtest", "quiet": "webquiet"})
         yield d
         assert "broke the OpenAPI document" not in d.log_text()
         assert "Traceback" not in d.log_text()

@@ -62,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
             self._stream()
         elif url.path == "/stream-short":
             self._stream_short()
+        elif url.path == "/bytes":
+            self._bytes(int(query.get("n", "0")))
         elif url.path == "/ws":
             self._websocket()
         else:
@@ -92,6 +94,19 @@ class Handler(BaseHTTPRequestHandler):
         RELEASE.wait(60)  # the last chunk is produced only once the client has the first
         self._chunk(b"last\n")
         self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def _bytes(self, n: int) -> None:
+        """n zero bytes (bench.passthrough's download)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        block = bytes(65536)
+        while n > 0:
+            self.wfile.write(block[: min(n, len(block))])
+            n -= len(block)
         self.close_connection = True
 
     def _stream_short(self) -> None:
