@@ -103,6 +103,7 @@ bench: deps
 	@$(PY) -m bench.plugin_build
 	@$(PY) -m bench.rootfs_boot
 	@$(PY) -m bench.agent_channel
+	@$(PY) -m bench.passthrough
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps

@@ -19,6 +19,7 @@ from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
+from volant.engine.passthrough import Passthrough
 from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
@@ -83,6 +84,15 @@ REST_ONLY = {
     "attach_console": ("GET /ws/v1/vms/{name}/console", "a WebSocket bridged to the serial port"),
     # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
     "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
+    # The workload's own HTTP API is for HTTP clients; D-Bus would need a socket passed as an
+    # fd for the streams, and its callers (Cockpit) reach the workload over HTTP themselves.
+    "passthrough.request": ("GET /api/v1/vms/{name}/proxy/{path}", "a byte stream both ways"),
+    "passthrough.websocket": ("GET /api/v1/vms/{name}/proxy/{path}", "a WebSocket relay"),
+    "passthrough.operations": ("GET /api/v1/vms/{name}/operations", "the workload's HTTP API"),
+    "passthrough.call_operation": (
+        "POST /api/v1/vms/{name}/operations/{operation}",
+        "the workload's HTTP API",
+    ),
 }
 # engine method -> MCP tool, or the manifest resource
 MCP = {
@@ -103,6 +113,8 @@ MCP = {
     "vm_recent_logs": "vm_logs",
     "console_log": "console_log",
     "builds.list_builds": "list_builds",
+    "passthrough.operations": "list_operations",
+    "passthrough.call_operation": "call_operation",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -122,9 +134,11 @@ MCP_WITHOUT = {
     "builds.start_build": "a build installs a plugin: the operator's decision, like install",
     "builds.cancel_build": "the operator's decision, like install",
     "builds.get_build": "list_builds holds all of it",
+    "passthrough.request": "call_operation calls what the workload's document declares",
+    "passthrough.websocket": "an interactive stream, no tool call",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService}
+SERVICES = {"builds": BuildService, "passthrough": Passthrough}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",

@@ -37,7 +37,7 @@ from volant.network import (
 )
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
-from volant.runtime.guest import GuestAgent
+from volant.runtime.passthrough import AgentPassthrough
 from volant.storage import DiskFiles
 from volant.storage.volumes import VolumeDir
 from volant.store import SqliteStore
@@ -87,7 +87,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
     try:
         if machines is not None:
             await machines.open()
-        async with GuestAgent() as guest:
+        async with AgentPassthrough() as guest:
             faults = Faults.from_environment()
             volumes = Volumes(store.volumes, Ledger(store), VolumeDir(config.volumes_dir), faults)
             engine = Engine(
@@ -99,6 +99,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 artifacts=artifacts,
                 disks=DiskFiles(),
                 guest=guest,
+                proxy=guest,
                 mac_for=mac_for,
                 version=_version(),
                 machines=machines,

@@ -21,12 +21,14 @@ from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
 from volant.engine.leases import Leases
 from volant.engine.ledger import Ledger
+from volant.engine.passthrough import Passthrough
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
     Disks,
     Guest,
     Helpers,
+    GuestProxy,
     HypervisorDriver,
     MacFor,
     Machines,
@@ -87,6 +89,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         builder: BuildRunner | None = None,
         port_rules: PortFirewall | None = None,
         helpers: Helpers | None = None,
+        proxy: GuestProxy | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -115,6 +118,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         # A dhcp guest's ports are published once its address is known.
         self.leases = Leases(store, self.ledger, plan_of(config), self._emit, self.published.open)
         self.dns = Dns(config, store, self.ledger, helpers, self.leases, self._emit_repair)
+        self.passthrough = Passthrough(config, store, proxy, self.vm_openapi)
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)

@@ -7,6 +7,7 @@ Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -32,6 +33,7 @@ from volant.model import (
     Volume,
     VolumeMount,
 )
+from volant.model.operations import Headers, ProxyAnswer, ProxySocket
 
 MacFor = Callable[[str, str | None], str]
 ExitCallback = Callable[[str, int, int | None, bool], Awaitable[None]]
@@ -447,3 +449,21 @@ class Guest(Protocol):
     def stream_logs(
         self, agent: AgentEndpoint, backlog: int = 50
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class GuestProxy(Protocol):
+    """The agent's streaming passthrough to the workload's own HTTP and WebSocket endpoints
+    (volant.runtime.passthrough); target is the workload's path and query."""
+
+    def proxy(
+        self,
+        agent: AgentEndpoint,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+    ) -> AbstractAsyncContextManager[ProxyAnswer]: ...
+
+    def proxy_websocket(
+        self, agent: AgentEndpoint, target: str, headers: Headers, protocols: Sequence[str]
+    ) -> AbstractAsyncContextManager[ProxySocket]: ...
