@@ -33,9 +33,14 @@ TAR = "application/x-tar"
 BLOCK = 1 << 16
 # A body that stalls this long is abandoned.
 IDLE = 60.0
-STREAMED = frozenset({("PUT", "/v1/files")})
+PATH = "/v1/files"
 # Where volant_agent is installed: the worker imports it from there.
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def streams_files(path: str) -> bool:
+    """True for /v1/files: a PUT's body streams into the worker (see http.read_request)."""
+    return path == PATH
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -154,9 +159,10 @@ async def put_files(agent: Agent, request: Request) -> Response:
     job = {"op": "write", "root": root, "path": _path(query), "kind": kind, "uid": who.uid,
            "gid": who.gid, "groups": list(who.groups), "mode": _number(query, "mode", 8),
            "mtime": stamp}  # fmt: skip
+    length = _length(request)
     proc = await _spawn(job, asyncio.subprocess.PIPE)
     try:
-        await _feed(request, proc)
+        await _feed(request, proc, length)
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), IDLE)
         await asyncio.wait_for(proc.wait(), IDLE)
@@ -170,14 +176,27 @@ async def put_files(agent: Agent, request: Request) -> Response:
     return _failure(doc) or json_response(doc, 201)
 
 
-async def _feed(request: Request, proc: asyncio.subprocess.Process) -> None:
-    """Copy the request body (Content-Length bytes) into the worker's stdin."""
+def _length(request: Request) -> int:
+    """The body's Content-Length: the host always sends one (411 without)."""
+    if "transfer-encoding" in request.headers or "content-length" not in request.headers:
+        raise HTTPError(411, "send the body with a Content-Length")
+    try:
+        length = int(request.headers["content-length"])
+    except ValueError as exc:
+        raise HTTPError(400, "bad Content-Length") from exc
+    if length < 0:
+        raise HTTPError(400, "bad Content-Length")
+    return length
+
+
+async def _feed(request: Request, proc: asyncio.subprocess.Process, length: int) -> None:
+    """Copy the request body (length bytes) into the worker's stdin."""
     assert proc.stdin is not None
-    assert request.stream is not None
-    left = request.length
+    assert request.reader is not None
+    left = length
     try:
         while left > 0:
-            chunk = await asyncio.wait_for(request.stream.read(min(BLOCK, left)), IDLE)
+            chunk = await asyncio.wait_for(request.reader.read(min(BLOCK, left)), IDLE)
             if not chunk:
                 raise ConnectionError("the body ended before Content-Length")
             left -= len(chunk)

@@ -3,6 +3,11 @@
 One request per connection (`Connection: close`): the agent's callers are a host daemon and
 curl, so keep-alive buys little and bounding work per connection stays simple. Every read has a
 size bound and a deadline, so a slow or hostile peer holds a connection for seconds, not forever.
+
+Two ways out of that for routes that stream: a route whose path `streams` (a predicate given to
+connection_handler) gets its request with the body still unread on `Request.reader` (any size,
+chunked too), and a Response with `takeover` is handed the raw connection instead of being
+written: it writes its own head and then any bytes it likes (an HTTP passthrough, an upgrade).
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ class Request:
     query: str
     headers: Mapping[str, str]
     body: bytes
-    # A route in `streamed` reads its own body (length bytes) from stream; body stays empty.
-    stream: asyncio.StreamReader | None = None
-    length: int = 0
+    # The connection, body unread, for a route that streams its request body itself.
+    reader: asyncio.StreamReader | None = field(default=None, repr=False, compare=False)
+
+
+Takeover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     # A streaming response writes its body itself (Server-Sent Events); status and headers first.
     stream: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
+    # The whole connection, head included, belongs to this callable (see the module docstring).
+    takeover: Takeover | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -98,29 +107,27 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
 
 
 async def read_request(
-    reader: asyncio.StreamReader, streamed: frozenset[tuple[str, str]] = frozenset()
+    reader: asyncio.StreamReader, streams: Callable[[str], bool] = lambda _path: False
 ) -> Request:
-    """The next request; the body of a (method, path) in streamed is left in reader."""
     method, target, version, headers = parse_head(await _read_head(reader))
     if not version.startswith("HTTP/1."):
         raise HTTPError(505, "only HTTP/1.x is served")
+    url = urlsplit(target)
+    if streams(url.path):
+        return Request(method.upper(), target, url.path, url.query, headers, b"", reader)
     if "transfer-encoding" in headers:
         raise HTTPError(411, "chunked request bodies are not accepted; send Content-Length")
     try:
         length = int(headers.get("content-length", "0"))
     except ValueError as exc:
         raise HTTPError(400, "bad Content-Length") from exc
-    url = urlsplit(target)
-    path = url.path or "/"
-    if length >= 0 and (method.upper(), path) in streamed:
-        return Request(method.upper(), target, path, url.query, headers, b"", reader, length)
     if length < 0 or length > MAX_BODY:
         raise HTTPError(413, f"request body over {MAX_BODY} bytes")
     try:
         body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT) if length else b""
     except asyncio.IncompleteReadError as exc:
         raise HTTPError(400, "request body shorter than Content-Length") from exc
-    return Request(method.upper(), target, path, url.query, headers, body)
+    return Request(method.upper(), target, url.path or "/", url.query, headers, body)
 
 
 def encode_head(status: int, headers: Mapping[str, str], length: int | None) -> bytes:
@@ -135,7 +142,15 @@ def encode_head(status: int, headers: Mapping[str, str], length: int | None) -> 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _respond(writer: asyncio.StreamWriter, request: Request | None, resp: Response) -> None:
+async def _respond(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: Request | None,
+    resp: Response,
+) -> None:
+    if resp.takeover is not None:
+        await resp.takeover(reader, writer)
+        return
     if resp.stream is not None:
         writer.write(encode_head(resp.status, resp.headers, None))
         await writer.drain()
@@ -148,15 +163,16 @@ async def _respond(writer: asyncio.StreamWriter, request: Request | None, resp: 
 
 
 def connection_handler(
-    handler: Handler, streamed: frozenset[tuple[str, str]] = frozenset()
+    handler: Handler, streams: Callable[[str], bool] = lambda _path: False
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """Wrap a request handler into an asyncio.start_server callback."""
+    """Wrap a request handler into an asyncio.start_server callback; requests whose path
+    `streams` reach it with their body unread (Request.reader)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
         try:
             try:
-                request = await read_request(reader, streamed)
+                request = await read_request(reader, streams)
                 response = await handler(request)
             except HTTPError as exc:
                 response = error_response(exc.status, str(exc))
@@ -165,7 +181,7 @@ def connection_handler(
             except Exception:
                 log.exception("handler failed")
                 response = error_response(500, "internal error")
-            await _respond(writer, request, response)
+            await _respond(reader, writer, request, response)
         except (ConnectionError, TimeoutError):
             pass  # the client went away; nothing to tell it
         finally:
@@ -181,9 +197,6 @@ class ClientResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
-    # A route in `streamed` reads its own body (length bytes) from stream; body stays empty.
-    stream: asyncio.StreamReader | None = None
-    length: int = 0
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 from volant_agent.app import Agent, make_handler
-from volant_agent.files import STREAMED
+from volant_agent.files import streams_files
 from volant_agent.http import MAX_HEAD, ClientResponse, connection_handler, fetch
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import Workload
@@ -51,7 +51,10 @@ def root(tmp_path: Path) -> Path:
 
 async def _serve(agent: Agent) -> AsyncIterator[str]:
     server = await asyncio.start_server(
-        connection_handler(make_handler(agent), STREAMED), "127.0.0.1", 0, limit=MAX_HEAD
+        connection_handler(make_handler(agent), streams=streams_files),
+        "127.0.0.1",
+        0,
+        limit=MAX_HEAD,
     )
     try:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"

@@ -55,6 +55,8 @@ TOOLS = {
     "delete_volume",
     "read_file",
     "write_file",
+    "list_operations",
+    "call_operation",
 }
 
 

@@ -20,6 +20,7 @@ from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
 from volant.engine.files import Files
+from volant.engine.passthrough import Passthrough
 from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
@@ -87,6 +88,15 @@ REST_ONLY = {
     # Byte streams of any size both ways; over D-Bus they would be fds, not designed yet.
     "files.read": ("GET /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
     "files.write": ("PUT /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
+    # The workload's own HTTP API is for HTTP clients; D-Bus would need a socket passed as an
+    # fd for the streams, and its callers (Cockpit) reach the workload over HTTP themselves.
+    "passthrough.request": ("GET /api/v1/vms/{name}/proxy/{path}", "a byte stream both ways"),
+    "passthrough.websocket": ("GET /api/v1/vms/{name}/proxy/{path}", "a WebSocket relay"),
+    "passthrough.operations": ("GET /api/v1/vms/{name}/operations", "the workload's HTTP API"),
+    "passthrough.call_operation": (
+        "POST /api/v1/vms/{name}/operations/{operation}",
+        "the workload's HTTP API",
+    ),
 }
 # engine method -> MCP tool, or the manifest resource
 MCP = {
@@ -109,6 +119,8 @@ MCP = {
     "builds.list_builds": "list_builds",
     "files.read": "read_file",
     "files.write": "write_file",
+    "passthrough.operations": "list_operations",
+    "passthrough.call_operation": "call_operation",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -128,9 +140,11 @@ MCP_WITHOUT = {
     "builds.start_build": "a build installs a plugin: the operator's decision, like install",
     "builds.cancel_build": "the operator's decision, like install",
     "builds.get_build": "list_builds holds all of it",
+    "passthrough.request": "call_operation calls what the workload's document declares",
+    "passthrough.websocket": "an interactive stream, no tool call",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService, "files": Files}
+SERVICES = {"builds": BuildService, "files": Files, "passthrough": Passthrough}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",

@@ -40,6 +40,8 @@ class EventType(StrEnum):
     VM_CRASHED = "VM_CRASHED"
     VM_DELETED = "VM_DELETED"
     VM_ERROR = "VM_ERROR"
+    # A dhcp-mode VM's address, learned from volantd's dnsmasq (payload: ip_address, mac).
+    VM_ADDRESS = "VM_ADDRESS"
     # volantd found a host resource that disagreed with its records at start and repaired it
     # (payload: kind, name, action "removed" or "adopted", reason).
     HOST_REPAIRED = "HOST_REPAIRED"
@@ -68,6 +70,10 @@ class ResourceKind(StrEnum):
     VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
     # A running VM's published ports: its nftables rules in table inet volant (named after the VM).
     PORT_RULES = "port_rules"
+    # volantd's dnsmasq on the bridge (a transient service, or a child): no VM's, named by its
+    # unit; and a dhcp-mode VM's lease in its lease file, named by the address.
+    DNSMASQ = "dnsmasq"
+    LEASE = "lease"
 
 
 class ResourceState(StrEnum):
