@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from volant_agent import __version__
+from volant_agent.exec import exec_route
 from volant_agent.http import (
     HOP_BY_HOP,
     Handler,
@@ -64,6 +65,8 @@ class Agent:
     started: float = field(default_factory=time.monotonic)
     # Seconds since boot (CLOCK_MONOTONIC) of start-up milestones, for /v1/status.
     timeline: dict[str, float | None] = field(default_factory=dict)
+    # The workload's root and user are set up (or failed): exec may run commands in it.
+    workload_prepared: bool = False
 
     def health(self) -> Health:
         return self.supervisor.health if self.supervisor is not None else Health.NONE
@@ -199,12 +202,17 @@ async def proxy(agent: Agent, request: Request, path: str, timeout_ms: int) -> R
     return Response(resp.status, resp.body, out)
 
 
+async def exec_command(agent: Agent, request: Request) -> Response:
+    return await exec_route(agent.supervisor, agent.workload_prepared, request)
+
+
 ROUTES = {
     ("GET", "/v1/status"): status,
     ("GET", "/v1/logs"): logs,
     ("GET", "/v1/logs/stream"): logs_stream,
     ("POST", "/v1/poweroff"): poweroff,
     ("POST", "/v1/workload/kill"): kill_workload,
+    ("POST", "/v1/exec"): exec_command,
 }
 
 

@@ -54,6 +54,8 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     # A streaming response writes its body itself (Server-Sent Events); status and headers first.
     stream: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
+    # A 101 answer takes the connection over after its head: raw bytes both ways from there.
+    upgrade: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -119,14 +121,28 @@ def encode_head(status: int, headers: Mapping[str, str], length: int | None) -> 
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    lines = [f"HTTP/1.1 {status} {reason}", "Connection: close"]
+    if status == 101:  # the connection is taken over, not closed: say by what
+        lines = [f"HTTP/1.1 101 {reason}", "Connection: Upgrade"]
+        lines += [f"Upgrade: {v}" for k, v in headers.items() if k.lower() == "upgrade"]
+    else:
+        lines = [f"HTTP/1.1 {status} {reason}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
     if length is not None:
         lines.append(f"Content-Length: {length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _respond(writer: asyncio.StreamWriter, request: Request | None, resp: Response) -> None:
+async def _respond(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: Request | None,
+    resp: Response,
+) -> None:
+    if resp.upgrade is not None:
+        writer.write(encode_head(resp.status, resp.headers, None))
+        await writer.drain()
+        await resp.upgrade(reader, writer)
+        return
     if resp.stream is not None:
         writer.write(encode_head(resp.status, resp.headers, None))
         await writer.drain()
@@ -156,7 +172,7 @@ def connection_handler(
             except Exception:
                 log.exception("handler failed")
                 response = error_response(500, "internal error")
-            await _respond(writer, request, response)
+            await _respond(reader, writer, request, response)
         except (ConnectionError, TimeoutError):
             pass  # the client went away; nothing to tell it
         finally:

@@ -116,6 +116,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async def run_workload(supervisor: Supervisor) -> None:
         # After the server is up: /v1/status can tell the host why the root failed to mount.
         assembly = await prepare(config.storage, cmdline, supervisor)
+        agent.workload_prepared = True
         if assembly is not None:
             mounted.append(assembly)
             agent.timeline["root_ready"] = time.monotonic()
