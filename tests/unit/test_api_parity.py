@@ -19,6 +19,7 @@ from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
+from volant.engine.exec import ExecService
 from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
@@ -83,6 +84,11 @@ REST_ONLY = {
     "attach_console": ("GET /ws/v1/vms/{name}/console", "a WebSocket bridged to the serial port"),
     # D-Bus has the same events as the VMEvent signal, and ListEvents for the replay.
     "follow_events": ("GET /api/v1/events/vms", "a stream (SSE); on D-Bus the VMEvent signal"),
+    # A command in the guest streams both ways (stdin, output, a pty's resizes); over D-Bus
+    # that would be fds passed like machined's OpenMachineShell, not designed yet. Exec is
+    # root in the guest: an operator has volar and REST, an AI agent has MCP's exec_command.
+    "execs.run": ("POST /api/v1/vms/{name}/exec", "a command's output, streamed or whole"),
+    "execs.session": ("GET /ws/v1/vms/{name}/exec", "an interactive command (WebSocket)"),
 }
 # engine method -> MCP tool, or the manifest resource
 MCP = {
@@ -103,6 +109,7 @@ MCP = {
     "vm_recent_logs": "vm_logs",
     "console_log": "console_log",
     "builds.list_builds": "list_builds",
+    "execs.run": "exec_command",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -122,9 +129,10 @@ MCP_WITHOUT = {
     "builds.start_build": "a build installs a plugin: the operator's decision, like install",
     "builds.cancel_build": "the operator's decision, like install",
     "builds.get_build": "list_builds holds all of it",
+    "execs.session": "interactive; exec_command runs a command to its end",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService}
+SERVICES = {"builds": BuildService, "execs": ExecService}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",
@@ -138,6 +146,8 @@ INTERNAL = {
     "builds.repair",  # part of start
     "builds.close",  # part of close
     "builds.wait_build",  # a helper for in-process callers (tests); front-ends poll get_build
+    "execs.ready",  # part of the exec WebSocket: refuse before the upgrade
+    "execs.running",  # a count, for tests and the limit
 }
 
 

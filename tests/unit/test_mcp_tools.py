@@ -52,7 +52,10 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         "create_volume",
         "resize_volume",
         "delete_volume",
+        "exec_command",
     }
+    destructive = {tool.name for tool in TOOLS if tool.destructive}
+    assert "exec_command" in destructive  # root in the guest: it can change anything there
     assert {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS} == changing | {
         "console_log"  # read-only, but guests print secrets on their console
     }

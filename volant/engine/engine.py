@@ -14,6 +14,7 @@ from volant.engine.builds import build_service
 from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
+from volant.engine.exec import exec_service
 from volant.engine.faults import Faults
 from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_manifest
 from volant.engine.hoststeps import HostSteps
@@ -103,6 +104,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             store, self.host, self.disks, paths, self._emit_repair, volumes, self.published
         )
         self.bus = EventBus()
+        self.execs = exec_service(config, store, guest, self.bus)
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
         self.builds = build_service(

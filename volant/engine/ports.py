@@ -32,6 +32,7 @@ from volant.model import (
     Volume,
     VolumeMount,
 )
+from volant.model.execs import ExecEnd
 
 MacFor = Callable[[str, str | None], str]
 ExitCallback = Callable[[str, int, int | None, bool], Awaitable[None]]
@@ -386,6 +387,25 @@ class GuestReplyLike(Protocol):
     def body(self) -> bytes: ...
 
 
+class ExecLink(Protocol):
+    """A command running in a guest (volant.runtime.execlink.ExecLink)."""
+
+    @property
+    def end(self) -> ExecEnd | None: ...
+
+    async def receive(self) -> tuple[str, bytes] | None: ...
+
+    async def send_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+    async def signal(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Guest(Protocol):
     """The agent inside a guest, reached over HTTP at the guest's address with its secret."""
 
@@ -419,3 +439,7 @@ class Guest(Protocol):
     def stream_logs(
         self, agent: AgentEndpoint, backlog: int = 50
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def open_exec(self, agent: AgentEndpoint, request: dict[str, Any]) -> ExecLink:
+        """Start a command through the agent; VolantError when it cannot start."""
+        ...

@@ -38,6 +38,7 @@ from volant.model.validate import DNS_LABEL
 from volant.model.volumes import VOLUME_NAME_PATTERN
 from volant.plugins.schema import ACTION_NAME
 
+from .exec_tools import EXEC_TOOLS
 from .tooldef import A, Arguments, Authorize, ToolDef, inline_refs, parse_arguments
 from .volume_tools import VOLUME_TOOLS
 
@@ -341,6 +342,7 @@ TOOLS: tuple[ToolDef[Any], ...] = (
         run=system_status,
     ),
     *VOLUME_TOOLS,
+    *EXEC_TOOLS,
 )
 
 
