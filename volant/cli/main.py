@@ -10,6 +10,7 @@ from volant.cli.config import API_ENV, PRECEDENCE, SYSTEM_SOCKET, check_api
 from volant.cli.console import console
 from volant.cli.context import Context
 from volant.cli.events import events
+from volant.cli.exec import exec_command
 from volant.cli.group import VolarGroup, show_version
 from volant.cli.plugins import plugins
 from volant.cli.setup import setup
@@ -58,6 +59,7 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 
 
 vms.add_command(console)
+vms.add_command(exec_command)
 cli.add_command(vms)
 plugins.add_command(plugins_build)
 plugins.add_command(plugins_manifest)
