@@ -138,7 +138,6 @@ def test_timeout_missing_command_and_unknown_user(daemon: Daemon) -> None:
     nobody = volar(daemon, "vms", "exec", "--user", "nobody", VM, "--", "id")
     assert nobody.returncode == 1
     assert "'nobody' is not in the image's /etc/passwd" in nobody.stderr
-    assert "field user" in nobody.stderr
 
 
 def read_until(master: int, wanted: bytes, seen: bytearray, timeout: float = 60) -> None:
@@ -165,10 +164,13 @@ def test_an_interactive_pty_resizes_and_restores_the_terminal(daemon: Daemon) ->
     )  # fmt: skip
     seen = bytearray()
     try:
-        os.write(master, b"stty size; [ -t 0 ] && echo on-a-tty\n")
-        read_until(master, b"on-a-tty\r\n", seen)
+        deadline = time.monotonic() + 60
+        while termios.tcgetattr(slave) == before:  # raw once the shell runs
+            assert time.monotonic() < deadline, "volar never put the terminal in raw mode"
+            time.sleep(0.1)
+        os.write(master, b"stty size; [ -t 0 ] && echo on-a-$((1+1))tty\n")
+        read_until(master, b"on-a-2tty\r\n", seen)
         assert b"30 100" in seen
-        assert termios.tcgetattr(slave) != before  # raw while the shell runs
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         proc.send_signal(signal.SIGWINCH)
         time.sleep(1)
