@@ -38,6 +38,7 @@ from tests.integration.daemon import (
     stop_daemon,
     wait_status,
 )
+from tests.integration.mcp_client import call, ok, over_unix, results
 from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
 
 pytestmark = [
@@ -114,6 +115,12 @@ def test_it_runs_in_the_workload_root_as_its_user(daemon: Daemon) -> None:
     lines = done.stdout.split("\n")
     assert lines[:3] == ["1000", "/home/app", "ballast"]  # the image's, not the initramfs'
     assert "init" not in lines[3:]
+
+
+def test_the_documented_listing(daemon: Daemon) -> None:
+    done = volar(daemon, "vms", "exec", VM, "--", "ls", "-l", "/")
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("d") and line.endswith(" srv") for line in done.stdout.split("\n"))
 
 
 def test_env_workdir_user_and_stdin(daemon: Daemon) -> None:
@@ -243,6 +250,20 @@ def test_the_concurrency_limit(daemon: Daemon) -> None:
     assert codes == [130] * MAX_PER_VM
 
 
+def test_the_mcp_tool(daemon: Daemon) -> None:
+    steps = [
+        call("exec_command", name=VM, argv=["sh", "-c", "ls /srv; echo e >&2; exit 4"]),
+        call("exec_command", name=VM, argv=["sleep", "30"], timeout=1),
+        call("exec_command", name=VM, argv=["head", "-c", "3000", "/srv/ballast"],
+             max_output_bytes=100),
+    ]  # fmt: skip
+    first, slow, big = (ok(r) for r in results(over_unix(daemon.api, steps)))
+    assert (first["exit_code"], first["stdout"], first["stderr"]) == (4, "ballast\n", "e\n")
+    assert (slow["exit_code"], slow["timed_out"]) == (124, True)
+    assert big["truncated"] is True
+    assert len(big["stdout"]) <= 100  # 100 bytes decoded, bad ones replaced
+
+
 def test_every_exec_is_an_event(daemon: Daemon) -> None:
     volar(daemon, "vms", "exec", VM, "--", "sh", "-c", "exit 5")
     events = daemon.call(lambda c: c.request("GET", f"/api/v1/events?vm={VM}&type=VM_EXEC"))
@@ -250,6 +271,8 @@ def test_every_exec_is_an_event(daemon: Daemon) -> None:
     assert last["argv"] == ["sh", "-c", "exit 5"]
     assert last["exit_code"] == 5
     assert last["caller"] == "uid 0 (root)"
+    callers = {e["payload"]["caller"] for e in events["events"]}
+    assert "mcp" in callers
     timed = [e["payload"] for e in events["events"] if e["payload"].get("timed_out")]
     assert timed
     assert timed[-1]["exit_code"] == 124
