@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import json
 import pwd
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
@@ -46,34 +46,71 @@ CHANNELS = {"stdout": b"\x01", "stderr": b"\x02"}
 CANNOT_START = 4000
 
 
-class ExecCommand(BaseModel):
-    """The command: what the WebSocket's first message carries, and the base of the POST."""
+# Documented so that generated requests (schemathesis) stay within what the engine accepts.
+Arg = Annotated[StrictStr, Field(pattern=r"^[^\x00]*$")]
+EnvName = Annotated[StrictStr, Field(pattern=r"^[^=\x00]+$")]
+
+
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+class ExecBase(BaseModel):
+    """What both forms take."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    argv: list[StrictStr] = Field(min_length=1, max_length=MAX_ARGV, description="The command")
-    env: dict[StrictStr, StrictStr] = Field(
-        default_factory=dict, description="Variables over the workload's environment"
+    argv: list[Arg] = Field(
+        min_length=1,
+        max_length=MAX_ARGV,
+        description="The command: its name first (not empty), then its arguments",
+        json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]},
     )
-    workdir: StrictStr = Field("", description="Directory in the workload's root (default: "
-                               "the workload's, else the user's home)")  # fmt: skip
+    env: dict[EnvName, Arg] = Field(
+        default_factory=dict,
+        description="Variables over the workload's environment",
+        json_schema_extra={"additionalProperties": False},
+    )
+    workdir: StrictStr = Field(
+        "",
+        pattern=r"^(/[^\x00]*)?$",
+        description="Directory in the workload's root (default: the workload's, else the "
+        "user's home)",
+    )
     user: StrictStr = Field("", description="User in the image (default: the workload's)")
     timeout: float = Field(0, ge=0, le=MAX_TIMEOUT, description="Seconds, then the command is "
                            "killed and exits 124; 0: no limit")  # fmt: skip
-    tty: StrictBool = Field(False, description="Run it on a pty (WebSocket only)")
+
+    def spec(self, tty: bool = False, rows: int = 24, cols: int = 80) -> ExecSpec:
+        return ExecSpec(tuple(self.argv), dict(self.env), self.workdir, self.user,
+                        float(self.timeout), tty, rows, cols)  # fmt: skip
+
+
+class ExecCommand(ExecBase):
+    """The WebSocket's first message."""
+
+    tty: StrictBool = Field(False, description="Run it on a pty")
     rows: int = Field(24, ge=1, le=65535, description="The pty's rows")
     cols: int = Field(80, ge=1, le=65535, description="The pty's columns")
 
-    def spec(self) -> ExecSpec:
-        return ExecSpec(tuple(self.argv), dict(self.env), self.workdir, self.user,
-                        float(self.timeout), self.tty, self.rows, self.cols)  # fmt: skip
 
-
-class ExecRequest(ExecCommand):
+class ExecRequest(ExecBase):
     """POST /api/v1/vms/{name}/exec."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "not": {
+                "required": ["stdin", "stdin_base64"],
+                "properties": {"stdin": {"type": "string"}, "stdin_base64": {"type": "string"}},
+            }
+        },
+    )
+
     stdin: StrictStr | None = Field(None, description="Input, as text")
-    stdin_base64: StrictStr | None = Field(None, description="Input, base64 (instead of stdin)")
+    stdin_base64: StrictStr | None = Field(
+        None, pattern=BASE64, description="Input, base64 (instead of stdin)"
+    )
     stream: StrictBool = Field(False, description="Answer NDJSON lines as output comes")
 
     def input(self) -> bytes:
@@ -112,12 +149,6 @@ async def exec_command(request: web.Request) -> web.StreamResponse:
     """Run a command in the VM's workload; its output whole (capped) or as NDJSON lines."""
     await authorize(request)  # root's power in the guest
     body = parse_body(ExecRequest, await read_json(request))
-    if body.tty:
-        raise InvalidArgument(
-            "tty needs the WebSocket form",
-            field="tty",
-            hint="GET /ws/v1/vms/{name}/exec, or `volar vms exec -it`",
-        )
     name, engine = request.match_info["name"], engine_of(request)
     if not body.stream:
         out = await engine.execs.run(name, body.spec(), caller_of(request), stdin=body.input())
@@ -164,7 +195,8 @@ async def exec_socket(request: web.Request) -> web.StreamResponse:
             command = parse_body(ExecCommand, json.loads(first.data))
         except ValueError as exc:
             raise InvalidArgument(f"the first message is not JSON: {exc}") from exc
-        async with engine.execs.session(name, command.spec(), caller_of(request)) as link:
+        spec = command.spec(command.tty, command.rows, command.cols)
+        async with engine.execs.session(name, spec, caller_of(request)) as link:
             await _bridge(ws, link)
             end = link.end
         if not ws.closed:
