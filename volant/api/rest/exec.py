@@ -34,7 +34,7 @@ from volant.model import InvalidArgument, VolantError
 from volant.model.execs import MAX_ARGV, MAX_TIMEOUT, ExecSpec
 
 from .common import engine_of, read_json
-from .console import HEARTBEAT, MAX_INPUT, _same_origin
+from .console import HEARTBEAT, MAX_INPUT, SOCKETS, _same_origin
 from .peer import authorize, unix_peer
 from .replies import Reply
 from .schemas import parse_body
@@ -187,6 +187,7 @@ async def exec_socket(request: web.Request) -> web.StreamResponse:
     name, engine = request.match_info["name"], engine_of(request)
     await engine.execs.ready(name)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)  # closed (1001) when volantd stops, like consoles
     try:
         first = await ws.receive(timeout=30)
         if first.type is not WSMsgType.TEXT:
@@ -212,6 +213,8 @@ async def exec_socket(request: web.Request) -> web.StreamResponse:
             await ws.close(code=CANNOT_START, message=b"the command could not start")
     except TimeoutError:
         await ws.close(code=CANNOT_START, message=b"no command sent")
+    finally:
+        request.app[SOCKETS].discard(ws)
     return ws
 
 
