@@ -123,6 +123,17 @@ def test_the_documented_listing(daemon: Daemon) -> None:
     assert any(line.startswith("d") and line.endswith(" srv") for line in done.stdout.split("\n"))
 
 
+def test_a_closed_pipe_ends_the_command(daemon: Daemon) -> None:
+    volar_argv = f"{BIN / 'volar'} --api {daemon.api} vms exec {VM} -- sh -c"
+    script = "'while true; do echo y; done'"
+    done = subprocess.run(
+        ["bash", "-c", f"{volar_argv} {script} | head -n 3; echo ${{PIPESTATUS[0]}}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout == "y\ny\ny\n141\n", done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_env_workdir_user_and_stdin(daemon: Daemon) -> None:
     done = volar(
         daemon, "vms", "exec", "--user", "root", "--workdir", "/tmp", "--env", "GREETING=hi",

@@ -135,10 +135,21 @@ async def _pump(stream: ExecStream, options: Options) -> None:
     outputs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
 
     async def output() -> None:
+        broken: set[str] = set()
         while (chunk := await stream.receive()) is not None:
+            if chunk[0] in broken:
+                continue
             out = outputs[chunk[0]]
-            out.write(chunk[1])
-            out.flush()
+            try:
+                out.write(chunk[1])
+                out.flush()
+            except BrokenPipeError:
+                # `volar vms exec … | head`: as for a local command, SIGPIPE ends it (141).
+                broken.add(chunk[0])
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, out.fileno())
+                os.close(devnull)
+                await stream.signal("PIPE")
 
     async def forward() -> None:
         if sys.stdin.isatty() and not (options.interactive or options.tty):
