@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GUEST := .cache/guest
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	qemu-system-x86 qemu-utils busybox-static iproute2 curl socat dbus polkitd \
-	systemd systemd-container util-linux nftables \
+	systemd systemd-container util-linux nftables dnsmasq-base dnsmasq-utils \
 	skopeo umoci erofs-utils squashfs-tools e2fsprogs docker-registry mmdebstrap
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DEB := dist/volant_$(VERSION)_amd64.deb
@@ -103,6 +103,7 @@ bench: deps
 	@$(PY) -m bench.plugin_build
 	@$(PY) -m bench.rootfs_boot
 	@$(PY) -m bench.agent_channel
+	@$(PY) -m bench.passthrough
 
 # Random SIGKILLs of volantd.service during random verbs, with full host checks (15-20 min).
 soak: deps

@@ -33,6 +33,7 @@ from volant_agent.http import (
 )
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import Action, Manifest
+from volant_agent.passthrough import passthrough, streams_body
 from volant_agent.workload import Health, Supervisor
 
 SSE_KEEPALIVE = 15.0
@@ -217,8 +218,8 @@ ROUTES = {
 
 
 def make_handler(agent: Agent) -> Handler:
-    """The request handler: /healthz for anyone; with the secret, fixed routes, then the
-    manifest's actions, then /v1/* passthrough."""
+    """The request handler: /healthz for anyone; with the secret, the streaming passthrough
+    (/v1/proxy/*), fixed routes, then the manifest's actions, then /v1/* passthrough."""
     routes = _routes(agent)
 
     async def handle(request: Request) -> Response:
@@ -229,6 +230,9 @@ def make_handler(agent: Agent) -> Handler:
         if not authorized:
             # The same answer for a missing and a wrong secret, whatever the route.
             return error_response(401, "unauthorized")
+        if streams_body(request.path):  # the workload's own endpoints (passthrough.py)
+            workload = agent.manifest.workload if agent.manifest else None
+            return await passthrough(workload.base_url if workload else None, request)
         return await routes(method, request)
 
     return handle

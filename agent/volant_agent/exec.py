@@ -44,6 +44,9 @@ from volant_agent.users import ROOT, Identity, UserError, resolve_user
 from volant_agent.workload import DEFAULT_PATH, Health, Supervisor
 
 UPGRADE = "volant-exec"
+SWITCHING = (
+    f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE}\r\n\r\n"
+).encode()
 HEADER = struct.Struct(">cI")
 MAX_FRAME = 1 << 20
 CHUNK = 64 * 1024
@@ -374,6 +377,8 @@ async def exec_route(supervisor: Supervisor | None, prepared: bool, request: Req
     where = place(supervisor, req)
 
     async def take_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SWITCHING)
+        await writer.drain()
         await converse(Frames(reader, writer), req, where)
 
-    return Response(101, headers={"Upgrade": UPGRADE}, upgrade=take_over)
+    return Response(101, takeover=take_over)

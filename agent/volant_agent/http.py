@@ -3,6 +3,11 @@
 One request per connection (`Connection: close`): the agent's callers are a host daemon and
 curl, so keep-alive buys little and bounding work per connection stays simple. Every read has a
 size bound and a deadline, so a slow or hostile peer holds a connection for seconds, not forever.
+
+Two ways out of that for routes that stream: a route whose path `streams` (a predicate given to
+connection_handler) gets its request with the body still unread on `Request.reader` (any size,
+chunked too), and a Response with `takeover` is handed the raw connection instead of being
+written: it writes its own head and then any bytes it likes (an HTTP passthrough, an upgrade).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class Request:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    # The connection, body unread, for a route that streams its request body itself.
+    reader: asyncio.StreamReader | None = field(default=None, repr=False, compare=False)
+
+
+Takeover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass
@@ -54,8 +64,8 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     # A streaming response writes its body itself (Server-Sent Events); status and headers first.
     stream: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
-    # A 101 answer takes the connection over after its head: raw bytes both ways from there.
-    upgrade: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None
+    # The whole connection, head included, belongs to this callable (see the module docstring).
+    takeover: Takeover | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -96,10 +106,15 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     return first[0], first[1], first[2] if len(first) > 2 else "", headers
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request:
+async def read_request(
+    reader: asyncio.StreamReader, streams: Callable[[str], bool] = lambda _path: False
+) -> Request:
     method, target, version, headers = parse_head(await _read_head(reader))
     if not version.startswith("HTTP/1."):
         raise HTTPError(505, "only HTTP/1.x is served")
+    url = urlsplit(target)
+    if streams(url.path):
+        return Request(method.upper(), target, url.path, url.query, headers, b"", reader)
     if "transfer-encoding" in headers:
         raise HTTPError(411, "chunked request bodies are not accepted; send Content-Length")
     try:
@@ -112,7 +127,6 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT) if length else b""
     except asyncio.IncompleteReadError as exc:
         raise HTTPError(400, "request body shorter than Content-Length") from exc
-    url = urlsplit(target)
     return Request(method.upper(), target, url.path or "/", url.query, headers, body)
 
 
@@ -121,11 +135,7 @@ def encode_head(status: int, headers: Mapping[str, str], length: int | None) -> 
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    if status == 101:  # the connection is taken over, not closed: say by what
-        lines = [f"HTTP/1.1 101 {reason}", "Connection: Upgrade"]
-        lines += [f"Upgrade: {v}" for k, v in headers.items() if k.lower() == "upgrade"]
-    else:
-        lines = [f"HTTP/1.1 {status} {reason}", "Connection: close"]
+    lines = [f"HTTP/1.1 {status} {reason}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
     if length is not None:
         lines.append(f"Content-Length: {length}")
@@ -138,10 +148,8 @@ async def _respond(
     request: Request | None,
     resp: Response,
 ) -> None:
-    if resp.upgrade is not None:
-        writer.write(encode_head(resp.status, resp.headers, None))
-        await writer.drain()
-        await resp.upgrade(reader, writer)
+    if resp.takeover is not None:
+        await resp.takeover(reader, writer)
         return
     if resp.stream is not None:
         writer.write(encode_head(resp.status, resp.headers, None))
@@ -155,15 +163,16 @@ async def _respond(
 
 
 def connection_handler(
-    handler: Handler,
+    handler: Handler, streams: Callable[[str], bool] = lambda _path: False
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """Wrap a request handler into an asyncio.start_server callback."""
+    """Wrap a request handler into an asyncio.start_server callback; requests whose path
+    `streams` reach it with their body unread (Request.reader)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
         try:
             try:
-                request = await read_request(reader)
+                request = await read_request(reader, streams)
                 response = await handler(request)
             except HTTPError as exc:
                 response = error_response(exc.status, str(exc))

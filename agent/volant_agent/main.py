@@ -19,6 +19,7 @@ from volant_agent.app import Agent, make_handler
 from volant_agent.http import MAX_HEAD, connection_handler
 from volant_agent.logs import LogBuffer
 from volant_agent.manifest import block_devices, load
+from volant_agent.passthrough import streams_body
 from volant_agent.rootfs import Assembly, prepare
 from volant_agent.serialmux import find_port, serve_port
 from volant_agent.workload import Supervisor
@@ -99,7 +100,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     poweroff = init_poweroff if signal_init else stop.set
     agent = Agent(manifest, source, logs, supervisor, poweroff, secret=config.secret)
     agent.timeline["agent_launched"] = _float_env("VOLANT_AGENT_LAUNCHED")
-    handler = connection_handler(make_handler(agent))
+    handler = connection_handler(make_handler(agent), streams=streams_body)
     host = args.host if args.host is not None else await listen_address(cmdline)
     servers = [await asyncio.start_server(handler, host, args.port, limit=MAX_HEAD)]
     if _vsock_wanted(args.vsock, cmdline):

@@ -298,16 +298,23 @@ def write_etc(root: Path, cmdline: str) -> None:
     """/etc/hostname, /etc/hosts and /etc/resolv.conf in root, for this guest.
 
     The name servers are ip='s dns0 and dns1 when it has them, else the gateway (volantd's
-    bridge address)."""
+    bridge address, where its dnsmasq answers); the search domain is volant.domain=. A guest
+    in dhcp mode has neither: it gets the guest's own /etc/resolv.conf, which udhcpc wrote from
+    its lease."""
     fields = ip_fields(cmdline) + [""] * 9
     name = socket.gethostname()
     address = fields[0]
     servers = [f for f in fields[7:9] if f] or [f for f in fields[2:3] if f]
+    domain = next((t[14:] for t in cmdline.split() if t.startswith("volant.domain=")), "")
     hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
     hosts += f"{address or '127.0.1.1'} {name}\n"
     write_in_root(root, "/etc/hostname", f"{name}\n".encode())
     write_in_root(root, "/etc/hosts", hosts.encode())
-    resolv = "".join(f"nameserver {server}\n" for server in servers)
+    resolv = f"search {domain}\n" if domain else ""
+    resolv += "".join(f"nameserver {server}\n" for server in servers)
+    if not servers:
+        with contextlib.suppress(OSError):
+            resolv = Path("/etc/resolv.conf").read_text()
     write_in_root(root, "/etc/resolv.conf", resolv.encode())
 
 

@@ -29,8 +29,11 @@ volant_cmdline() {
     done
 }
 
-# lo, and eth0 as the kernel's ip= argument says (static, or dhcp through udhcpc); sets the
-# hostname from its hostname field, "volant" without one. Leaves $name and $addr set.
+# lo, and eth0 as the kernel's ip= argument says (static, or dhcp through udhcpc, which sends
+# the VM's name as its hostname so volantd's dnsmasq knows it); sets the hostname from its
+# hostname field, "volant" without one; /etc/resolv.conf names volantd's dnsmasq (ip='s dns0,
+# else the gateway; dhcp: what the lease says) with volant.domain= as the search domain.
+# Leaves $name and $addr set.
 volant_network() {
     name=volant
     addr=
@@ -51,17 +54,27 @@ volant_network() {
         [ -n "$5" ] && name=$5
         if [ "$ip_arg" = dhcp ] || [ "$7" = dhcp ]; then
             ip link set eth0 up
-            udhcpc -i eth0 -q -n -t 10 -s /etc/udhcpc.script || echo "volant-init: dhcp failed"
+            VOLANT_DOMAIN=$(volant_cmdline volant.domain) udhcpc -i eth0 -q -n -t 10 \
+                -x "hostname:$name" -s /etc/udhcpc.script || echo "volant-init: dhcp failed"
         else
             addr=$1
             ifconfig eth0 "$addr" netmask "${4:-255.255.255.0}" up
             [ -n "$3" ] && route add default gw "$3"
+            volant_resolv "${8:-$3}" "$(volant_cmdline volant.domain)"
             # A gratuitous ARP lets a host that is already polling us learn our MAC now, not at
             # its next ARP retransmit (up to a second later).
             arping -U -c 1 -I eth0 "$addr" >/dev/null 2>&1 &
         fi
     fi
     hostname "$name"
+}
+
+# /etc/resolv.conf: nameserver $1 (none when empty), search domain $2 (none when empty).
+volant_resolv() {
+    {
+        [ -n "$2" ] && echo "search $2"
+        [ -n "$1" ] && echo "nameserver $1"
+    } > /etc/resolv.conf
 }
 
 # A root shell on the serial console, started again whenever it exits. ttyS0, not /dev/console,

@@ -16,12 +16,18 @@ from pathlib import Path
 
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
-# udhcpc calls this with the lease in its environment; it only configures the interface.
+# udhcpc calls this with the lease in its environment: the interface, the default route and
+# /etc/resolv.conf (the lease's servers; its domain, else volant.domain= from boot.sh).
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
     bound|renew)
         ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
         [ -n "$router" ] && route add default gw "${router%% *}"
+        {
+            search=${domain:-$VOLANT_DOMAIN}
+            [ -n "$search" ] && echo "search $search"
+            for server in $dns; do echo "nameserver $server"; done
+        } > /etc/resolv.conf
         ;;
 esac
 exit 0

@@ -193,6 +193,11 @@ def test_etc_files_for_the_guest(tmp_path: Path) -> None:
     assert (tmp_path / "etc" / "resolv.conf").read_text() == (
         "nameserver 9.9.9.9\nnameserver 1.1.1.1\n"
     )
+    # volantd's dnsmasq answers at the gateway for the guests' domain.
+    write_etc(tmp_path, f"{cmdline} volant.domain=vm.internal")
+    assert (tmp_path / "etc" / "resolv.conf").read_text() == (
+        "search vm.internal\nnameserver 192.168.127.1\n"
+    )
 
 
 # -- a chrooted workload -------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_health_and_status(daemon: Daemon) -> None:
     status = daemon.call(lambda c: c.system_status())
     assert status["supervisor"] == "process"
     assert status["hypervisor"] == "qemu"
-    assert status["ip_pool_total"] == 253
+    assert status["ip_pool_total"] == 190  # .2-.191: the upper quarter is for DHCP
 
 
 def test_lifecycle_over_rest(daemon: Daemon) -> None:
@@ -211,14 +211,15 @@ def test_pool_is_leased_in_numeric_order_and_exhausts(guest: Path, tmp_path: Pat
         "vm.default_memory_mb": 96,
     }
     with running_daemon(tmp_path, settings) as d:
+        # .2-.5: the /29's upper quarter (.6) is the DHCP range.
         ips = [
             d.call(lambda c, n=n: c.create_vm({"name": f"p{n}", "plugin": "demo"}))["ip_address"]
-            for n in range(5)
+            for n in range(4)
         ]
-        assert ips == [f"10.55.0.{n}" for n in range(2, 7)]
-        status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p5", "plugin": "demo"})
+        assert ips == [f"10.55.0.{n}" for n in range(2, 6)]
+        status, _, problem = raw(d, "POST", "/api/v1/vms", {"name": "p4", "plugin": "demo"})
         assert (status, problem["code"]) == (409, "PoolExhausted")
-        assert len(d.call(lambda c: c.list_vms())) == 5
+        assert len(d.call(lambda c: c.list_vms())) == 4
         d.call(lambda c: c.delete_vm("p1"))
         assert (
             d.call(lambda c: c.create_vm({"name": "again", "plugin": "demo"}))["ip_address"]

@@ -54,6 +54,8 @@ TOOLS = {
     "create_volume",
     "resize_volume",
     "delete_volume",
+    "list_operations",
+    "call_operation",
 }
 
 

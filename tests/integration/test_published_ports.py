@@ -208,3 +208,21 @@ def test_rules_come_back_after_a_restart_that_replaced_the_table(
     assert "restored" in events.stdout, events
     daemon.call(lambda c: c.delete_vm("keep"))
     assert tagged_rules(daemon) == {}
+
+
+def test_a_dhcp_guest_publishes_its_ports_once_its_lease_is_learned(
+    world: tuple[Daemon, str],
+) -> None:
+    daemon, outside = world
+    daemon.install_plugin("demodhcp", network={"mode": "dhcp"})
+    body = {"name": "dyn", "plugin": "demodhcp", "publish": ["9086:8080"]}
+    status, _, vm = raw(daemon, "POST", "/api/v1/vms", body)
+    assert status == 201, vm
+    deadline = time.monotonic() + 120
+    while "dyn" not in tagged_rules(daemon):
+        assert time.monotonic() < deadline, "no rules once the lease came"
+        time.sleep(0.5)
+    assert daemon.call(lambda c: c.get_vm("dyn"))["ip_address"].startswith("192.168.127.")
+    assert "dyn" in curl(outside, f"http://{HOST_ADDR}:9086/")
+    daemon.call(lambda c: c.delete_vm("dyn"))
+    assert tagged_rules(daemon) == {}

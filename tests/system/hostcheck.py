@@ -44,6 +44,7 @@ class HostView:
     volume_files: frozenset[str]
     volumes: frozenset[str]
     port_rules: frozenset[str]  # VMs with published ports' rules in table inet volant
+    dnsmasq: bool  # volant-dnsmasq.service is active
 
 
 def published(vb: VolantBox) -> frozenset[str]:
@@ -67,6 +68,7 @@ def host_view(vb: VolantBox) -> HostView:
     )
     qemu = vb.run("pgrep", "-f", r"^\S*qemu-system-x86_64 ").stdout
     links = vb.sh("ip -o link show | awk -F': ' '{print $2}'")
+    dnsmasq = vb.run("systemctl", "is-active", "--quiet", "volant-dnsmasq.service").returncode == 0
     machines = vb.sh("machinectl list --no-legend --no-pager | awk '{print $1}'")
     run_dirs = vb.sh("ls -1 /run/volant/vms 2>/dev/null || true")
     logs = vb.sh("ls -1 /var/lib/volant/consoles 2>/dev/null || true")
@@ -88,6 +90,7 @@ def host_view(vb: VolantBox) -> HostView:
         volume_files=frozenset(f"/var/lib/volant/volumes/{f}" for f in volume_files.split()),
         volumes=frozenset(str(name) for name in tables["volumes"]),
         port_rules=published(vb),
+        dnsmasq=dnsmasq,
     )
 
 
@@ -119,15 +122,24 @@ def orphans(vb: VolantBox, vms: list[dict[str, Any]]) -> list[str]:
     differ("volume files", view.volume_files, volume_records)
     differ("volume records", volume_records,
            {f"/var/lib/volant/volumes/{name}.img" for name in view.volumes})  # fmt: skip
-    strays = {r for r in view.records if r[2] not in names and r[0] != "volume"}
+    # volantd's dnsmasq is no VM's either: recorded exactly while its unit runs.
+    dnsmasq_records = {name for kind, name, _vm in view.records if kind == "dnsmasq"}
+    differ("dnsmasq", dnsmasq_records, {"volant-dnsmasq.service"} if view.dnsmasq else set())
+    strays = {r for r in view.records if r[2] not in names and r[0] not in ("volume", "dnsmasq")}
     if strays:
         problems.append(f"resource records without a VM: {sorted(strays)}")
     for kind, name, vm in view.records:
         if kind in ("scope", "tap", "machine", "port_rules") and vm not in active:
             problems.append(f"{kind} record {name} of VM {vm}, which is not running")
+    # A dhcp-mode VM's address is its DHCP lease (a "lease" record), not the pool's.
+    dhcp = {(name, vm) for kind, name, vm in view.records if kind == "lease"}
     differ(
         "leases",
         view.leases,
-        {(vm["ip_address"], vm["name"]) for vm in vms if vm.get("ip_address")},
+        {
+            (vm["ip_address"], vm["name"])
+            for vm in vms
+            if vm.get("ip_address") and (vm["ip_address"], vm["name"]) not in dhcp
+        },
     )
     return problems

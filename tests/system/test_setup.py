@@ -245,6 +245,7 @@ def test_undo_removes_what_setup_made(box: VolantBox) -> None:
     assert code == 0, err
     assert "remove" in lines(out).values()
     assert state(box)["active"] == "active"
+    assert box.run("systemctl", "is-active", "volant-dnsmasq.service").stdout.strip() == "active"
 
     code, out, err = setup(box, "--undo")
     assert code == 0, err
@@ -253,6 +254,7 @@ def test_undo_removes_what_setup_made(box: VolantBox) -> None:
     assert now["table"] == now["bridge_table"] == ""
     assert now["forward"] == "0"
     assert (now["enabled"], now["active"]) == ("disabled", "inactive")
+    assert box.run("systemctl", "is-active", "volant-dnsmasq.service").stdout.strip() != "active"
     assert now["files"] == []
     # The state directory holds volantd's database, so it stays; the empty ones go.
     assert "kept: not empty" in out

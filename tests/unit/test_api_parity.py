@@ -20,6 +20,7 @@ from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
 from volant.engine.exec import ExecService
+from volant.engine.passthrough import Passthrough
 from volant.engine.volumes import Volumes
 from volant.model import VMSpec
 
@@ -89,6 +90,15 @@ REST_ONLY = {
     # root in the guest: an operator has volar and REST, an AI agent has MCP's exec_command.
     "execs.run": ("POST /api/v1/vms/{name}/exec", "a command's output, streamed or whole"),
     "execs.session": ("GET /ws/v1/vms/{name}/exec", "an interactive command (WebSocket)"),
+    # The workload's own HTTP API is for HTTP clients; D-Bus would need a socket passed as an
+    # fd for the streams, and its callers (Cockpit) reach the workload over HTTP themselves.
+    "passthrough.request": ("GET /api/v1/vms/{name}/proxy/{path}", "a byte stream both ways"),
+    "passthrough.websocket": ("GET /api/v1/vms/{name}/proxy/{path}", "a WebSocket relay"),
+    "passthrough.operations": ("GET /api/v1/vms/{name}/operations", "the workload's HTTP API"),
+    "passthrough.call_operation": (
+        "POST /api/v1/vms/{name}/operations/{operation}",
+        "the workload's HTTP API",
+    ),
 }
 # engine method -> MCP tool, or the manifest resource
 MCP = {
@@ -110,6 +120,8 @@ MCP = {
     "console_log": "console_log",
     "builds.list_builds": "list_builds",
     "execs.run": "exec_command",
+    "passthrough.operations": "list_operations",
+    "passthrough.call_operation": "call_operation",
 }
 # Verbs MCP leaves out, each with the reason.
 MCP_WITHOUT = {
@@ -130,9 +142,11 @@ MCP_WITHOUT = {
     "builds.cancel_build": "the operator's decision, like install",
     "builds.get_build": "list_builds holds all of it",
     "execs.session": "interactive; exec_command runs a command to its end",
+    "passthrough.request": "call_operation calls what the workload's document declares",
+    "passthrough.websocket": "an interactive stream, no tool call",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService, "execs": ExecService}
+SERVICES = {"builds": BuildService, "execs": ExecService, "passthrough": Passthrough}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",

@@ -110,6 +110,12 @@ def test_install_refuses_unreadable_text(tmp_path: Path) -> None:
         ["vms", "action", "web", "echo", "--data", "@/no/such/body.json"],
         ["vms", "logs", "web", "--limit", "0"],
         ["vms", "logs", "web", "--limit", "many"],
+        ["vms", "operations"],
+        ["vms", "call", "web"],
+        ["vms", "call", "web", "putItem", "--param", "id"],
+        ["vms", "call", "web", "putItem", "--query", "=1"],
+        ["vms", "call", "web", "putItem", "--body", "{not json"],
+        ["vms", "call", "web", "putItem", "--body", "@/no/such/body.json"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
@@ -128,6 +134,8 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
         ["vms", "logs", "web", "--follow"],
         ["vms", "action", "web", "echo", "-d", '{"a": 1}'],
         ["vms", "openapi", "web"],
+        ["vms", "operations", "web"],
+        ["vms", "call", "web", "GET:/status", "--query", "code=1"],
     ],
 )
 def test_no_daemon_is_one_line_and_a_hint(tmp_path: Path, argv: list[str]) -> None:

@@ -49,6 +49,7 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         "stop_vm",
         "restart_vm",
         "call_action",
+        "call_operation",
         "create_volume",
         "resize_volume",
         "delete_volume",

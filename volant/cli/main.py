@@ -12,6 +12,7 @@ from volant.cli.context import Context
 from volant.cli.events import events
 from volant.cli.exec import exec_command
 from volant.cli.group import VolarGroup, show_version
+from volant.cli.operations import vms_call, vms_operations
 from volant.cli.plugins import plugins
 from volant.cli.setup import setup
 from volant.cli.system import system
@@ -60,6 +61,8 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 
 vms.add_command(console)
 vms.add_command(exec_command)
+vms.add_command(vms_operations)
+vms.add_command(vms_call)
 cli.add_command(vms)
 plugins.add_command(plugins_build)
 plugins.add_command(plugins_manifest)

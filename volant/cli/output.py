@@ -84,6 +84,19 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) ->
     Console(soft_wrap=True).print(table)
 
 
+OPERATION_COLUMNS = (
+    ("OPERATION", "key"),
+    ("METHOD", "method"),
+    ("PATH", "path"),
+    ("SUMMARY", "summary"),
+)
+
+
+def operation_table(operations: Sequence[dict[str, Any]]) -> None:
+    rows = [[_cell(key, op.get(key)) for _title, key in OPERATION_COLUMNS] for op in operations]
+    _table(OPERATION_COLUMNS, rows)
+
+
 def vm_table(vms: Sequence[dict[str, Any]]) -> None:
     _table(VM_COLUMNS, [[_cell(key, vm.get(key)) for _title, key in VM_COLUMNS] for vm in vms])
 

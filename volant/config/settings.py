@@ -77,6 +77,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("network.subnet", str, "192.168.127.0/24", "IPv4 subnet the VM addresses come from."),
     Setting("network.host_ip", str, "192.168.127.1", "Bridge address; the guests' gateway."),
     Setting("network.manage_bridge", bool, True, "Create the bridge and its address at start."),
+    Setting("network.dns", bool, True, "Run dnsmasq on the bridge: DHCP for guests in dhcp mode "
+            "(the upper quarter of network.subnet) and DNS for all guests."),
+    Setting("network.domain", str, "vm.internal", "DNS domain of the guests: every VM with a "
+            "known address is <name>.<domain> to the other guests."),
     Setting("runtime.hypervisor", str, "auto", "Hypervisor to run VMs with.",
             ("auto", "cloud-hypervisor", "qemu")),
     Setting("runtime.accel", str, "auto", "QEMU accelerator.", ("auto", "kvm", "tcg")),
@@ -149,6 +153,8 @@ class Config:
     network_subnet: str
     network_host_ip: str
     network_manage_bridge: bool
+    network_dns: bool
+    network_domain: str
     runtime_hypervisor: str
     runtime_accel: str
     runtime_machine: str
@@ -347,6 +353,19 @@ def _check(config: Config) -> None:
     if config.vm_disk_size_mb < 16:
         raise InvalidArgument("vm.disk_size_mb must be at least 16", field="vm.disk_size_mb")
     _check_events(config)
+    _check_domain(config.network_domain)
+
+
+def _check_domain(domain: str) -> None:
+    import re
+
+    label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+    if len(domain) > 200 or not re.fullmatch(rf"{label}(\.{label})*", domain):
+        raise InvalidArgument(
+            f"network.domain {domain!r} is not a DNS domain (lower-case labels joined by dots)",
+            hint="for example vm.internal",
+            field="network.domain",
+        )
 
 
 def _check_events(config: Config) -> None:

@@ -26,6 +26,7 @@ from volant.engine.ledger import Ledger
 from volant.engine.volumes import Volumes
 from volant.host import MachineRegistry, make_supervisor
 from volant.host.builds import make_build_runner
+from volant.host.helpers import make_helpers
 from volant.model import StateCorrupt, VolantError
 from volant.network import (
     HostNetwork,
@@ -36,7 +37,7 @@ from volant.network import (
 )
 from volant.plugins.artifacts import ArtifactCache
 from volant.runtime import select_driver
-from volant.runtime.guest import GuestAgent
+from volant.runtime.passthrough import AgentPassthrough
 from volant.storage import DiskFiles
 from volant.storage.volumes import VolumeDir
 from volant.store import SqliteStore
@@ -86,7 +87,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
     try:
         if machines is not None:
             await machines.open()
-        async with GuestAgent() as guest:
+        async with AgentPassthrough() as guest:
             faults = Faults.from_environment()
             volumes = Volumes(store.volumes, Ledger(store), VolumeDir(config.volumes_dir), faults)
             engine = Engine(
@@ -98,6 +99,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 artifacts=artifacts,
                 disks=DiskFiles(),
                 guest=guest,
+                proxy=guest,
                 mac_for=mac_for,
                 version=_version(),
                 machines=machines,
@@ -105,6 +107,7 @@ async def build_engine(config: Config) -> AsyncIterator[Engine]:
                 volumes=volumes,
                 builder=make_build_runner(supervisor.kind, owner=str(config.state_dir)),
                 port_rules=PortRules(config.network_bridge, subnet),
+                helpers=make_helpers(supervisor.kind, owner=str(config.state_dir)),
             )
             await engine.start()
             if not forwarding_enabled():

@@ -157,6 +157,7 @@ class Booting:
                 extra=extra,
                 hypervisor_extras=self.driver.kernel_extras(),
                 console_shell=self.config.runtime_console_shell,
+                domain=self.config.network_domain if self.config.network_dns else "",
             )
 
         try:

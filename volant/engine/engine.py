@@ -12,6 +12,7 @@ from volant.engine.boot import Booting, new_agent_secret
 from volant.engine.buildrun import BuildRunner
 from volant.engine.builds import build_service
 from volant.engine.console import Console, ConsoleVerbs
+from volant.engine.dns import Dns, plan_of
 from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
 from volant.engine.exec import exec_service
@@ -19,12 +20,16 @@ from volant.engine.faults import Faults
 from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_manifest
 from volant.engine.hoststeps import HostSteps
 from volant.engine.journal import EventVerbs
+from volant.engine.leases import Leases
 from volant.engine.ledger import Ledger
+from volant.engine.passthrough import Passthrough
 from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
     Disks,
     Guest,
+    GuestProxy,
+    Helpers,
     HypervisorDriver,
     MacFor,
     Machines,
@@ -84,6 +89,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         faults: Faults | None = None,
         builder: BuildRunner | None = None,
         port_rules: PortFirewall | None = None,
+        helpers: Helpers | None = None,
+        proxy: GuestProxy | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -110,6 +117,10 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         self.builds = build_service(
             config, store, self.ledger, self.bus, self.faults, builder, self._install
         )
+        # A dhcp guest's ports are published once its address is known.
+        self.leases = Leases(store, self.ledger, plan_of(config), self._emit, self.published.open)
+        self.dns = Dns(config, store, self.ledger, helpers, self.leases, self._emit_repair)
+        self.passthrough = Passthrough(config, store, proxy, self.vm_openapi)
         self._mac_for = mac_for
         self._version = version
         self._subnet = IPv4Network(config.network_subnet)
@@ -125,33 +136,22 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
     async def start(self) -> None:
         """Seed the IP pool, prepare the bridge, reconcile VMs left by an earlier daemon and
         start keeping the event log within its retention."""
-        total = await self.store.ensure_pool(self._subnet, {self._gateway})
+        total = await self.store.ensure_pool(self._subnet, self.dns.not_pooled())
         log.info("IP pool %s: %d addresses", self._subnet, total)
         if self.config.network_manage_bridge:
             await self.network.ensure_bridge()
         await self.builds.repair()  # first: Repair knows VM resources only
         await self._reconcile()
+        await self.dns.start()
         await self.prune_artifacts()
         self._spawn(self._keep_events_trimmed())
 
     async def close(self) -> None:
         """Stop watching; VMs keep running (their scopes outlive the daemon); builds do not."""
         await self.builds.close()
+        await self.dns.close()
         await self._cancel_tasks()
         self.bus.close()
-
-    async def host_shutting_down(self) -> bool:
-        """True when the host itself is going down, not only this daemon."""
-        return await self.supervisor.host_shutting_down()
-
-    async def power_off_all(self) -> None:
-        """Stop every running VM gracefully, all at once (the host is shutting down)."""
-        running = [vm.name for vm in await self.store.list_vms() if vm.status == VMStatus.RUNNING]
-        log.info("host shutdown: powering off %d VMs", len(running))
-        results = await asyncio.gather(*map(self.stop_vm, running), return_exceptions=True)
-        for name, result in zip(running, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("could not power off VM %s: %s", name, result, extra={"VM": name})
 
     # -- read verbs ---------------------------------------------------------------------------
 
@@ -193,6 +193,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
                 hint=f"`volar plugins enable {plugin.name}`",
                 field="plugin",
             )
+        if manifest.network is NetworkMode.DHCP:
+            self.dns.require_dhcp()
         spec = self.validate_spec(spec, manifest)
         await self.published.check(spec.name, spec.publish or ())
         # Fail before anything exists when an artifact is missing or corrupt.
@@ -294,6 +296,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             mounts = await self.volumes.vm_volumes(name)
             await self._terminate(vm, graceful=any(not m.read_only for m in mounts))
             self.faults.at("ended")
+            await self.dns.release(vm)
+            self.faults.at("lease-released")
             await self.host.remove_files(cfg.vm_run_dir(name), cfg.vm_console_log(name))
             await self.disks.remove(name)
             self.faults.at("files-removed")
@@ -301,6 +305,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             self.faults.at("deleted")
             await self._emit(EventType.VM_DELETED, vm)
         self._locks.pop(name, None)
+        self.leases.forget(name)
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -364,7 +369,8 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
         """Start the health gate when the manifest has a health check; False when it has none
         (the VM is running as soon as its hypervisor is)."""
         budget = health_budget(self.config, manifest) if manifest is not None else None
-        if budget is None or reachable_agent(vm, self.config) is None:
+        dhcp = manifest is not None and manifest.network is NetworkMode.DHCP
+        if budget is None or not (reachable_agent(vm, self.config) or dhcp):
             return False
         log.info("VM %s: waiting for its workload to be healthy", vm.name, extra={"VM": vm.name})
         live.health = self._spawn(self._health_gate(vm, live, budget))
@@ -373,10 +379,13 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
     async def _health_gate(self, vm: VirtualMachine, live: Live, budget: float) -> None:
         """starting -> running once the agent reports the workload healthy; error (hypervisor
         killed, reason recorded) when it does not within budget seconds."""
-        agent = reachable_agent(vm, self.config)
-        assert agent is not None
         failure: VolantError | None = None
         try:
+            started = time.monotonic()
+            vm = await self.leases.wait_address(vm, budget)  # at once unless dhcp
+            budget -= time.monotonic() - started
+            agent = reachable_agent(vm, self.config)
+            assert agent is not None
             await self.guest.wait_healthy(agent, budget)
         except VolantError as exc:
             failure = exc

@@ -33,7 +33,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "start": _LAUNCH,
     "stop": _STOP,
     "restart": (*_STOP, *_LAUNCH),
-    "delete": ("ended", "files-removed", "deleted"),
+    "delete": ("ended", "lease-released", "files-removed", "deleted"),
     "plugin-install": ("verified", "artifacts-cached"),
     "plugin-remove": ("removed",),
     # The install steps are the plugin-install ones, passed inside the build.

@@ -7,6 +7,7 @@ Protocols structurally, so the engine stays free of peewee, pyroute2, sdbus and 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -33,6 +34,7 @@ from volant.model import (
     VolumeMount,
 )
 from volant.model.execs import ExecEnd
+from volant.model.operations import Headers, ProxyAnswer, ProxySocket
 
 MacFor = Callable[[str, str | None], str]
 ExitCallback = Callable[[str, int, int | None, bool], Awaitable[None]]
@@ -79,6 +81,11 @@ class Store(Protocol):
 
     async def delete_vm(self, name: str) -> None:
         """Delete the row and release its IP lease in one transaction."""
+        ...
+
+    async def set_vm_address(self, name: str, ip_address: str | None) -> VirtualMachine:
+        """Record the address a VM without a pool lease got elsewhere (its DHCP lease);
+        Conflict when another VM has it, InvalidState when the VM holds a pool lease."""
         ...
 
     async def append_event(
@@ -327,6 +334,29 @@ class Network(Protocol):
         ...
 
 
+class Helpers(Protocol):
+    """Long-running helper daemons that outlive volantd (its dnsmasq), found again by name:
+    transient systemd services, or children tagged in their environment (volant.host.helpers)."""
+
+    kind: str
+
+    async def start(self, name: str, argv: Sequence[str], *, log_path: Path) -> None:
+        """Start argv as helper name (Unavailable when it cannot start)."""
+        ...
+
+    async def running(self, name: str) -> bool: ...
+
+    async def signal(self, name: str, signum: int) -> bool:
+        """Send signum to the helper; False when it is not running."""
+        ...
+
+    async def stop(self, name: str) -> None:
+        """End it (SIGTERM, then SIGKILL) and return once it is gone."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Artifacts(Protocol):
     """Plugin boot artifacts, verified against their sha256 and cached by digest."""
 
@@ -443,3 +473,21 @@ class Guest(Protocol):
     async def open_exec(self, agent: AgentEndpoint, request: dict[str, Any]) -> ExecLink:
         """Start a command through the agent; VolantError when it cannot start."""
         ...
+
+
+class GuestProxy(Protocol):
+    """The agent's streaming passthrough to the workload's own HTTP and WebSocket endpoints
+    (volant.runtime.passthrough); target is the workload's path and query."""
+
+    def proxy(
+        self,
+        agent: AgentEndpoint,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+    ) -> AbstractAsyncContextManager[ProxyAnswer]: ...
+
+    def proxy_websocket(
+        self, agent: AgentEndpoint, target: str, headers: Headers, protocols: Sequence[str]
+    ) -> AbstractAsyncContextManager[ProxySocket]: ...

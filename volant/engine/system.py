@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import platform
 import socket
@@ -18,7 +19,9 @@ from volant.engine.ports import HypervisorDriver, Store, Supervisor
 from volant.engine.telemetry import Telemetry
 from volant.engine.vmdisks import VMDisks
 from volant.host.stats import host_stats
-from volant.model import HostStats, Usage, VirtualMachine
+from volant.model import HostStats, Usage, VirtualMachine, VMStatus
+
+log = logging.getLogger("volant.engine.engine")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,22 @@ class SystemVerbs:
     telemetry: Telemetry
     disks: VMDisks
     _version: str
+
+    async def stop_vm(self, name: str) -> VirtualMachine:
+        raise NotImplementedError  # Engine's verb
+
+    async def host_shutting_down(self) -> bool:
+        """True when the host itself is going down, not only this daemon."""
+        return await self.supervisor.host_shutting_down()
+
+    async def power_off_all(self) -> None:
+        """Stop every running VM gracefully, all at once (the host is shutting down)."""
+        running = [vm.name for vm in await self.store.list_vms() if vm.status == VMStatus.RUNNING]
+        log.info("host shutdown: powering off %d VMs", len(running))
+        results = await asyncio.gather(*map(self.stop_vm, running), return_exceptions=True)
+        for name, result in zip(running, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not power off VM %s: %s", name, result, extra={"VM": name})
 
     @property
     def version(self) -> str:

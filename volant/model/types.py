@@ -43,6 +43,8 @@ class EventType(StrEnum):
     # A command ran in the VM's workload (payload: caller, argv, tty, exit_code; timed_out and
     # error when so): `volar vms exec`, REST, MCP exec_command.
     VM_EXEC = "VM_EXEC"
+    # A dhcp-mode VM's address, learned from volantd's dnsmasq (payload: ip_address, mac).
+    VM_ADDRESS = "VM_ADDRESS"
     # volantd found a host resource that disagreed with its records at start and repaired it
     # (payload: kind, name, action "removed" or "adopted", reason).
     HOST_REPAIRED = "HOST_REPAIRED"
@@ -71,6 +73,10 @@ class ResourceKind(StrEnum):
     VOLUME = "volume"  # a volume's file: no VM's (its record's vm is ""), it outlives them
     # A running VM's published ports: its nftables rules in table inet volant (named after the VM).
     PORT_RULES = "port_rules"
+    # volantd's dnsmasq on the bridge (a transient service, or a child): no VM's, named by its
+    # unit; and a dhcp-mode VM's lease in its lease file, named by the address.
+    DNSMASQ = "dnsmasq"
+    LEASE = "lease"
 
 
 class ResourceState(StrEnum):

@@ -81,6 +81,7 @@ def build_cmdline(
     manifest: str | None = None,
     hypervisor_extras: Sequence[str] = (),
     console_shell: bool = False,
+    domain: str = "",
     extra: str = "",
 ) -> str:
     """Assemble the full command line and refuse it when it exceeds the x86 limit.
@@ -88,11 +89,17 @@ def build_cmdline(
     `mode` defaults to bridged when `ip` is given and to dhcp when it is None. `manifest` is an
     already encoded value (see encode_manifest); `hypervisor_extras` are the arguments the driver
     needs (its kernel_extras()); `console_shell` asks the guest's init for a root shell on
-    ttyS0 (`volant.shell=1`); `extra` holds the VM's own kernel arguments.
+    ttyS0 (`volant.shell=1`); `domain` is the guests' DNS domain (`volant.domain=`, the
+    search domain in the guest's /etc/resolv.conf); `extra` holds the VM's own kernel arguments.
     Raises InvalidArgument when the result is longer than 2047 characters, because the guest
     kernel panics on such a line and neither hypervisor refuses it.
     """
-    for label, value in (("name", name), ("runtime", runtime), ("plugin", plugin)):
+    for label, value in (
+        ("name", name),
+        ("runtime", runtime),
+        ("plugin", plugin),
+        ("domain", domain),
+    ):
         if not _TOKEN_RE.fullmatch(value):
             raise InvalidArgument(f"{label} {value!r} cannot go on a kernel command line")
     if mode is None:
@@ -112,6 +119,8 @@ def build_cmdline(
         parts.append(arg)
     if console_shell:
         parts.append(SHELL_ARG)
+    if domain:
+        parts.append(f"volant.domain={domain}")
     user = validate_kernel_args(extra)
     if user:
         parts.append(user)

@@ -15,6 +15,7 @@ from volant.setup.nft import FAMILIES, TABLE, listed_tables, ruleset_file, setup
 from volant.setup.steps import read_text, write_file
 
 UNIT = "volantd.service"
+DNSMASQ_UNIT = "volant-dnsmasq.service"
 
 
 async def command(*argv: str, check: bool = True) -> tuple[int, str]:
@@ -210,4 +211,7 @@ class ServiceStep:
         if not made.get("was_active"):
             # VMs keep running in their own scopes; volantd re-adopts them when it starts again.
             await command("systemctl", "stop", UNIT)
+            # Its dnsmasq outlives it on purpose (guests keep their DNS over a restart); the
+            # bridge it serves goes with the undo, so it goes too (absent: nothing to stop).
+            await command("systemctl", "stop", DNSMASQ_UNIT, check=False)
         return ""

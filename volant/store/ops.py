@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Any
 
 import peewee
@@ -194,8 +195,28 @@ def update_vm(db: peewee.SqliteDatabase, name: str, values: dict[str, Any]) -> V
     return to_vm(row)
 
 
-def delete_vm(db: peewee.SqliteDatabase, name: str) -> None:
+def delete_vm(
+    db: peewee.SqliteDatabase, name: str, in_pool: Callable[[IPv4Address], bool] | None = None
+) -> None:
     with db.atomic():
         row = _row(db, name)
-        pool.release(db, row.id)
+        pool.release(db, row.id, in_pool)
         VMRow.delete().where(VMRow.id == row.id).execute(db)
+
+
+def set_vm_address(db: peewee.SqliteDatabase, name: str, ip: str | None) -> VirtualMachine:
+    """Record the address of a VM that holds no pool lease (a dhcp-mode VM's DHCP lease)."""
+    with db.atomic():
+        row = _row(db, name)
+        if pool.leased_to(db, row.id):
+            raise InvalidState(f"VM {name!r} has a static address from the pool")
+        if ip is not None:
+            other = VMRow.select().where((VMRow.ip_address == ip) & (VMRow.id != row.id))
+            holder: VMRow | None = other.first(db)
+            if holder is not None:
+                raise Conflict(f"address {ip} of VM {name!r} is VM {holder.name!r}'s already")
+        values = {"ip_address": ip, "updated_at": utcnow()}
+        VMRow.update(values).where(VMRow.id == row.id).execute(db)
+        for key, value in values.items():
+            setattr(row, key, value)
+    return to_vm(row)

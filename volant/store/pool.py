@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
@@ -90,17 +90,33 @@ def lease(db: peewee.SqliteDatabase, ip_address: str, vm_id: int, when: datetime
     return changed == 1
 
 
-def release(db: peewee.SqliteDatabase, vm_id: int) -> int:
-    """Free every address leased to vm_id; return how many."""
+def release(
+    db: peewee.SqliteDatabase, vm_id: int, in_pool: Callable[[IPv4Address], bool] | None = None
+) -> int:
+    """Free every address leased to vm_id; return how many. An address the pool no longer
+    holds (in_pool says no: an earlier subnet, or the DHCP range) goes instead of being freed,
+    so that it is never leased again."""
+    rows = IPRow.select(IPRow.ip_address).where(IPRow.vm_id == vm_id).execute(db)
+    retired = [
+        r.ip_address for r in rows if in_pool is not None and not in_pool(IPv4Address(r.ip_address))
+    ]
+    if retired:
+        IPRow.delete().where(IPRow.ip_address.in_(retired)).execute(db)
     changed: int = (
         IPRow.update(status=FREE, vm_id=None, leased_at=None)
         .where(IPRow.vm_id == vm_id)
         .execute(db)
     )
-    return changed
+    return changed + len(retired)
 
 
 def usage(db: peewee.SqliteDatabase) -> tuple[int, int]:
     leased: int = IPRow.select().where(IPRow.status == LEASED).count(db)
     total: int = IPRow.select().count(db)
     return leased, total
+
+
+def leased_to(db: peewee.SqliteDatabase, vm_id: int) -> bool:
+    """True when vm_id holds an address of the pool."""
+    found: bool = IPRow.select().where(IPRow.vm_id == vm_id).exists(db)
+    return found

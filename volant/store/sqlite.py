@@ -85,6 +85,9 @@ class SqliteStore:
         self._executor = executor
         self._reserve = reserve
         self._closed = False
+        # The pool's subnet and exclusions as ensure_pool last made it (delete_vm retires a
+        # released address outside it).
+        self._pool: tuple[IPv4Network, frozenset[IPv4Address]] | None = None
         self.path = path
         self.volumes = SqliteVolumes(db, self._call, self._add)
         """Volume records (the engine's VolumeStore), on this store's thread."""
@@ -174,6 +177,7 @@ class SqliteStore:
 
     async def ensure_pool(self, network: IPv4Network, exclude: set[IPv4Address]) -> int:
         """Seed the pool with network's hosts minus exclude; return the pool's size."""
+        self._pool = (network, frozenset(exclude))
         return await self._call(functools.partial(pool.ensure_pool, self._db, network, exclude))
 
     async def create_vm(
@@ -229,7 +233,17 @@ class SqliteStore:
 
     async def delete_vm(self, name: str) -> None:
         """Delete the row and release its IP lease in one transaction; NotFound if absent."""
-        await self._call(functools.partial(ops.delete_vm, self._db, name))
+        await self._call(functools.partial(ops.delete_vm, self._db, name, self._in_pool))
+
+    def _in_pool(self, address: IPv4Address) -> bool:
+        if self._pool is None:
+            return True
+        network, exclude = self._pool
+        return address in network and address not in exclude
+
+    async def set_vm_address(self, name: str, ip_address: str | None) -> VirtualMachine:
+        """Record the DHCP-learned address of a VM without a pool lease."""
+        return await self._call(functools.partial(ops.set_vm_address, self._db, name, ip_address))
 
     async def append_event(
         self, type: EventType, vm: str, payload: dict[str, Any] | None = None

@@ -5,6 +5,8 @@ Kept apart from the tool catalogues (tools.py, volume_tools.py) so each can decl
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from volant.api.validation import validate_model
 from volant.auth.polkit import Action
 from volant.engine import Engine
+from volant.engine.ports import GuestReplyLike
 
 A = TypeVar("A", bound=BaseModel)
 Authorize = Callable[[Action], Awaitable[None]]
@@ -94,3 +97,19 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 def parse_arguments(model: type[A], arguments: Mapping[str, Any]) -> A:
     """Validate tool arguments; the first problem becomes an InvalidArgument naming it."""
     return validate_model(model, arguments, unknown="argument", whole="arguments")
+
+
+def guest_reply(reply: GuestReplyLike) -> dict[str, Any]:
+    """A workload's HTTP answer: its status and content type, and its body as `json` when it
+    is JSON, else as `text` when it is UTF-8, else as `base64`."""
+    out: dict[str, Any] = {"status": reply.status, "content_type": reply.content_type}
+    media = reply.content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            return out | {"json": json.loads(reply.body)}
+        except ValueError:
+            pass  # mislabelled: shown as text below
+    try:
+        return out | {"text": reply.body.decode()}
+    except UnicodeDecodeError:
+        return out | {"base64": base64.b64encode(reply.body).decode()}

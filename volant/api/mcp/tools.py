@@ -12,7 +12,6 @@ went wrong and can correct itself; it never becomes a protocol error or a crash.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -23,7 +22,6 @@ from pydantic import Field, JsonValue, StrictBool, StrictInt, StrictStr
 from volant.auth.polkit import Action
 from volant.engine import Engine
 from volant.engine.console import MAX_LOG_LINES
-from volant.engine.ports import GuestReplyLike
 from volant.model import (
     EventType,
     VMQuery,
@@ -39,10 +37,28 @@ from volant.model.volumes import VOLUME_NAME_PATTERN
 from volant.plugins.schema import ACTION_NAME
 
 from .exec_tools import EXEC_TOOLS
-from .tooldef import A, Arguments, Authorize, ToolDef, inline_refs, parse_arguments
+from .operation_tools import OPERATION_TOOLS
+from .tooldef import (
+    A,
+    Arguments,
+    Authorize,
+    ToolDef,
+    guest_reply,
+    inline_refs,
+    parse_arguments,
+)
 from .volume_tools import VOLUME_TOOLS
 
-__all__ = ["A", "TOOLS", "Arguments", "Authorize", "ToolDef", "inline_refs", "parse_arguments"]
+__all__ = [
+    "A",
+    "TOOLS",
+    "Arguments",
+    "Authorize",
+    "ToolDef",
+    "guest_reply",
+    "inline_refs",
+    "parse_arguments",
+]
 
 
 class NoArguments(Arguments):
@@ -182,22 +198,6 @@ async def call_action(engine: Engine, args: CallAction) -> dict[str, Any]:
     content_type = "" if args.input is None else "application/json"
     reply = await engine.call_action(args.name, args.action, body=body, content_type=content_type)
     return guest_reply(reply)
-
-
-def guest_reply(reply: GuestReplyLike) -> dict[str, Any]:
-    """A workload's HTTP answer: its status and content type, and its body as `json` when it
-    is JSON, else as `text` when it is UTF-8, else as `base64`."""
-    out: dict[str, Any] = {"status": reply.status, "content_type": reply.content_type}
-    media = reply.content_type.partition(";")[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        try:
-            return out | {"json": json.loads(reply.body)}
-        except ValueError:
-            pass  # mislabelled: shown as text below
-    try:
-        return out | {"text": reply.body.decode()}
-    except UnicodeDecodeError:
-        return out | {"base64": base64.b64encode(reply.body).decode()}
 
 
 async def vm_logs(engine: Engine, args: VMLogs) -> dict[str, Any]:
@@ -343,6 +343,7 @@ TOOLS: tuple[ToolDef[Any], ...] = (
     ),
     *VOLUME_TOOLS,
     *EXEC_TOOLS,
+    *OPERATION_TOOLS,
 )
 
 

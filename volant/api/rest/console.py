@@ -45,7 +45,7 @@ async def vm_console(request: web.Request) -> web.StreamResponse:
             "the console is a WebSocket: send a GET with Upgrade: websocket",
             hint="`volar vms console NAME` attaches from a terminal",
         )
-    _same_origin(request)
+    same_origin(request)
     name = request.match_info["name"]
     async with engine_of(request).attach_console(name, force=query.force) as console:
         await ws.prepare(request)
@@ -57,7 +57,7 @@ async def vm_console(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _same_origin(request: web.Request) -> None:
+def same_origin(request: web.Request) -> None:
     """Refuse a browser page from another origin: browsers let any page open a WebSocket to
     any address (no CORS), and this one is a root shell. Clients other than browsers send no
     Origin."""

@@ -34,7 +34,7 @@ from volant.model import InvalidArgument, VolantError
 from volant.model.execs import MAX_ARGV, MAX_TIMEOUT, ExecSpec
 
 from .common import engine_of, read_json
-from .console import HEARTBEAT, MAX_INPUT, SOCKETS, _same_origin
+from .console import HEARTBEAT, MAX_INPUT, SOCKETS, same_origin
 from .peer import authorize, unix_peer
 from .replies import Reply
 from .schemas import parse_body
@@ -183,7 +183,7 @@ async def exec_socket(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise InvalidArgument("exec here is a WebSocket: send a GET with Upgrade: websocket",
                               hint="`volar vms exec -it NAME -- sh`")  # fmt: skip
-    _same_origin(request)  # a browser page of another origin must not get a root shell
+    same_origin(request)  # a browser page of another origin must not get a root shell
     name, engine = request.match_info["name"], engine_of(request)
     await engine.execs.ready(name)
     await ws.prepare(request)

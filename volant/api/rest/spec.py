@@ -29,6 +29,12 @@ PATH_PARAMS: Mapping[str, dict[str, Any]] = {
     "plugin": {"type": "string", "pattern": DNS_LABEL, "description": "Plugin name"},
     "action": {"type": "string", "minLength": 1, "description": "Action name in the manifest"},
     "build": {"type": "string", "pattern": "^[0-9a-f]{12}$", "description": "Build id"},
+    "operation": {
+        "type": "string",
+        "minLength": 1,
+        "description": "An operationId of the workload's OpenAPI document, or METHOD:/path",
+    },
+    "path": {"type": "string", "description": "The workload's path under its base_url ('/' ..)"},
     "volume": {
         "type": "string",
         "pattern": VOLUME_NAME_PATTERN,
@@ -162,7 +168,9 @@ class Api:
 
     def register(self, router: web.UrlDispatcher) -> None:
         for op in self.operations:
-            router.add_route(op.method, op.path, op.handler, name=op.operation_id)
+            # A `{path}` parameter is the rest of the URL, slashes included.
+            path = op.path.replace("{path}", "{path:.*}")
+            router.add_route(op.method, path, op.handler, name=op.operation_id)
 
     def operation_of(self, request: web.Request) -> Operation | None:
         """The declared operation a routed request matched; None for 404s and 405s."""
