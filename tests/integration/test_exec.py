@@ -17,12 +17,14 @@ import json
 import os
 import pty
 import select
+import shlex
 import signal
 import struct
 import subprocess
 import termios
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,13 +42,15 @@ from tests.integration.daemon import (
 )
 from tests.integration.mcp_client import call, ok, over_unix, results
 from tests.integration.rootfs_images import rootfs_image, write_rootfs_plugin
+from tests.readme import blocks
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="netns, taps and QEMU need root"),
 ]
 
-VM = "box"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "workloads.md"
+VM = "web"  # as docs/workloads.md names it
 MAX_PER_VM = 2
 OUTPUT_KB = 1
 
@@ -119,10 +123,21 @@ def test_it_runs_in_the_workload_root_as_its_user(daemon: Daemon) -> None:
     assert "init" not in lines[3:]
 
 
-def test_the_documented_listing(daemon: Daemon) -> None:
-    done = volar(daemon, "vms", "exec", VM, "--", "ls", "-l", "/")
-    assert done.returncode == 0, done.stderr
-    assert any(line.startswith("d") and line.endswith(" srv") for line in done.stdout.split("\n"))
+def test_the_documented_commands(daemon: Daemon) -> None:
+    done = []
+    for line in blocks("exec", DOC.read_text()):
+        done.append(subprocess.run(
+            ["sh", "-c", line],
+            env={"PATH": f"{BIN}:{os.environ['PATH']}", "VOLANT_API_BASE": daemon.api},
+            capture_output=True, text=True, timeout=120, check=False,
+        ))  # fmt: skip
+    listing, where, env, piped, slow = done
+    assert [p.returncode for p in done] == [0, 0, 0, 0, 124], [p.stderr for p in done]
+    assert any(row.startswith("d") and row.endswith(" srv") for row in listing.stdout.split("\n"))
+    assert where.stdout == "1000\n/home/app\nballast\n"
+    assert env.stdout == "hi\n"
+    assert piped.stdout == "line\n"
+    assert "timed out after 1s" in slow.stderr
 
 
 def test_a_closed_pipe_ends_the_command(daemon: Daemon) -> None:
@@ -178,8 +193,9 @@ def test_an_interactive_pty_resizes_and_restores_the_terminal(daemon: Daemon) ->
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     before = termios.tcgetattr(slave)
+    documented = shlex.split(blocks("exec-it", DOC.read_text())[0])  # volar vms exec -it …
     proc = subprocess.Popen(
-        [str(BIN / "volar"), "--api", daemon.api, "vms", "exec", "-it", VM, "--", "/bin/sh"],
+        [str(BIN / "volar"), "--api", daemon.api, *documented[1:]],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
     )  # fmt: skip
     seen = bytearray()
