@@ -304,7 +304,7 @@ def test_every_exec_is_an_event(daemon: Daemon) -> None:
     assert last["exit_code"] == 5
     assert last["caller"] == "uid 0 (root)"
     callers = {e["payload"]["caller"] for e in events["events"]}
-    assert "mcp" in callers
+    assert "mcp uid 0" in callers
     timed = [e["payload"] for e in events["events"] if e["payload"].get("timed_out")]
     assert timed
     assert timed[-1]["exit_code"] == 124

@@ -41,9 +41,9 @@ class ExecCommand(Arguments):
     )
 
 
-async def exec_command(engine: Engine, args: ExecCommand) -> dict[str, Any]:
+async def exec_command(engine: Engine, args: ExecCommand, caller: str) -> dict[str, Any]:
     spec = ExecSpec(tuple(args.argv), dict(args.env), args.workdir, args.user, float(args.timeout))
-    out = await engine.execs.run(args.name, spec, "mcp", stdin=args.stdin.encode())
+    out = await engine.execs.run(args.name, spec, caller, stdin=args.stdin.encode())
     cap = min(args.max_output_bytes, engine.config.exec_max_output_kb * 1024)
     truncated = out.truncated or len(out.stdout) > cap or len(out.stderr) > cap
     return {
@@ -62,7 +62,8 @@ EXEC_TOOLS: tuple[ToolDef[Any], ...] = (
         "user) and get exit_code, stdout and stderr (capped: truncated says so). exit_code 124: "
         "the timeout killed it; 127: no such command. Root's power inside the guest.",
         arguments=ExecCommand,
-        run=exec_command,
+        run=lambda engine, args: exec_command(engine, args, "mcp"),
+        run_as=exec_command,
         action=Action.MANAGE_VMS,
         destructive=True,
         idempotent=False,
