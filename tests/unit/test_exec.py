@@ -22,7 +22,7 @@ from volant.api.rest import make_app
 from volant.api.rest.common import API
 from volant.cli.exec import parse_env
 from volant.engine import Engine
-from volant.engine.exec import check_spec
+from volant.engine.exec import brief, check_spec
 from volant.model import AgentEndpoint, InvalidArgument, InvalidState
 from volant.model.execs import ExecSpec
 from volant.runtime.execlink import ExecLink, open_exec
@@ -105,6 +105,13 @@ def test_bad_specs_name_their_field(spec: ExecSpec, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         check_spec(spec)
     assert caught.value.field == field
+
+
+def test_the_event_keeps_argv_brief() -> None:
+    assert brief(("sh", "-c", "x" * 300)) == ["sh", "-c", "x" * 256 + "…"]
+    long = brief(tuple(str(n) for n in range(100)))
+    assert long[-1] == "… 36 more"
+    assert len(long) == 65
 
 
 def test_env_options() -> None:

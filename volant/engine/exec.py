@@ -24,6 +24,8 @@ from volant.model.validate import validate_name
 
 log = logging.getLogger("volant.engine.engine")
 
+EVENT_ARG = 256
+EVENT_ARGS = 64
 Emit = Callable[[EventType, str, dict[str, Any]], Awaitable[None]]
 
 
@@ -113,7 +115,7 @@ class ExecService:
         end = link.end if link is not None else None
         payload: dict[str, Any] = {
             "caller": caller,
-            "argv": list(spec.argv),
+            "argv": brief(spec.argv),
             "tty": spec.tty,
             "exit_code": end.exit_code if end is not None else None,
         }
@@ -148,6 +150,13 @@ class ExecService:
         if end is None:
             raise_gone(name)
         return ExecOutput(end, bytes(out["stdout"]), bytes(out["stderr"]), truncated)
+
+
+def brief(argv: tuple[str, ...]) -> list[str]:
+    """argv as the event log keeps it: a script passed inline may be long, and every exec is
+    logged, so each argument is cut at EVENT_ARG chars and the list at EVENT_ARGS."""
+    kept = [a if len(a) <= EVENT_ARG else a[:EVENT_ARG] + "…" for a in argv[:EVENT_ARGS]]
+    return kept + ([f"… {len(argv) - EVENT_ARGS} more"] if len(argv) > EVENT_ARGS else [])
 
 
 def raise_gone(name: str) -> NoReturn:
