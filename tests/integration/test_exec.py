@@ -55,7 +55,9 @@ MAX_PER_VM = 2
 OUTPUT_KB = 1
 
 
+KEY = "exec-test-key"
 SETTINGS = {
+    "api.key": KEY,
     "runtime.initramfs": str(GUEST_DIR / "agent-initramfs.img"),
     "runtime.boot_timeout": 90,
     "exec.max_per_vm": MAX_PER_VM,
@@ -296,6 +298,45 @@ def test_the_mcp_tool(daemon: Daemon) -> None:
     assert len(big["stdout"]) <= 100  # 100 bytes decoded, bad ones replaced
 
 
+def test_who_may_exec(daemon: Daemon) -> None:
+    """Over TCP the API key; on the unix socket polkit's manage-vms, which nobody (uid 65534,
+    with no polkit daemon here) lacks, for both forms."""
+    url = f"http://127.0.0.1:7777/api/v1/vms/{VM}/exec"
+    curl = ["curl", "-sS", "-w", "\n%{http_code}", "-H", "Content-Type: application/json"]
+    body = json.dumps({"argv": ["id", "-u"]})
+    answers = []
+    for key in ([], ["-H", f"X-Volant-API-Key: {KEY}"]):
+        proc = daemon.in_ns(*curl, *key, "--data", body, url)
+        answer, _, code = proc.stdout.rpartition("\n")
+        answers.append((code, json.loads(answer)))
+    assert (answers[0][0], answers[0][1]["code"]) == ("401", "Unauthenticated")
+    assert (answers[1][0], answers[1][1]["stdout"]) == ("200", "1000\n")
+
+    sock = Path(daemon.api.removeprefix("unix:"))
+    # Let nobody reach and connect: polkit, not the file modes, is what is tested.
+    opened = [sock, *(d for d in sock.parents if d != Path("/"))]
+    modes = {path: path.stat().st_mode for path in opened}
+    sock.chmod(0o666)
+    for directory in opened[1:]:
+        directory.chmod(modes[directory] | 0o111)
+    try:
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        refused = []
+        for method, path in (("POST", f"/api/v1/vms/{VM}/exec"), ("GET", f"/ws/v1/vms/{VM}/exec")):
+            proc = subprocess.run(
+                [*nobody, *curl, "--unix-socket", str(sock), "-X", method,
+                 *(["--data", body] if method == "POST" else []), f"http://localhost{path}"],
+                capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
+            answer, _, code = proc.stdout.rpartition("\n")
+            assert answer, proc.stderr
+            refused.append((code, json.loads(answer)["code"]))
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert refused == [("403", "PermissionDenied")] * 2
+
+
 def test_every_exec_is_an_event(daemon: Daemon) -> None:
     volar(daemon, "vms", "exec", VM, "--", "sh", "-c", "exit 5")
     events = daemon.call(lambda c: c.request("GET", f"/api/v1/events?vm={VM}&type=VM_EXEC"))
@@ -304,7 +345,7 @@ def test_every_exec_is_an_event(daemon: Daemon) -> None:
     assert last["exit_code"] == 5
     assert last["caller"] == "uid 0 (root)"
     callers = {e["payload"]["caller"] for e in events["events"]}
-    assert "mcp uid 0" in callers
+    assert {"mcp uid 0", "api-key"} <= callers
     timed = [e["payload"] for e in events["events"] if e["payload"].get("timed_out")]
     assert timed
     assert timed[-1]["exit_code"] == 124
