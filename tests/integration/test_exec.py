@@ -315,7 +315,7 @@ def test_who_may_exec(daemon: Daemon) -> None:
     sock = Path(daemon.api.removeprefix("unix:"))
     # Let nobody reach and connect: polkit, not the file modes, is what is tested.
     opened = [sock, *(d for d in sock.parents if d != Path("/"))]
-    modes = {path: path.stat().st_mode for path in opened}
+    modes = {p: p.stat().st_mode for p in opened}
     sock.chmod(0o666)
     for directory in opened[1:]:
         directory.chmod(modes[directory] | 0o111)
@@ -332,8 +332,8 @@ def test_who_may_exec(daemon: Daemon) -> None:
             assert answer, proc.stderr
             refused.append((code, json.loads(answer)["code"]))
     finally:
-        for path, mode in modes.items():
-            path.chmod(mode)
+        for opened_path, mode in modes.items():
+            opened_path.chmod(mode)
     assert refused == [("403", "PermissionDenied")] * 2
 
 
