@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from volant_agent import __version__
+from volant_agent.exec import exec_route
 from volant_agent.files import get_files, put_files
 from volant_agent.http import (
     HOP_BY_HOP,
@@ -69,6 +70,8 @@ class Agent:
     timeline: dict[str, float | None] = field(default_factory=dict)
     # An initramfs plugin's root for /v1/files, without the agent's files (volant_agent.view).
     files_root: Path | None = None
+    # The workload's root and user are set up (or failed): exec may run commands in it.
+    workload_prepared: bool = False
 
     def health(self) -> Health:
         return self.supervisor.health if self.supervisor is not None else Health.NONE
@@ -204,6 +207,10 @@ async def proxy(agent: Agent, request: Request, path: str, timeout_ms: int) -> R
     return Response(resp.status, resp.body, out)
 
 
+async def exec_command(agent: Agent, request: Request) -> Response:
+    return await exec_route(agent.supervisor, agent.workload_prepared, request)
+
+
 ROUTES = {
     ("GET", "/v1/status"): status,
     ("GET", "/v1/logs"): logs,
@@ -212,6 +219,7 @@ ROUTES = {
     ("POST", "/v1/workload/kill"): kill_workload,
     ("GET", "/v1/files"): get_files,
     ("PUT", "/v1/files"): put_files,
+    ("POST", "/v1/exec"): exec_command,
 }
 
 

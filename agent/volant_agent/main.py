@@ -86,6 +86,19 @@ async def _vsock_server(handler: Callable[..., object], port: int) -> asyncio.Se
     return await asyncio.start_server(handler, sock=sock, limit=MAX_HEAD)  # type: ignore[arg-type]
 
 
+async def _listen(
+    args: argparse.Namespace, cmdline: str, handler: Callable[..., object]
+) -> tuple[str, list[asyncio.Server]]:
+    """The agent's TCP server on its address (and vsock where wanted): the address, servers."""
+    host = args.host if args.host is not None else await listen_address(cmdline)
+    servers = [await asyncio.start_server(handler, host, args.port, limit=MAX_HEAD)]  # type: ignore[arg-type]
+    if _vsock_wanted(args.vsock, cmdline):
+        vsock = await _vsock_server(handler, args.port)
+        if vsock is not None:
+            servers.append(vsock)
+    return host, servers
+
+
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     cmdline = args.cmdline.read_text(errors="replace")
     logs = LogBuffer()
@@ -110,12 +123,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     handler = connection_handler(
         make_handler(agent), streams=lambda path: streams_body(path) or streams_files(path)
     )
-    host = args.host if args.host is not None else await listen_address(cmdline)
-    servers = [await asyncio.start_server(handler, host, args.port, limit=MAX_HEAD)]
-    if _vsock_wanted(args.vsock, cmdline):
-        vsock = await _vsock_server(handler, args.port)
-        if vsock is not None:
-            servers.append(vsock)
+    host, servers = await _listen(args, cmdline, handler)
     # A network-less VM on a host without vhost-vsock: volantd's channels on a virtio-serial port.
     port = find_port()
     demux = asyncio.create_task(serve_port(port, host, args.port)) if port else None
@@ -126,6 +134,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async def run_workload(supervisor: Supervisor) -> None:
         # After the server is up: /v1/status can tell the host why the root failed to mount.
         assembly = await prepare(config.storage, cmdline, supervisor)
+        agent.workload_prepared = True
         if assembly is not None:
             mounted.append(assembly)
             agent.timeline["root_ready"] = time.monotonic()

@@ -51,7 +51,7 @@ ENCODINGS = frozenset(
      "raw_unicode_escape", "unicode_escape", "cp1252", "iso8859_15"}
 )  # fmt: skip
 # Extension modules that are not built into Debian's interpreter and need only libc.
-DYNLOAD = ("_asyncio", "_contextvars", "_json", "_queue", "_typing", "mmap", "resource")
+DYNLOAD = ("_asyncio", "_contextvars", "_json", "_queue", "_typing", "mmap", "resource", "termios")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 
 # Always kept, though no import statement names them: interpreter start-up, `python3 -m`,

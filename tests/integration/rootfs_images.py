@@ -20,7 +20,8 @@ CACHE = ROOT / ".cache" / "rootfs-test"
 BUSYBOX = Path("/bin/busybox")
 APP_UID = 1000
 BALLAST_MIB = 16
-TOOLS = ("sh", "id", "ls", "cat", "cp", "mkdir", "echo", "touch", "httpd", "sleep", "stat")
+TOOLS = ("sh", "id", "ls", "cat", "cp", "mkdir", "echo", "touch", "httpd", "sleep", "stat",
+         "stty", "pwd", "head")  # fmt: skip
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n"
 FIXED_UUID = "6c6f7661-6e74-4000-8000-726f6f746673"

@@ -34,6 +34,7 @@ URL = "http://127.0.0.1:7777/api/v1/mcp"
 CLIENT = Path(__file__).with_name("mcp_client.py")
 NOBODY = 65534
 TOOLS = {
+    "exec_command",
     "list_vms",
     "get_vm",
     "create_vm",
@@ -124,6 +125,7 @@ def test_initialize_and_tools(daemon: Daemon) -> None:
     assert {"type": "integer", "minimum": 1} in create["properties"]["cpu_cores"]["anyOf"]
     assert tools["list_vms"]["annotations"]["readOnlyHint"] is True
     assert tools["delete_vm"]["annotations"]["destructiveHint"] is True
+    assert tools["exec_command"]["annotations"]["destructiveHint"] is True
 
 
 def test_volumes(daemon: Daemon) -> None:

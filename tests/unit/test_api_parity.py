@@ -19,6 +19,7 @@ from volant.api.rest.schemas import CreateVMRequest
 from volant.cli.vms import vms_create
 from volant.engine import Engine
 from volant.engine.builds import BuildService
+from volant.engine.exec import ExecService
 from volant.engine.files import Files
 from volant.engine.passthrough import Passthrough
 from volant.engine.volumes import Volumes
@@ -88,6 +89,11 @@ REST_ONLY = {
     # Byte streams of any size both ways; over D-Bus they would be fds, not designed yet.
     "files.read": ("GET /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
     "files.write": ("PUT /api/v1/vms/{name}/files", "a byte stream (a file, or a tar)"),
+    # A command in the guest streams both ways (stdin, output, a pty's resizes); over D-Bus
+    # that would be fds passed like machined's OpenMachineShell, not designed yet. Exec is
+    # root in the guest: an operator has volar and REST, an AI agent has MCP's exec_command.
+    "execs.run": ("POST /api/v1/vms/{name}/exec", "a command's output, streamed or whole"),
+    "execs.session": ("GET /ws/v1/vms/{name}/exec", "an interactive command (WebSocket)"),
     # The workload's own HTTP API is for HTTP clients; D-Bus would need a socket passed as an
     # fd for the streams, and its callers (Cockpit) reach the workload over HTTP themselves.
     "passthrough.request": ("GET /api/v1/vms/{name}/proxy/{path}", "a byte stream both ways"),
@@ -119,6 +125,7 @@ MCP = {
     "builds.list_builds": "list_builds",
     "files.read": "read_file",
     "files.write": "write_file",
+    "execs.run": "exec_command",
     "passthrough.operations": "list_operations",
     "passthrough.call_operation": "call_operation",
 }
@@ -140,11 +147,17 @@ MCP_WITHOUT = {
     "builds.start_build": "a build installs a plugin: the operator's decision, like install",
     "builds.cancel_build": "the operator's decision, like install",
     "builds.get_build": "list_builds holds all of it",
+    "execs.session": "interactive; exec_command runs a command to its end",
     "passthrough.request": "call_operation calls what the workload's document declares",
     "passthrough.websocket": "an interactive stream, no tool call",
 }
 # Service objects the engine composes: attribute -> class; their public methods are verbs too.
-SERVICES = {"builds": BuildService, "files": Files, "passthrough": Passthrough}
+SERVICES = {
+    "builds": BuildService,
+    "execs": ExecService,
+    "files": Files,
+    "passthrough": Passthrough,
+}
 # The daemon's own hooks and the engine's helpers, not verbs a caller may use.
 INTERNAL = {
     "start",
@@ -161,6 +174,8 @@ INTERNAL = {
     "files.read_bytes",  # files.read for MCP, whole and capped
     "files.write_bytes",  # files.write for MCP, from memory
     "files.too_large",  # the limit's error, for the REST upload
+    "execs.ready",  # part of the exec WebSocket: refuse before the upgrade
+    "execs.running",  # a count, for tests and the limit
 }
 
 

@@ -54,7 +54,10 @@ def test_every_tool_has_a_usable_schema_and_says_whether_it_changes_anything() -
         "resize_volume",
         "delete_volume",
         "write_file",
+        "exec_command",
     }
+    destructive = {tool.name for tool in TOOLS if tool.destructive}
+    assert "exec_command" in destructive  # root in the guest: it can change anything there
     assert {tool.name for tool in TOOLS if tool.action is Action.MANAGE_VMS} == changing | {
         "console_log",  # read-only, but guests print secrets on their console
         "read_file",  # read-only, but files hold the workload's secrets

@@ -11,6 +11,7 @@ from volant.cli.console import console
 from volant.cli.context import Context
 from volant.cli.cp import vms_cp
 from volant.cli.events import events
+from volant.cli.exec import exec_command
 from volant.cli.group import VolarGroup, show_version
 from volant.cli.operations import vms_call, vms_operations
 from volant.cli.plugins import plugins
@@ -61,6 +62,7 @@ def cli(ctx: click.Context, api: str | None, debug: bool) -> None:
 
 vms.add_command(console)
 vms.add_command(vms_cp)
+vms.add_command(exec_command)
 vms.add_command(vms_operations)
 vms.add_command(vms_call)
 cli.add_command(vms)

@@ -21,6 +21,7 @@ from volant.client.errors import (
     problem,
     unreachable,
 )
+from volant.client.exec import ExecStream
 from volant.client.sse import SSEEvent, SSEParser
 
 __all__ = ["DEFAULT_API", "UNREACHABLE_HINT", "ApiError", "Reply", "VolantClient", "json_object"]
@@ -277,6 +278,28 @@ class VolantClient:
             raise self._unreachable(exc) from exc
         try:
             yield ConsoleStream(ws)
+        finally:
+            await ws.close()
+
+    @contextlib.asynccontextmanager
+    async def exec(self, name: str, command: dict[str, Any]) -> AsyncIterator[ExecStream]:
+        """Command (argv, env, workdir, user, timeout, tty, rows, cols) started in VM name for
+        the block; leaving the block early kills it. ApiError when it cannot start."""
+        try:
+            ws = await self._session.ws_connect(
+                self._url(f"/ws/v1/vms/{_seg(name)}/exec", None),
+                heartbeat=WS_HEARTBEAT,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                max_msg_size=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status, "BadResponse", f"exec WebSocket: {exc.message}") from exc
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            stream = ExecStream(ws)
+            await stream.start(command)
+            yield stream
         finally:
             await ws.close()
 

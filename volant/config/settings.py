@@ -98,6 +98,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime.console_shell", bool, False, "Give VMs created from now on a root shell "
             "without login on their serial console (`volar vms console`), for debugging. Whoever "
             "may manage VMs then has root inside them."),
+    Setting("exec.max_per_vm", int, 8, "Commands (`volar vms exec`) that may run at once in "
+            "one VM; one more is refused (409)."),
+    Setting("exec.max_output_kb", int, 1024, "Most output, in KiB, kept of each of stdout and "
+            "stderr when an exec answers with one JSON document (REST without stream, MCP); the "
+            "rest is cut and the answer says truncated."),
     Setting("host.supervisor", str, "auto", "Who holds hypervisor processes: transient systemd "
             "scopes, or plain child processes.", ("auto", "systemd", "process")),
     Setting("vm.default_cpus", int, 1, "vCPUs when a create request names none."),
@@ -162,6 +167,8 @@ class Config:
     runtime_start_paused: bool
     runtime_boot_timeout: float
     runtime_console_shell: bool
+    exec_max_per_vm: int
+    exec_max_output_kb: int
     host_supervisor: str
     vm_default_cpus: int
     vm_default_memory_mb: int
@@ -372,6 +379,8 @@ def _check_events(config: Config) -> None:
         raise InvalidArgument("events.heartbeat_seconds must be positive")
     if config.events_queue_size < 1:
         raise InvalidArgument("events.queue_size must be at least 1")
+    if config.exec_max_per_vm < 1 or config.exec_max_output_kb < 1:
+        raise InvalidArgument("exec.max_per_vm and exec.max_output_kb must be at least 1")
 
 
 def config_fields() -> list[str]:

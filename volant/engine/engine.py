@@ -15,6 +15,7 @@ from volant.engine.console import Console, ConsoleVerbs
 from volant.engine.dns import Dns, plan_of
 from volant.engine.ending import failure_reason
 from volant.engine.events import EventBus
+from volant.engine.exec import exec_service
 from volant.engine.faults import Faults
 from volant.engine.files import Files
 from volant.engine.guest import GuestVerbs, health_budget, reachable_agent, vm_manifest
@@ -112,6 +113,7 @@ class Engine(Booting, Watching, EventVerbs, PluginVerbs, GuestVerbs, SystemVerbs
             store, self.host, self.disks, paths, self._emit_repair, volumes, self.published
         )
         self.bus = EventBus()
+        self.execs = exec_service(config, store, guest, self.bus)
         self.telemetry = Telemetry(version)
         self.plugins_changed = asyncio.Event()
         self.builds = build_service(

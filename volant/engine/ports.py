@@ -33,6 +33,7 @@ from volant.model import (
     Volume,
     VolumeMount,
 )
+from volant.model.execs import ExecEnd
 from volant.model.operations import Headers, ProxyAnswer, ProxySocket
 
 MacFor = Callable[[str, str | None], str]
@@ -433,6 +434,25 @@ class GuestStreamLike(Protocol):
     async def read(self, limit: int = ...) -> bytes: ...
 
 
+class ExecLink(Protocol):
+    """A command running in a guest (volant.runtime.execlink.ExecLink)."""
+
+    @property
+    def end(self) -> ExecEnd | None: ...
+
+    async def receive(self) -> tuple[str, bytes] | None: ...
+
+    async def send_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+    async def signal(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Guest(Protocol):
     """The agent inside a guest, reached over HTTP at the guest's address with its secret."""
 
@@ -478,6 +498,9 @@ class Guest(Protocol):
         content_type: str = "",
         idle: float,
     ) -> AbstractAsyncContextManager[GuestStreamLike]: ...
+    async def open_exec(self, agent: AgentEndpoint, request: dict[str, Any]) -> ExecLink:
+        """Start a command through the agent; VolantError when it cannot start."""
+        ...
 
 
 class GuestProxy(Protocol):

@@ -40,6 +40,9 @@ class EventType(StrEnum):
     VM_CRASHED = "VM_CRASHED"
     VM_DELETED = "VM_DELETED"
     VM_ERROR = "VM_ERROR"
+    # A command ran in the VM's workload (payload: caller, argv, tty, exit_code; timed_out and
+    # error when so): `volar vms exec`, REST, MCP exec_command.
+    VM_EXEC = "VM_EXEC"
     # A dhcp-mode VM's address, learned from volantd's dnsmasq (payload: ip_address, mac).
     VM_ADDRESS = "VM_ADDRESS"
     # volantd found a host resource that disagreed with its records at start and repaired it

@@ -26,6 +26,7 @@ from typing import Any, Self
 import aiohttp
 
 from volant.model import AGENT_PORT, AgentEndpoint, Unavailable
+from volant.runtime.execlink import ExecLink, open_exec
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,12 @@ class GuestAgent:
         path = f"/v1/actions/{name}"
         return await self.request(
             agent, method, path, body=body, content_type=content_type, timeout=timeout
+        )
+
+    async def open_exec(self, agent: AgentEndpoint, request: dict[str, Any]) -> ExecLink:
+        """Start a command through the agent's exec route (volant.runtime.execlink)."""
+        return await open_exec(
+            agent, request, port=self._port, connect_timeout=self._connect_timeout
         )
 
     async def _probe(

@@ -118,7 +118,9 @@ class McpEndpoint:
         limit = self._engine.config.api_request_timeout
         try:
             async with asyncio.timeout(limit):
-                result = await tool.call(self._engine, params.arguments or {}, authorize)
+                result = await tool.call(
+                    self._engine, params.arguments or {}, authorize, _caller(peer)
+                )
         except VolantError as exc:
             return failure(exc)
         except TimeoutError:
@@ -157,6 +159,13 @@ def _peer(ctx: Context) -> Peer | None:
     request = ctx.request
     peer = request.scope.get(PEER) if isinstance(request, Request) else None
     return peer if isinstance(peer, Peer) else None
+
+
+def _caller(peer: Peer | None) -> str:
+    """Who asks, for the event log: the unix socket's uid, else the API key's holder."""
+    if peer is not None and peer.process is not None:
+        return f"mcp uid {peer.process.uid}"
+    return "mcp api-key"
 
 
 def _no_stream() -> web.Response:

@@ -47,6 +47,8 @@ class ToolDef(Generic[A]):
     destructive: bool = False
     idempotent: bool = True
     read_only: bool = False
+    # Instead of run, for a tool whose effect is recorded with who asked (exec_command).
+    run_as: Callable[[Engine, A, str], Awaitable[dict[str, Any]]] | None = None
 
     def describe(self) -> types.Tool:
         schema = inline_refs(self.arguments.model_json_schema())
@@ -66,12 +68,19 @@ class ToolDef(Generic[A]):
         )
 
     async def call(
-        self, engine: Engine, arguments: Mapping[str, Any], authorize: Authorize
+        self,
+        engine: Engine,
+        arguments: Mapping[str, Any],
+        authorize: Authorize,
+        caller: str = "mcp",
     ) -> dict[str, Any]:
-        """Authorise, decode, run; raises VolantError."""
+        """Authorise, decode, run; raises VolantError. caller says who asks, for the log."""
         if self.action is not None:
             await authorize(self.action)
-        return await self.run(engine, parse_arguments(self.arguments, arguments))
+        parsed = parse_arguments(self.arguments, arguments)
+        if self.run_as is not None:
+            return await self.run_as(engine, parsed, caller)
+        return await self.run(engine, parsed)
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

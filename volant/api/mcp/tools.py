@@ -36,6 +36,7 @@ from volant.model.validate import DNS_LABEL
 from volant.model.volumes import VOLUME_NAME_PATTERN
 from volant.plugins.schema import ACTION_NAME
 
+from .exec_tools import EXEC_TOOLS
 from .file_tools import FILE_TOOLS
 from .operation_tools import OPERATION_TOOLS
 from .tooldef import (
@@ -343,6 +344,7 @@ TOOLS: tuple[ToolDef[Any], ...] = (
     ),
     *VOLUME_TOOLS,
     *FILE_TOOLS,
+    *EXEC_TOOLS,
     *OPERATION_TOOLS,
 )
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from volant.auth.polkit import Authorizer
 from volant.engine import Engine
 
-from . import builds, console, events, files, passthrough, plugins, system, vms, volumes
+from . import builds, console, events, exec, files, passthrough, plugins, system, vms, volumes
 from .access import access_middleware, timeout_middleware
 from .check import openapi_check_middleware
 from .common import API, ENGINE
@@ -40,6 +40,7 @@ def declare(api: Api) -> None:
     volumes.add_routes(api)
     console.add_routes(api)
     files.add_routes(api)
+    exec.add_routes(api)
     passthrough.add_routes(api)
 
 
