@@ -55,12 +55,19 @@ def netns() -> Iterator[str]:
 
 
 def kill_netns_processes(name: str) -> None:
-    pids = subprocess.run(
-        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
-    ).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
+    """SIGKILL everything in the namespace, again until nothing is left: a volantd that is not
+    dead yet may start a new helper (dnsmasq) after seeing the first one killed, and a process
+    left behind would keep the namespace alive after `ip netns del`."""
+    for _ in range(50):
+        pids = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def volar(api: str, *argv: str) -> subprocess.CompletedProcess[str]:

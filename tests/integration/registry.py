@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.integration.daemon import kill_netns_processes
+
 HOST = "127.0.0.1:5000"
 USER, PASSWORD = "volant", "test-only-password"
 
@@ -175,4 +177,6 @@ def serving_registry(where: Path) -> Iterator[Registry]:
             proc.terminate()
             proc.wait(timeout=10)
     finally:
+        # A volantd started in this namespace leaves its dnsmasq (it outlives volantd, as VMs do).
+        kill_netns_processes(ns)
         subprocess.run(["ip", "netns", "del", ns], check=False)
