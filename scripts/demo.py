@@ -58,6 +58,10 @@ def main() -> None:
         print(f"(running {time.monotonic() - started:.1f} s after the create request)")
         cli("vms", "list")
         cli("vms", "action", "web", "greet")
+        # A command in the workload's root, and a file copied out of it.
+        cli("vms", "exec", "web", "--", "ls", "-l", "/opt/volant/plugins/hello")
+        cli("vms", "cp", "web:/opt/volant/plugins/hello/app.py", "/tmp/hello-app.py")
+        show(vb, ["head", "-n", "3", "/tmp/hello-app.py"])
         show(vb, ["curl", "-sS", "-X", "POST", "--data", '{"hello": "volant"}',
                   f"{API}/api/v1/vms/web/actions/echo"])  # fmt: skip
         cli("vms", "logs", "web")

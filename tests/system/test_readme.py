@@ -73,6 +73,8 @@ def test_quick_start(operator: Operator) -> None:
     assert "web" in said["volar vms create web --plugin hello"]
     assert "running" in said["volar vms create web --plugin hello"]
     assert "hello from volant" in said["volar vms action web greet"]
+    assert "app.py" in said["volar vms exec web -- ls -l /opt/volant/plugins/hello"]
+    assert "def " in operator.run("cat app.py")  # vms cp put the workload's file here
     vms = operator.json("volar vms list --json")
     assert [(vm["name"], vm["status"]) for vm in vms] == [("web", "running")]
 
