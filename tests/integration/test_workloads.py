@@ -124,7 +124,7 @@ def redis(daemon: Daemon, ip: str, *args: str, timeout: float = 90) -> str:
 
 def nginx_plugin(daemon: Daemon) -> None:
     """The nginx plugin, built from the example image (once per module)."""
-    if daemon.volar("plugins", "get", "nginx").returncode == 0:
+    if daemon.volar("plugins", "show", "nginx").returncode == 0:
         return
     image = f"docker://{HOST}/examples/nginx:1"
     volar(daemon, "plugins", "build", "--image", image, "--name", "nginx", "--health-path", "/")
