@@ -8,6 +8,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 
 from volant.config import Config
+from volant.engine.agentports import Guest, GuestProxy
 from volant.engine.boot import Booting, new_agent_secret
 from volant.engine.buildrun import BuildRunner
 from volant.engine.builds import build_service
@@ -28,8 +29,6 @@ from volant.engine.plugins import PluginVerbs
 from volant.engine.ports import (
     Artifacts,
     Disks,
-    Guest,
-    GuestProxy,
     Helpers,
     HypervisorDriver,
     MacFor,

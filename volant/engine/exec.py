@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 from volant.config import Config
+from volant.engine.agentports import ExecLink, Guest
 from volant.engine.events import EventBus
 from volant.engine.guest import agent_endpoint
-from volant.engine.ports import ExecLink, Guest, Store
+from volant.engine.ports import Store
 from volant.model import Conflict, EventType, InvalidArgument, Unavailable
 from volant.model.execs import MAX_ARGV, MAX_TIMEOUT, ExecOutput, ExecSpec
 from volant.model.validate import validate_name

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from volant.config import Config
+from volant.engine.agentports import Guest
 from volant.engine.guest import agent_endpoint
-from volant.engine.ports import Guest, Store
+from volant.engine.ports import Store
 from volant.model import (
     InsufficientStorage,
     InvalidArgument,

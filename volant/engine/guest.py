@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from volant.config import Config
-from volant.engine.ports import Guest, GuestReplyLike, Store
+from volant.engine.agentports import Guest, GuestReplyLike
+from volant.engine.ports import Store
 from volant.model import (
     AgentEndpoint,
     InvalidState,

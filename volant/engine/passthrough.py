@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import yaml
 
 from volant.config import Config
+from volant.engine.agentports import GuestProxy
 from volant.engine.guest import agent_endpoint
-from volant.engine.ports import GuestProxy, Store
+from volant.engine.ports import Store
 from volant.model import InvalidArgument, Unavailable
 from volant.model.operations import (
     ApiOperation,

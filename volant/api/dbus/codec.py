@@ -7,7 +7,7 @@ from typing import Any
 
 from sdbus.sd_bus_internals import decode_object_path, encode_object_path
 
-from volant.engine.ports import GuestReplyLike
+from volant.engine.agentports import GuestReplyLike
 from volant.model import (
     Event,
     InvalidArgument,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from volant.api.validation import validate_model
 from volant.auth.polkit import Action
 from volant.engine import Engine
-from volant.engine.ports import GuestReplyLike
+from volant.engine.agentports import GuestReplyLike
 
 A = TypeVar("A", bound=BaseModel)
 Authorize = Callable[[Action], Awaitable[None]]

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from volant.engine.ports import ExecLink
+from volant.engine.agentports import ExecLink
 from volant.model import InvalidArgument, VolantError
 from volant.model.execs import MAX_ARGV, MAX_TIMEOUT, ExecSpec
 

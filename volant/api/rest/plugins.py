@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from volant.auth.polkit import Action
-from volant.engine.ports import GuestReplyLike
+from volant.engine.agentports import GuestReplyLike
 from volant.model import Plugin, PluginSource
 
 from . import replies as r
