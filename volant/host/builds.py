@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdbus import SdBusBaseError
-
 from volant.host.spawn import OWNER_ENV, pid_alive
-from volant.host.systemd_dbus import ENDED_STATES, SystemdClient
+from volant.host.systemd_dbus import ENDED_STATES
+from volant.host.transient import TransientServices
 from volant.host.units import SLICE
 from volant.model import Unavailable
 
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 BUILD_ENV = "VOLANT_BUILD"
 UNIT_PREFIX = "volant-build-"
-JOB_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 # Capabilities a build needs as root: umoci keeps owners, modes, device nodes and file
 # capabilities; mkfs.erofs reads every file whatever its mode. Nothing else (no SYS_ADMIN).
@@ -89,33 +87,16 @@ class SystemdBuildRunner:
     kind = "systemd"
 
     def __init__(self) -> None:
-        self._client: SystemdClient | None = None
-
-    async def _systemd(self) -> SystemdClient:
-        if self._client is None:
-            client = SystemdClient()
-            try:
-                await client.__aenter__()
-            except (SdBusBaseError, OSError) as exc:
-                raise Unavailable(f"cannot reach systemd on the system bus: {exc}") from exc
-            self._client = client
-        return self._client
+        self._services = TransientServices()
 
     async def start(
         self, build_id: str, argv: Sequence[str], *, log_path: Path, writable: Sequence[Path]
     ) -> None:
-        systemd = await self._systemd()
-        unit = unit_name(build_id)
         props = service_properties(build_id, argv, log_path, writable)
-        try:
-            result = await systemd.start_transient_unit(unit, props, JOB_TIMEOUT)
-        except (SdBusBaseError, TimeoutError) as exc:
-            raise Unavailable(f"systemd could not start {unit}: {exc}") from exc
-        if result != "done":
-            raise Unavailable(f"systemd could not start {unit}: job {result}")
+        await self._services.start(unit_name(build_id), props)
 
     async def wait(self, build_id: str) -> None:
-        systemd = await self._systemd()
+        systemd = await self._services.systemd()
         unit, poke = unit_name(build_id), asyncio.Event()
         async with systemd.watching(unit, poke):
             while await systemd.unit_state(unit) not in (*ENDED_STATES, "gone"):
@@ -125,18 +106,10 @@ class SystemdBuildRunner:
 
     async def stop(self, build_id: str) -> None:
         """SIGTERM (the worker cleans up), SIGKILL after STOP_GRACE; returns once it ended."""
-        systemd = await self._systemd()
-        unit = unit_name(build_id)
-        if not await systemd.kill_unit(unit, signal.SIGTERM):
-            return
-        try:
-            await asyncio.wait_for(self.wait(build_id), STOP_GRACE)
-        except TimeoutError:
-            await systemd.kill_unit(unit, signal.SIGKILL)
-            await self.wait(build_id)
+        await self._services.stop(unit_name(build_id), lambda: self.wait(build_id), STOP_GRACE)
 
     async def scan(self) -> set[str]:
-        systemd = await self._systemd()
+        systemd = await self._services.systemd()
         units = await systemd.units_matching(f"{UNIT_PREFIX}*.service")
         return {
             unit.removeprefix(UNIT_PREFIX).removesuffix(".service")
@@ -145,9 +118,7 @@ class SystemdBuildRunner:
         }
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._services.close()
 
 
 class ProcessBuildRunner:

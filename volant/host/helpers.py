@@ -21,17 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdbus import SdBusBaseError
-
 from volant.host.spawn import OWNER_ENV, pid_alive
-from volant.host.systemd_dbus import ENDED_STATES, SystemdClient
+from volant.host.systemd_dbus import ENDED_STATES
+from volant.host.transient import TransientServices
 from volant.host.units import SLICE
 from volant.model import Unavailable
 
 log = logging.getLogger(__name__)
 
 HELPER_ENV = "VOLANT_HELPER"
-JOB_TIMEOUT = 30.0
 STOP_GRACE = 5.0
 # Binding privileged ports, DHCP's raw sockets and ARP entries; nothing else.
 CAPABILITIES = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
@@ -65,45 +63,21 @@ class SystemdHelpers:
     kind = "systemd"
 
     def __init__(self) -> None:
-        self._client: SystemdClient | None = None
-
-    async def _systemd(self) -> SystemdClient:
-        if self._client is None:
-            client = SystemdClient()
-            try:
-                await client.__aenter__()
-            except (SdBusBaseError, OSError) as exc:
-                raise Unavailable(f"cannot reach systemd on the system bus: {exc}") from exc
-            self._client = client
-        return self._client
+        self._services = TransientServices()
 
     async def start(self, name: str, argv: Sequence[str], *, log_path: Path) -> None:
-        systemd, unit = await self._systemd(), unit_name(name)
-        try:
-            result = await systemd.start_transient_unit(
-                unit, service_properties(name, argv), JOB_TIMEOUT
-            )
-        except (SdBusBaseError, TimeoutError) as exc:
-            raise Unavailable(f"systemd could not start {unit}: {exc}") from exc
-        if result != "done":
-            raise Unavailable(f"systemd could not start {unit}: job {result}")
+        await self._services.start(unit_name(name), service_properties(name, argv))
 
     async def running(self, name: str) -> bool:
-        state = await (await self._systemd()).unit_state(unit_name(name))
+        state = await (await self._services.systemd()).unit_state(unit_name(name))
         return state not in (*ENDED_STATES, "gone")
 
     async def signal(self, name: str, signum: int) -> bool:
-        return await (await self._systemd()).kill_unit(unit_name(name), signum)
+        return await (await self._services.systemd()).kill_unit(unit_name(name), signum)
 
     async def stop(self, name: str) -> None:
         """SIGTERM, SIGKILL after STOP_GRACE; returns once the unit is gone or ended."""
-        if not await self.signal(name, signal.SIGTERM):
-            return
-        try:
-            await asyncio.wait_for(self._ended(name), STOP_GRACE)
-        except TimeoutError:
-            await self.signal(name, signal.SIGKILL)
-            await self._ended(name)
+        await self._services.stop(unit_name(name), lambda: self._ended(name), STOP_GRACE)
 
     async def _ended(self, name: str) -> None:
         for _ in itertools.count():
@@ -112,9 +86,7 @@ class SystemdHelpers:
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._services.close()
 
 
 class ProcessHelpers:
