@@ -62,6 +62,9 @@ def main() -> None:
         cli("vms", "exec", "web", "--", "ls", "-l", "/opt/volant/plugins/hello")
         cli("vms", "cp", "web:/opt/volant/plugins/hello/app.py", "/tmp/hello-app.py")
         show(vb, ["head", "-n", "3", "/tmp/hello-app.py"])
+        # The operations of the workload's OpenAPI document, one called through the passthrough.
+        cli("vms", "operations", "web")
+        cli("vms", "call", "web", "GET:/greet")
         show(vb, ["curl", "-sS", "-X", "POST", "--data", '{"hello": "volant"}',
                   f"{API}/api/v1/vms/web/actions/echo"])  # fmt: skip
         cli("vms", "logs", "web")

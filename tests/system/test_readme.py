@@ -75,6 +75,8 @@ def test_quick_start(operator: Operator) -> None:
     assert "hello from volant" in said["volar vms action web greet"]
     assert "app.py" in said["volar vms exec web -- ls -l /opt/volant/plugins/hello"]
     assert "def " in operator.run("cat app.py")  # vms cp put the workload's file here
+    assert "GET:/greet" in said["volar vms operations web"]
+    assert "hello from volant" in said["volar vms call web GET:/greet"]
     vms = operator.json("volar vms list --json")
     assert [(vm["name"], vm["status"]) for vm in vms] == [("web", "running")]
 
