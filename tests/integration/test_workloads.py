@@ -111,12 +111,14 @@ def in_guest(daemon: Daemon, name: str, command: str) -> str:
 
 
 def redis(daemon: Daemon, ip: str, *args: str, timeout: float = 90) -> str:
-    """Redis' answer to one command, retried until the server listens."""
+    """Redis' answer to one command, retried until the server listens and has loaded its
+    dataset (until then it answers -LOADING)."""
     deadline = time.monotonic() + timeout
     while True:
         proc = daemon.in_ns("python3", "-c", _REDIS, ip, *args)
-        if proc.returncode == 0:
-            return str(proc.stdout).strip()
+        answer = str(proc.stdout).strip()
+        if proc.returncode == 0 and not answer.startswith("-LOADING"):
+            return answer
         if time.monotonic() > deadline:
             raise AssertionError(f"redis at {ip} does not answer: {proc.stderr}")
         time.sleep(1)
